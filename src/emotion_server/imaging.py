@@ -1,0 +1,99 @@
+"""Image bytes -> a validated, upright image: formats, EXIF orientation, size and bomb limits."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from emotion_server.errors import (
+    CorruptImage,
+    EmptyBody,
+    ImageTooLarge,
+    InvalidImage,
+    UnsupportedImageFormat,
+)
+
+# MPO is the multi-picture JPEG many phone cameras write: its first frame is a plain JPEG.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+
+# Our own pixel limit is checked from the header before decoding; Pillow's global guard is
+# lifted so that it cannot raise a different error first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright image: RGB for the face detector, greyscale for the emotion model."""
+
+    rgb: np.ndarray  # uint8 [H, W, 3]
+    gray: np.ndarray  # uint8 [H, W]
+    format: str
+
+    @property
+    def width(self) -> int:
+        return self.gray.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.gray.shape[0]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited on white, 16-bit scaled to 8-bit."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = Image.fromarray(((values - low) * scale).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> DecodedImage:
+    """Decode `data` (first frame or page), apply EXIF orientation, enforce the pixel limit."""
+    if not data:
+        raise EmptyBody("The request body is empty: send the image bytes.")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            "The body is not an image we can read: send JPEG, PNG, WebP, BMP, GIF or TIFF."
+        ) from None
+    except Exception as exc:  # Pillow raises many types for malformed headers
+        raise InvalidImage(f"The image header could not be read ({exc}).") from None
+    with image:
+        if image.format not in SUPPORTED_FORMATS:
+            raise UnsupportedImageFormat(
+                f"{image.format} images are not supported: send JPEG, PNG, WebP, BMP, GIF or TIFF."
+            )
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InvalidImage("The image has no pixels.")
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"The image is {width}x{height} = {width * height} pixels; "
+                f"the limit is {max_pixels}."
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. corrupt EXIF: we still serve the pixels
+                image.seek(0)
+                image.load()
+                upright = ImageOps.exif_transpose(image) or image
+                rgb = _to_rgb(upright)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise CorruptImage(
+                f"The {image.format} image is truncated or corrupt ({exc})."
+            ) from None
+    rgb_array = np.asarray(rgb, dtype=np.uint8)
+    gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
+    return DecodedImage(rgb=rgb_array, gray=gray, format=image.format)

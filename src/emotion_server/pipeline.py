@@ -1,0 +1,170 @@
+"""One image through the house: decode, find faces, crop, classify, assemble the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from emotion_server.classes import EMOTIONS, INPUT_SIZE
+from emotion_server.config import Settings
+from emotion_server.faces import FaceBox, FaceDetector, make_detector
+from emotion_server.imaging import DecodedImage, decode_image
+from emotion_server.model import EmotionModel
+
+# Square crops are taken a little wider than the detector's box: FER2013's faces include the
+# whole head outline (brow to chin), the detector's boxes are tighter.
+CROP_MARGIN = 1.15
+TTA_MODES = ("none", "flip")
+
+
+@dataclass(frozen=True)
+class Box:
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Classification:
+    prediction: str
+    confidence: float
+    probabilities: dict[str, float]
+
+    @classmethod
+    def from_vector(cls, vector: np.ndarray) -> Classification:
+        best = int(np.argmax(vector))
+        return cls(
+            prediction=EMOTIONS[best],
+            confidence=float(vector[best]),
+            probabilities={name: float(p) for name, p in zip(EMOTIONS, vector, strict=True)},
+        )
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    box: Box
+    score: float
+    classification: Classification
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    classification: Classification  # the largest face's, or the whole image's
+    faces: list[FaceResult]
+    face_detected: bool
+    whole_image_reason: str | None  # why the whole image was classified, if it was
+    image_width: int
+    image_height: int
+
+
+def to_model_input(gray_crops: list[np.ndarray]) -> np.ndarray:
+    """Greyscale uint8 crops of any size -> float32 [N,48,48,1] in [0,1]."""
+    batch = np.empty((len(gray_crops), INPUT_SIZE, INPUT_SIZE, 1), np.float32)
+    for index, crop in enumerate(gray_crops):
+        if crop.shape != (INPUT_SIZE, INPUT_SIZE):
+            crop = np.asarray(
+                Image.fromarray(crop).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
+            )
+        batch[index, ..., 0] = crop
+    batch /= 255.0
+    return batch
+
+
+def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
+    """A square around the face box, `margin` times its longer side; edges replicated."""
+    side = max(1, int(round(max(face.width, face.height) * margin)))
+    cx, cy = face.x + face.width / 2, face.y + face.height / 2
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    height, width = gray.shape
+    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
+    if pad:
+        gray = np.pad(gray, pad, mode="edge")
+        x0, y0 = x0 + pad, y0 + pad
+    return gray[y0 : y0 + side, x0 : x0 + side]
+
+
+class Pipeline:
+    """Holds the loaded model and detector (once per worker) and classifies images."""
+
+    def __init__(self, settings: Settings, model: EmotionModel, detector: FaceDetector):
+        self.settings = settings
+        self.model = model
+        self.detector = detector
+        tta = settings.tta
+        if tta == "auto":
+            tta = model.card.get("tta", "none")
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {tta!r}: use one of {TTA_MODES}")
+        self.tta = tta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        model = EmotionModel(settings.model_path, threads=settings.threads)
+        detector = make_detector(
+            settings.detector,
+            threshold=settings.detect_threshold,
+            max_side=settings.detect_max_side,
+            threads=settings.threads,
+        )
+        return cls(settings, model, detector)
+
+    def classify_crops(self, gray_crops: list[np.ndarray]) -> np.ndarray:
+        """Greyscale face crops -> [N,7] probabilities, test-time augmentation included.
+
+        This is the one path from crops to probabilities: `evaluate` scores models through it.
+        """
+        batch = to_model_input(gray_crops)
+        if self.tta == "flip" and len(batch):
+            both = self.model.predict(np.concatenate([batch, batch[:, :, ::-1]]))
+            return (both[: len(batch)] + both[len(batch) :]) / 2
+        return self.model.predict(batch)
+
+    def _is_face_crop(self, image: DecodedImage) -> bool:
+        limit = self.settings.crop_size_limit
+        return image.width <= limit and image.height <= limit
+
+    def analyze(self, data: bytes) -> InferenceResult:
+        """Image bytes -> per-face emotions (or the whole image's, as the original service)."""
+        image = decode_image(data, max_pixels=self.settings.max_pixels)
+        return self.analyze_image(image)
+
+    def analyze_image(self, image: DecodedImage) -> InferenceResult:
+        faces: list[FaceBox] = []
+        reason = None
+        if self._is_face_crop(image):
+            reason = "image_is_face_crop"
+        else:
+            faces = self.detector.detect(image.rgb)
+            faces = sorted(faces, key=lambda f: f.area, reverse=True)[: self.settings.max_faces]
+            if not faces:
+                reason = "no_face_found"
+        if not faces:
+            (vector,) = self.classify_crops([image.gray])
+            return InferenceResult(
+                classification=Classification.from_vector(vector),
+                faces=[],
+                face_detected=False,
+                whole_image_reason=reason,
+                image_width=image.width,
+                image_height=image.height,
+            )
+        vectors = self.classify_crops([square_crop(image.gray, face) for face in faces])
+        results = [
+            FaceResult(
+                box=Box(face.x, face.y, face.width, face.height),
+                score=face.score,
+                classification=Classification.from_vector(vector),
+            )
+            for face, vector in zip(faces, vectors, strict=True)
+        ]
+        return InferenceResult(
+            classification=results[0].classification,  # the largest face
+            faces=results,
+            face_detected=True,
+            whole_image_reason=None,
+            image_width=image.width,
+            image_height=image.height,
+        )

@@ -1,0 +1,251 @@
+"""Score a served model on FER2013 PrivateTest through the serving code; write its model card.
+
+The probabilities come from `Pipeline.classify_crops` (the ONNX file in ONNX Runtime, with the
+server's test-time augmentation), so the accuracy written is what clients of /inference get.
+PublicTest is scored too, for reference: it is the split models were chosen on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from emotion_server import __version__
+from emotion_server.classes import EMOTIONS, INPUT_SHAPE, OUTPUT_SHAPE
+from emotion_server.config import Settings
+from emotion_server.faces import NoDetector
+from emotion_server.model import EmotionModel
+from emotion_server.pipeline import Pipeline
+from emotion_server.training.data import load_cached
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
+    """ECE with equal-width confidence bins; also returns the per-bin table for the plot."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece, table = 0.0, []
+    for low, high in itertools.pairwise(edges):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            gap = abs(correct[inside].mean() - confidence[inside].mean())
+            ece += inside.mean() * gap
+            table.append(
+                (
+                    float(low),
+                    float(high),
+                    float(confidence[inside].mean()),
+                    float(correct[inside].mean()),
+                    int(inside.sum()),
+                )
+            )
+    return float(ece), table
+
+
+def split_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    predicted = probabilities.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(len(EMOTIONS)), zero_division=0
+    )
+    ece, reliability = expected_calibration_error(probabilities, labels)
+    return {
+        "images": len(labels),
+        "accuracy": round(float((predicted == labels).mean()), 4),
+        "macro_f1": round(float(f1.mean()), 4),
+        "ece_15_bins": round(ece, 4),
+        "per_class": {
+            name: {
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(EMOTIONS)
+        },
+        "confusion_matrix": confusion_matrix(
+            labels, predicted, labels=range(len(EMOTIONS))
+        ).tolist(),
+        "reliability": reliability,
+    }
+
+
+def ms_per_face(pipeline: Pipeline, repeats: int = 200) -> float:
+    """Median milliseconds for one 48x48 crop, batch 1, test-time augmentation included."""
+    crop = [np.full((48, 48), 128, np.uint8)]
+    for _ in range(10):
+        pipeline.classify_crops(crop)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pipeline.classify_crops(crop)
+        times.append(time.perf_counter() - start)
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def print_report(split: str, metrics: dict) -> None:
+    print(
+        f"\n{split}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+        f"ECE {metrics['ece_15_bins']:.4f} ({metrics['images']} images)"
+    )
+    print(f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for name, row in metrics["per_class"].items():
+        print(
+            f"{name:<10}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
+            f"{row['support']:>10}"
+        )
+    print("confusion matrix (rows: true, columns: predicted)")
+    print(" " * 10 + "".join(f"{name[:8]:>9}" for name in EMOTIONS))
+    for name, row in zip(EMOTIONS, metrics["confusion_matrix"], strict=True):
+        print(f"{name:<10}" + "".join(f"{value:>9}" for value in row))
+
+
+def write_plots(metrics: dict, folder: Path, stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    matrix = np.array(metrics["confusion_matrix"], dtype=float)
+    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(7), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(7), EMOTIONS)
+    for i in range(7):
+        for j in range(7):
+            ax.text(
+                j,
+                i,
+                f"{normalised[i, j]:.2f}\n({int(matrix[i, j])})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if normalised[i, j] > 0.5 else "black",
+            )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"PrivateTest confusion matrix (accuracy {metrics['accuracy']:.1%})")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    paths.append(folder / f"{stem}_confusion_matrix.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    x = np.arange(7)
+    for offset, key in zip((-0.27, 0, 0.27), ("precision", "recall", "f1"), strict=True):
+        ax.bar(x + offset, [metrics["per_class"][n][key] for n in EMOTIONS], 0.27, label=key)
+    ax.set_xticks(x, EMOTIONS)
+    ax.set_ylim(0, 1)
+    ax.legend(ncols=3, loc="upper left")
+    ax.set_title("PrivateTest per-class precision, recall and F1")
+    fig.tight_layout()
+    paths.append(folder / f"{stem}_per_class.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    bins = metrics["reliability"]
+    centres = [(low + high) / 2 for low, high, *_ in bins]
+    ax.bar(
+        centres,
+        [acc for *_, acc, _ in bins],
+        width=1 / ECE_BINS,
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {metrics['ece_15_bins']:.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    paths.append(folder / f"{stem}_reliability.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return [str(path) for path in paths]
+
+
+def evaluate(
+    model_path: str | os.PathLike = "models/emotion_model.onnx",
+    data_path: str | None = None,
+    train_info: str | os.PathLike | None = None,
+    tta: str = "flip",
+    plots_dir: str | os.PathLike | None = "docs",
+    name: str = "emotion-classifier",
+    version: str | None = None,
+) -> dict:
+    """Score `model_path` on PrivateTest (and PublicTest), print the report, write the card."""
+    import onnxruntime
+
+    settings = Settings(model_path=str(model_path), tta=tta, detector="none")
+    model = EmotionModel(model_path)
+    pipeline = Pipeline(settings, model, NoDetector())
+    data = load_cached(data_path)
+    metrics = {}
+    for split in ("PrivateTest", "PublicTest"):
+        images, labels = data[split].images, data[split].labels
+        probabilities = np.concatenate(
+            [pipeline.classify_crops(list(images[i : i + 256])) for i in range(0, len(images), 256)]
+        )
+        metrics[split] = split_metrics(probabilities, labels)
+    print_report("PrivateTest", metrics["PrivateTest"])
+    print(f"\nPublicTest (model selection split): accuracy {metrics['PublicTest']['accuracy']:.4f}")
+
+    model_file = Path(model_path)
+    info = json.loads(Path(train_info).read_text()) if train_info else {}
+    card = {
+        "name": name,
+        "version": version or __version__,
+        "accuracy": metrics["PrivateTest"]["accuracy"],
+        "classes": list(EMOTIONS),
+        "dataset": "FER2013 (trained on Training, chosen on PublicTest, scored on PrivateTest)",
+        "framework": (
+            f"Keras {info['keras_version']} ({info['backend']} backend), "
+            f"served as ONNX by ONNX Runtime {onnxruntime.__version__}"
+            if info
+            else f"ONNX, served by ONNX Runtime {onnxruntime.__version__}"
+        ),
+        "input_shape": list(INPUT_SHAPE),
+        "output_shape": list(OUTPUT_SHAPE),
+        "precision": model.info().precision,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tta": tta,
+        "ms_per_face_1_thread": ms_per_face(pipeline),
+        "parameters": info.get("parameters"),
+        "metrics": {
+            split: {k: v for k, v in m.items() if k != "reliability"}
+            for split, m in metrics.items()
+        },
+        "training": info or None,
+        "dataset_sha256": data.sha256,
+        "evaluated_on": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+        ),
+        "evaluation_command": "emotion-server evaluate " + " ".join(sys.argv[2:])
+        if len(sys.argv) > 1 and sys.argv[1] == "evaluate"
+        else None,
+    }
+    card_path = model_file.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"\nwrote {card_path}")
+    if plots_dir:
+        for path in write_plots(metrics["PrivateTest"], Path(plots_dir), model_file.stem):
+            print(f"wrote {path}")
+    return card

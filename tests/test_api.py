@@ -1,0 +1,168 @@
+"""The HTTP contract through Flask's test client, on the real bundled model."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import BUNDLED_MODEL, encode
+
+from emotion_server.api import create_app
+
+SUMMARY_FIELDS = {
+    "name",
+    "version",
+    "accuracy",
+    "classes",
+    "dataset",
+    "framework",
+    "input_shape",
+    "output_shape",
+    "precision",
+    "created_at",
+}
+
+
+def _face_crop() -> bytes:
+    return encode(np.random.default_rng(3).integers(0, 256, (48, 48), dtype=np.uint8), "JPEG")
+
+
+def _assert_error(response, status, code):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+
+
+def test_summary_has_the_original_fields(client):
+    body = client.get("/summary").get_json()
+    assert body.keys() >= SUMMARY_FIELDS
+    assert body["input_shape"] == [1, 48, 48, 1] and body["output_shape"] == [1, 7]
+    assert body["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert 0.66 <= body["accuracy"] <= 1
+
+
+def test_inference_raw_bytes_keeps_prediction(client):
+    response = client.post("/inference", data=_face_crop(), content_type="application/octet-stream")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["prediction"] in body["probabilities"]
+    assert body["probabilities"][body["prediction"]] == body["confidence"]
+    assert max(body["probabilities"].values()) == body["confidence"]
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert body["face_detected"] is False and body["faces"] == []
+    assert body["whole_image_reason"] == "image_is_face_crop"
+
+
+def test_inference_multipart_matches_raw(client, astronaut):
+    data = encode(astronaut, "JPEG")
+    raw = client.post("/inference", data=data, content_type="application/octet-stream").get_json()
+    form = client.post(
+        "/inference",
+        data={"image": (io.BytesIO(data), "astronaut.jpg")},
+        content_type="multipart/form-data",
+    ).get_json()
+    assert raw == form
+    assert raw["face_detected"] is True and len(raw["faces"]) == 1
+    face = raw["faces"][0]
+    assert set(face) == {"box", "score", "prediction", "confidence", "probabilities"}
+    assert set(face["box"]) == {"x", "y", "width", "height"}
+    assert raw["prediction"] == face["prediction"]
+
+
+def test_image_content_type_and_no_content_type_are_raw(client):
+    data = _face_crop()
+    expected = client.post(
+        "/inference", data=data, content_type="application/octet-stream"
+    ).get_json()
+    assert client.post("/inference", data=data, content_type="image/jpeg").get_json() == expected
+    assert client.post("/inference", data=data).get_json() == expected
+
+
+def test_empty_body(client):
+    _assert_error(
+        client.post("/inference", data=b"", content_type="application/octet-stream"),
+        400,
+        "empty_body",
+    )
+
+
+def test_not_an_image(client):
+    _assert_error(
+        client.post(
+            "/inference", data=b"GIF89a garbage" * 10, content_type="application/octet-stream"
+        ),
+        400,
+        "invalid_image",
+    )
+
+
+def test_truncated_image(client, astronaut):
+    data = encode(astronaut, "JPEG")
+    _assert_error(
+        client.post(
+            "/inference", data=data[: len(data) // 3], content_type="application/octet-stream"
+        ),
+        400,
+        "corrupt_image",
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+)
+def test_unsupported_content_types(client, content_type):
+    _assert_error(
+        client.post("/inference", data=b'{"image": "x"}', content_type=content_type),
+        415,
+        "unsupported_media_type",
+    )
+
+
+def test_multipart_without_image_field(client):
+    response = client.post(
+        "/inference",
+        data={"photo": (io.BytesIO(_face_crop()), "a.jpg")},
+        content_type="multipart/form-data",
+    )
+    _assert_error(response, 400, "missing_file")
+
+
+def test_multipart_with_two_images(client):
+    files = [(io.BytesIO(_face_crop()), "a.jpg"), (io.BytesIO(_face_crop()), "b.jpg")]
+    response = client.post("/inference", data={"image": files}, content_type="multipart/form-data")
+    _assert_error(response, 400, "missing_file")
+
+
+def test_body_over_the_limit_is_413():
+    small = create_app({"model_path": str(BUNDLED_MODEL), "max_upload_bytes": 1000})
+    client = small.test_client()
+    _assert_error(
+        client.post("/inference", data=b"\xff" * 5000, content_type="application/octet-stream"),
+        413,
+        "payload_too_large",
+    )
+    form = {"image": (io.BytesIO(b"\xff" * 5000), "big.jpg")}
+    _assert_error(
+        client.post("/inference", data=form, content_type="multipart/form-data"),
+        413,
+        "payload_too_large",
+    )
+
+
+def test_too_many_pixels_is_413():
+    app = create_app({"model_path": str(BUNDLED_MODEL), "max_pixels": 100 * 100})
+    data = encode(np.zeros((200, 200), np.uint8), "PNG")
+    _assert_error(
+        app.test_client().post("/inference", data=data, content_type="application/octet-stream"),
+        413,
+        "image_too_large",
+    )
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    _assert_error(client.get("/nowhere"), 404, "not_found")
+    _assert_error(client.get("/inference"), 405, "method_not_allowed")
+
+
+def test_healthz(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}

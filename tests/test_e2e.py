@@ -1,0 +1,140 @@
+"""End to end: gunicorn on a loopback port, real HTTP, the real bundled model."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode, free_port
+from test_imaging import _png_header_only
+
+pytestmark = pytest.mark.e2e
+RAW = {"Content-Type": "application/octet-stream"}
+
+
+def test_summary_over_http(server):
+    body = requests.get(server.url + "/summary", timeout=10).json()
+    card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    assert body["accuracy"] == card["accuracy"] and body["name"] == card["name"]
+    assert body["input_shape"] == [1, 48, 48, 1]
+
+
+def test_astronaut_photo(server, astronaut):
+    response = requests.post(
+        server.url + "/inference", data=encode(astronaut), headers=RAW, timeout=30
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["face_detected"] is True and len(body["faces"]) == 1
+    box = body["faces"][0]["box"]
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    # The box covers the face: inside the by-eye face region and most of it.
+    assert x1 <= box["x"] and box["x"] + box["width"] <= x2
+    assert y1 <= box["y"] and box["y"] + box["height"] <= y2
+    assert box["width"] * box["height"] > 0.5 * (x2 - x1) * (y2 - y1)
+    assert body["prediction"] in body["probabilities"]
+
+
+def test_fer_private_test_crops(server, fer_private_jpegs, app):
+    """FER2013 48x48 crops are classified whole, exactly as the pipeline does in-process."""
+    pipeline = app.extensions["pipeline"]
+    for _label, data in fer_private_jpegs:
+        body = requests.post(server.url + "/inference", data=data, headers=RAW, timeout=30).json()
+        assert body["face_detected"] is False
+        assert body["whole_image_reason"] == "image_is_face_crop"
+        expected = pipeline.analyze(data).classification
+        assert body["prediction"] == expected.prediction
+        assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+
+
+BAD_INPUTS = [
+    ("empty", b"", RAW, 400, "empty_body"),
+    ("text", b"just some text", RAW, 400, "invalid_image"),
+    (
+        "random",
+        bytes(np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8)),
+        RAW,
+        400,
+        "invalid_image",
+    ),
+    ("bomb", _png_header_only(60_000, 60_000), RAW, 413, "image_too_large"),
+    ("json", b'{"image": 1}', {"Content-Type": "application/json"}, 415, "unsupported_media_type"),
+    ("oversized", b"\xff\xd8" + b"\x00" * (11 * 1024 * 1024), RAW, 413, "payload_too_large"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "headers", "status", "code"), BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS]
+)
+def test_bad_input_gets_json_error_and_server_keeps_serving(
+    server, astronaut, name, data, headers, status, code
+):
+    response = requests.post(server.url + "/inference", data=data, headers=headers, timeout=30)
+    assert response.status_code == status
+    assert response.json()["error"] == code and response.json()["message"]
+    ok = requests.post(server.url + "/inference", data=encode(astronaut), headers=RAW, timeout=30)
+    assert ok.status_code == 200 and ok.json()["face_detected"]
+
+
+def test_truncated_jpeg_over_http(server, astronaut):
+    data = encode(astronaut)
+    response = requests.post(server.url + "/inference", data=data[:5000], headers=RAW, timeout=30)
+    assert response.status_code == 400 and response.json()["error"] == "corrupt_image"
+
+
+def test_original_client(server, astronaut, tmp_path):
+    image = tmp_path / "astronaut.jpg"
+    image.write_bytes(encode(astronaut))
+    client = [sys.executable, str(ROOT / "test_client.py"), server.url]
+    summary = subprocess.run(client, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(summary.stdout)["input_shape"] == [1, 48, 48, 1]
+    predicted = subprocess.run(
+        [*client, str(image)], capture_output=True, text=True, timeout=60, check=True
+    )
+    expected = requests.post(
+        server.url + "/inference", data=image.read_bytes(), headers=RAW, timeout=30
+    ).json()["prediction"]
+    assert predicted.stdout.startswith(f"prediction: {expected}")
+    assert "face 1:" in predicted.stdout
+
+
+def test_python_app_py_serves_on_port():
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                body = requests.get(f"http://127.0.0.1:{port}/summary", timeout=1).json()
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.3)
+        assert body["output_shape"] == [1, 7]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_serve_fails_fast_on_missing_model(tmp_path):
+    env = {**os.environ, "EMOTION_MODEL_PATH": str(tmp_path / "absent.onnx")}
+    result = subprocess.run(
+        [sys.executable, "-m", "emotion_server.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "model file not found" in result.stderr

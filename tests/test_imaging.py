@@ -1,0 +1,144 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from conftest import encode
+from PIL import Image
+
+from emotion_server.errors import (
+    CorruptImage,
+    EmptyBody,
+    ImageTooLarge,
+    InvalidImage,
+    UnsupportedImageFormat,
+)
+from emotion_server.imaging import decode_image
+
+
+def _pattern(height=40, width=60) -> np.ndarray:
+    """An asymmetric RGB image: a bright block in the top-left corner only."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:10, :20] = (250, 200, 100)
+    return image
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_supported_formats_decode_to_same_size_and_content(fmt):
+    decoded = decode_image(encode(_pattern(), fmt))
+    assert (decoded.height, decoded.width) == (40, 60)
+    assert decoded.rgb.shape == (40, 60, 3) and decoded.gray.shape == (40, 60)
+    assert decoded.format == fmt
+    # The bright corner stays bright and the rest dark, whatever the codec's losses.
+    assert decoded.gray[:8, :18].mean() > 150 and decoded.gray[15:, 25:].mean() < 30
+
+
+@pytest.mark.parametrize(
+    ("orientation", "shape", "bright_corner"),
+    [
+        (1, (40, 60), (0, 0)),
+        (3, (40, 60), (-1, -1)),  # rotated 180
+        (6, (60, 40), (0, -1)),  # rotated 90 clockwise to be upright
+        (8, (60, 40), (-1, 0)),  # rotated 90 anticlockwise
+    ],
+)
+def test_exif_orientation_is_applied(orientation, shape, bright_corner):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = decode_image(encode(_pattern(), "JPEG", exif=exif, quality=95))
+    assert decoded.gray.shape == shape
+    row = 2 if bright_corner[0] == 0 else -3
+    col = 2 if bright_corner[1] == 0 else -3
+    assert decoded.gray[row, col] > 150
+
+
+def test_gif_first_frame_is_used():
+    frames = [Image.new("L", (50, 50), value) for value in (250, 10)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buffer.getvalue()).gray.mean() > 200
+
+
+def test_alpha_is_composited_on_white():
+    rgba = np.zeros((20, 20, 4), np.uint8)  # fully transparent black
+    assert decode_image(encode(rgba, "PNG")).gray.min() == 255
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    decoded = decode_image(encode(ramp, "PNG"))
+    assert decoded.gray[0, 0] == 0 and decoded.gray[0, -1] == 255
+    assert 100 < decoded.gray[0, 32] < 160  # mid-grey in the middle, not white
+
+
+def test_palette_and_cmyk_images():
+    palette = Image.fromarray(_pattern()).convert("P")
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue()).gray[:8, :18].mean() > 150
+    buffer = io.BytesIO()
+    Image.fromarray(_pattern()).convert("CMYK").save(buffer, format="JPEG")
+    assert decode_image(buffer.getvalue()).gray[:8, :18].mean() > 120
+
+
+def test_empty_body():
+    with pytest.raises(EmptyBody):
+        decode_image(b"")
+
+
+@pytest.mark.parametrize("data", [b"hello, I am text", bytes(range(256)) * 4, b"{}"])
+def test_not_an_image(data):
+    with pytest.raises(InvalidImage):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image(fmt):
+    rng = np.random.default_rng(0)
+    data = encode(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8), fmt)
+    with pytest.raises(CorruptImage):
+        decode_image(data[: len(data) // 2])
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims huge dimensions in a few dozen bytes (a decompression bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageTooLarge):
+        decode_image(_png_header_only(100_000, 100_000))
+
+
+def test_pixel_limit_is_configurable():
+    data = encode(_pattern(), "PNG")  # 2,400 pixels
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, max_pixels=2000)
+    assert decode_image(data, max_pixels=2400).width == 60
+
+
+def test_unsupported_format():
+    buffer = io.BytesIO()
+    Image.fromarray(_pattern()).save(buffer, format="ICO")
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(buffer.getvalue())
+
+
+def test_grey_pixels_are_kept_exactly():
+    """A 48x48 greyscale PNG decodes to exactly its pixels (the FER2013 crop path)."""
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    assert np.array_equal(decode_image(encode(gray, "PNG")).gray, gray)

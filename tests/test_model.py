@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import BUNDLED_MODEL
+from onnx import TensorProto, helper
+
+from emotion_server.errors import ModelLoadError
+from emotion_server.model import EmotionModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    return EmotionModel(BUNDLED_MODEL)
+
+
+def _identity_like_onnx(path, in_shape, out_shape):
+    """A minimal ONNX graph: flatten then a fixed matrix, softmax; shapes as asked."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    features = int(np.prod(in_shape[1:]))
+    classes = out_shape[-1]
+    weights = helper.make_tensor(
+        "w",
+        TensorProto.FLOAT,
+        [features, classes],
+        np.linspace(-1, 1, features * classes).astype(np.float32),
+    )
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_bundled_model_gives_probabilities(model):
+    batch = np.random.default_rng(0).random((5, 48, 48, 1), dtype=np.float32)
+    probabilities = model.predict(batch)
+    assert probabilities.shape == (5, 7)
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert (probabilities >= 0).all()
+    # Batched and one-by-one agree: no state leaks between rows.
+    single = np.concatenate([model.predict(batch[i : i + 1]) for i in range(5)])
+    assert np.abs(single - probabilities).max() < 1e-5
+
+
+def test_empty_batch(model):
+    assert model.predict(np.zeros((0, 48, 48, 1), np.float32)).shape == (0, 7)
+
+
+def test_bundled_model_has_a_card(model):
+    info = model.info()
+    assert info.input_shape == [1, 48, 48, 1] and info.output_shape == [1, 7]
+    assert info.classes == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    assert info.accuracy == card["accuracy"] and info.created_at == card["created_at"]
+
+
+def test_user_model_without_card_reports_nulls(tmp_path):
+    path = tmp_path / "mine.onnx"
+    _identity_like_onnx(path, ["N", 48, 48, 1], ["N", 7])
+    info = EmotionModel(path).info()
+    assert info.name == "mine" and info.precision == "float32"
+    assert info.accuracy is None and info.version is None and info.dataset is None
+    assert info.created_at is None
+
+
+def test_fixed_batch_model_is_fed_one_at_a_time(tmp_path):
+    path = tmp_path / "fixed.onnx"
+    _identity_like_onnx(path, [1, 48, 48, 1], [1, 7])
+    model = EmotionModel(path)
+    out = model.predict(np.random.default_rng(1).random((3, 48, 48, 1), dtype=np.float32))
+    assert out.shape == (3, 7)
+
+
+def test_wrong_shape_model_is_refused(tmp_path):
+    path = tmp_path / "wrong.onnx"
+    _identity_like_onnx(path, ["N", 64, 64, 3], ["N", 7])
+    with pytest.raises(ModelLoadError, match=r"\[N,48,48,1\]"):
+        EmotionModel(path)
+
+
+def test_missing_corrupt_and_keras_files_fail_clearly(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        EmotionModel(tmp_path / "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        EmotionModel(corrupt)
+    with pytest.raises(ModelLoadError, match="emotion-server export"):
+        EmotionModel(tmp_path / "mine.h5")

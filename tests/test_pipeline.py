@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, encode
+
+from emotion_server.classes import EMOTIONS
+from emotion_server.config import Settings
+from emotion_server.faces import FaceBox
+from emotion_server.pipeline import Pipeline, square_crop, to_model_input
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL)))
+
+
+def test_square_crop_is_square_and_centred():
+    gray = np.arange(100 * 100, dtype=np.uint32).reshape(100, 100).astype(np.uint8)
+    crop = square_crop(gray, FaceBox(40, 30, 20, 40, 0.9), margin=1.0)
+    assert crop.shape == (40, 40)
+    assert np.array_equal(crop, gray[30:70, 30:70])
+
+
+def test_square_crop_pads_at_the_edges():
+    gray = np.full((50, 50), 7, np.uint8)
+    crop = square_crop(gray, FaceBox(0, 0, 30, 30, 0.9), margin=1.5)
+    assert crop.shape == (45, 45) and (crop == 7).all()
+
+
+def test_to_model_input_scales_and_resizes():
+    batch = to_model_input([np.full((48, 48), 255, np.uint8), np.zeros((100, 80), np.uint8)])
+    assert batch.shape == (2, 48, 48, 1) and batch.dtype == np.float32
+    assert batch[0].min() == 1.0 and batch[1].max() == 0.0
+
+
+def test_face_crop_is_classified_whole(pipeline):
+    gray = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    result = pipeline.analyze(encode(gray, "PNG"))
+    assert not result.face_detected and result.faces == []
+    assert result.whole_image_reason == "image_is_face_crop"
+    expected = pipeline.classify_crops([gray])[0]
+    assert result.classification.prediction == EMOTIONS[int(expected.argmax())]
+    assert result.classification.probabilities["happy"] == pytest.approx(expected[3], abs=1e-6)
+
+
+def test_no_face_found_classifies_whole_image(pipeline):
+    result = pipeline.analyze(encode(np.full((300, 300), 90, np.uint8), "PNG"))
+    assert not result.face_detected and result.whole_image_reason == "no_face_found"
+    assert sum(result.classification.probabilities.values()) == pytest.approx(1, abs=1e-4)
+
+
+def test_astronaut_face_is_found_and_classified(pipeline, astronaut):
+    result = pipeline.analyze(encode(astronaut, "JPEG"))
+    assert result.face_detected and len(result.faces) == 1
+    face = result.faces[0]
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert x1 <= face.box.x and face.box.x + face.box.width <= x2
+    assert y1 <= face.box.y and face.box.y + face.box.height <= y2
+    assert result.classification == face.classification
+    assert (result.image_width, result.image_height) == (512, 512)
+
+
+def test_largest_face_is_the_top_level_answer(pipeline, astronaut):
+    from PIL import Image
+
+    canvas = np.full((600, 900, 3), 120, np.uint8)
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220))
+    canvas[50:450, 50:350] = np.asarray(face.resize((300, 400)))
+    canvas[300:400, 600:675] = np.asarray(face.resize((75, 100)))
+    result = pipeline.analyze(encode(canvas, "PNG"))
+    assert len(result.faces) == 2
+    assert result.faces[0].box.width > result.faces[1].box.width
+    assert result.classification == result.faces[0].classification
+
+
+def test_flip_tta_averages_both_views():
+    settings = Settings(model_path=str(BUNDLED_MODEL), tta="flip", detector="none")
+    pipeline = Pipeline.from_settings(settings)
+    gray = np.random.default_rng(2).integers(0, 256, (48, 48), dtype=np.uint8)
+    batch = to_model_input([gray])
+    plain = pipeline.model.predict(batch)[0]
+    flipped = pipeline.model.predict(batch[:, :, ::-1])[0]
+    assert np.allclose(pipeline.classify_crops([gray])[0], (plain + flipped) / 2, atol=1e-6)
+
+
+def test_unknown_tta_is_refused():
+    with pytest.raises(ValueError):
+        Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL), tta="tencrop"))
