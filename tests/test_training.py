@@ -214,3 +214,113 @@ def test_users_own_h5_is_served_after_one_export(tmp_path):
             assert np.abs(expected - got).max() <= 1e-4
     finally:
         server.stop()
+
+
+def test_resnet18_and_vgg64_have_the_documented_sizes():
+    from emotion_server.training.architectures import resnet, vgg
+
+    assert abs(resnet().count_params() - 11.2e6) < 0.1e6  # ResNet-18, 3x3 stem
+    assert vgg(width=64).output_shape == (None, 7)
+
+
+def test_ensemble_exports_as_the_weighted_mean_of_its_members(tmp_path):
+    from emotion_server.model import EmotionModel
+    from emotion_server.training.architectures import ensemble, tiny
+    from emotion_server.training.export import export_onnx, sample_inputs
+
+    first, second = tiny(), tiny()
+    combined = ensemble([first, second], weights=[3, 1])
+    combined.save(tmp_path / "ens.keras")
+    served = EmotionModel(export_onnx(tmp_path / "ens.keras"))
+    inputs = sample_inputs(8)
+    expected = 0.75 * np.asarray(first(inputs)) + 0.25 * np.asarray(second(inputs))
+    assert np.abs(served.predict(inputs) - expected).max() <= 1e-5
+
+
+def test_recipe_options_mixup_ema_and_distillation_train(tmp_path, monkeypatch):
+    """The issue-3 recipe options run end to end on a tiny synthetic set."""
+    from emotion_server.training.architectures import tiny
+    from emotion_server.training.export import export_onnx
+    from emotion_server.training.train import Batches, load_recipe, train
+
+    _write_kaggle_folder(tmp_path / "fer", per_class=10)
+    teacher = tiny()
+    teacher.save(tmp_path / "teacher.keras")
+    teacher_onnx = export_onnx(tmp_path / "teacher.keras")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(ROOT / "configs" / "smoke.toml", epochs=2)
+    recipe.mixup, recipe.ema, recipe.teacher = 0.4, True, str(teacher_onnx)
+    recipe.augment_impl, recipe.erasing, recipe.precision = "affine", 0.5, "mixed_bfloat16"
+    try:
+        info = train(recipe, tmp_path / "run", data_path=str(tmp_path / "fer"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert info["recipe"]["teacher"] == str(teacher_onnx) and info["best_epoch"] in (1, 2)
+    saved = keras.saving.load_model(tmp_path / "run" / "emotion_model.keras")
+    assert saved.layers[-1].dtype_policy.name == "float32"  # served in float32
+
+    # Mixup mixes images and targets with the same weight, so targets stay distributions.
+    x = np.random.default_rng(0).random((64, 48, 48, 1), dtype=np.float32)
+    targets = np.eye(7, dtype=np.float32)[np.arange(64) % 7]
+    mixed_x, mixed_y = Batches(x, targets, 32, 0.4, seed=0)[0]
+    assert np.allclose(mixed_y.sum(1), 1) and (mixed_y.max(1) < 1).any()
+    assert not np.allclose(mixed_x, x[:32])
+
+
+def test_greedy_weights_prefer_the_better_member():
+    from emotion_server.training.ensemble import greedy_weights
+
+    labels = np.arange(700) % 7
+    good = np.eye(7, dtype=np.float32)[labels] * 0.6 + 0.4 / 7
+    noise = np.random.default_rng(0).dirichlet(np.ones(7), 700).astype(np.float32)
+    counts, accuracy = greedy_weights([noise, good], labels)
+    assert counts[1] >= 1 and counts[1] > counts[0] and accuracy == 1.0
+
+
+def test_ensemble_command_weights_members_on_public_test(tmp_path):
+    from emotion_server.training.architectures import tiny
+
+    _write_kaggle_folder(tmp_path / "fer", per_class=4)
+    for name in ("a", "b"):
+        tiny().save(tmp_path / f"{name}.keras")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emotion_server.cli",
+            "ensemble",
+            str(tmp_path / "a.keras"),
+            str(tmp_path / "b.keras"),
+            "--output",
+            str(tmp_path / "ens.keras"),
+            "--data",
+            str(tmp_path / "fer"),
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report = json.loads((tmp_path / "ens.ensemble.json").read_text())
+    assert [m["model"] for m in report["members"]] == [
+        str(tmp_path / "a.keras"),
+        str(tmp_path / "b.keras"),
+    ]
+    assert sum(m["weight"] for m in report["members"]) >= 1
+    assert (tmp_path / "ens.keras").is_file()
+
+
+def test_random_affine_is_identity_at_inference_and_mirrors_at_most():
+    from emotion_server.training.train import RandomAffine
+
+    images = np.random.default_rng(0).random((16, 48, 48, 1), dtype=np.float32)
+    layer = RandomAffine(rotation_degrees=0, zoom=0, shift=0, erasing=0, seed=1)
+    assert np.array_equal(np.asarray(layer(images, training=False)), images)
+    out = np.asarray(layer(images, training=True))
+    for original, augmented in zip(images, out, strict=True):
+        # With no rotation, zoom or shift, each image is itself or its mirror image.
+        same = np.abs(augmented - original).max() < 1e-4
+        mirrored = np.abs(augmented - original[:, ::-1]).max() < 1e-4
+        assert same or mirrored
+    moved = np.asarray(RandomAffine(20, 0.2, 0.2, erasing=1.0, seed=2)(images, training=True))
+    assert moved.shape == images.shape and not np.allclose(moved, images)

@@ -53,6 +53,66 @@ def vgg(
     return keras.Model(inputs, outputs, name=name or f"vgg{width}")
 
 
+def _basic_block(x, filters: int, stride: int, name: str):
+    shortcut = x
+    y = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False, name=f"{name}_c1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_r1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_c2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        # Project the residual when the shape changes.
+        shortcut = layers.Conv2D(filters, 1, stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def resnet(
+    width: int = 64,
+    blocks: tuple[int, ...] = (2, 2, 2, 2),
+    dropout: float = 0.2,
+    num_classes: int = len(EMOTIONS),
+    name: str | None = None,
+) -> keras.Model:
+    """ResNet with basic blocks; (2, 2, 2, 2) at width 64 is ResNet-18 (11.2 M parameters).
+
+    A 3x3 stem without the initial pooling, as small 48x48 faces need their resolution.
+    """
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="image")
+    x = _conv_bn_relu(inputs, width, "stem")
+    for stage, count in enumerate(blocks):
+        for block in range(count):
+            stride = 2 if stage and not block else 1
+            x = _basic_block(x, width * 2**stage, stride, f"s{stage + 1}b{block + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="drop_out")(x)
+    outputs = layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=DENSE_INIT, name="probabilities"
+    )(x)
+    return keras.Model(inputs, outputs, name=name or f"resnet{2 * sum(blocks) + 2}w{width}")
+
+
+def ensemble(members: list[keras.Model], weights: list[float] | None = None) -> keras.Model:
+    """One model whose output is the weighted mean of its members' probabilities.
+
+    Exported like any model, so an ensemble keeps the serving contract ([N,48,48,1] -> [N,7]).
+    """
+    weights = weights or [1.0] * len(members)
+    total = float(sum(weights))
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="image")
+    # Members are re-wrapped under unique names (two "vgg24" members would clash).
+    members = [
+        keras.Model(m.input, m.output, name=f"member{i}_{m.name}") for i, m in enumerate(members)
+    ]
+    outputs = [
+        layers.Rescaling(w / total, name=f"weight{i}")(member(inputs))
+        for i, (member, w) in enumerate(zip(members, weights, strict=True))
+        if w
+    ]
+    mean = layers.Add(name="probabilities")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(inputs, mean, name=f"ensemble{len(outputs)}")
+
+
 def tiny(num_classes: int = len(EMOTIONS)) -> keras.Model:
     """A few-thousand-parameter network for tests: same contract, trains in seconds."""
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="image")
@@ -63,4 +123,4 @@ def tiny(num_classes: int = len(EMOTIONS)) -> keras.Model:
     return keras.Model(inputs, outputs, name="tiny")
 
 
-ARCHITECTURES = {"vgg": vgg, "tiny": tiny}
+ARCHITECTURES = {"vgg": vgg, "resnet": resnet, "tiny": tiny}

@@ -23,7 +23,7 @@ from emotion_server.classes import EMOTIONS, INPUT_SHAPE, OUTPUT_SHAPE
 from emotion_server.config import Settings
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
-from emotion_server.pipeline import Pipeline
+from emotion_server.pipeline import Pipeline, apply_temperature
 from emotion_server.training.data import load_cached
 
 ECE_BINS = 15
@@ -81,6 +81,19 @@ def split_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising negative log-likelihood (a 1-D search, coarse then fine)."""
+
+    def nll(temperature: float) -> float:
+        scaled = apply_temperature(probabilities, temperature)
+        return float(-np.log(np.clip(scaled[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+    grid = np.arange(0.5, 3.0001, 0.05)
+    best = min(grid, key=nll)
+    fine = np.arange(best - 0.05, best + 0.05001, 0.005)
+    return round(float(min(fine, key=nll)), 3)
+
+
 def ms_per_face(pipeline: Pipeline, repeats: int = 200) -> float:
     """Median milliseconds for one 48x48 crop, batch 1, test-time augmentation included."""
     crop = [np.full((48, 48), 128, np.uint8)]
@@ -111,7 +124,7 @@ def print_report(split: str, metrics: dict) -> None:
         print(f"{name:<10}" + "".join(f"{value:>9}" for value in row))
 
 
-def write_plots(metrics: dict, folder: Path, stem: str) -> list[str]:
+def write_plots(metrics: dict, before: dict, folder: Path, stem: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,22 +172,25 @@ def write_plots(metrics: dict, folder: Path, stem: str) -> list[str]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    bins = metrics["reliability"]
-    centres = [(low + high) / 2 for low, high, *_ in bins]
-    ax.bar(
-        centres,
-        [acc for *_, acc, _ in bins],
-        width=1 / ECE_BINS,
-        edgecolor="black",
-        alpha=0.7,
-        label="accuracy in bin",
-    )
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    for label, table, colour in (
+        (f"before (ECE {before['ece_15_bins']:.3f})", before["reliability"], "tab:grey"),
+        (
+            f"after temperature scaling (ECE {metrics['ece_15_bins']:.3f})",
+            metrics["reliability"],
+            "tab:blue",
+        ),
+    ):
+        ax.plot(
+            [row[2] for row in table], [row[3] for row in table], "o-", color=colour, label=label
+        )
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE {metrics['ece_15_bins']:.3f})")
-    ax.legend(loc="upper left")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence in bin (15 bins)")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_title("PrivateTest reliability")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     paths.append(folder / f"{stem}_reliability.png")
     fig.savefig(paths[-1], dpi=110)
@@ -197,16 +213,29 @@ def evaluate(
     settings = Settings(model_path=str(model_path), tta=tta, detector="none")
     model = EmotionModel(model_path)
     pipeline = Pipeline(settings, model, NoDetector())
+    pipeline.temperature = 1.0  # score the raw outputs first; calibration is fitted below
     data = load_cached(data_path)
-    metrics = {}
+    raw = {}
     for split in ("PrivateTest", "PublicTest"):
-        images, labels = data[split].images, data[split].labels
-        probabilities = np.concatenate(
+        images = data[split].images
+        raw[split] = np.concatenate(
             [pipeline.classify_crops(list(images[i : i + 256])) for i in range(0, len(images), 256)]
         )
-        metrics[split] = split_metrics(probabilities, labels)
+    # Temperature scaling, fitted on PublicTest only (PrivateTest is never used to choose).
+    temperature = fit_temperature(raw["PublicTest"], data["PublicTest"].labels)
+    metrics = {
+        split: split_metrics(apply_temperature(probs, temperature), data[split].labels)
+        for split, probs in raw.items()
+    }
+    uncalibrated = split_metrics(raw["PrivateTest"], data["PrivateTest"].labels)
     print_report("PrivateTest", metrics["PrivateTest"])
     print(f"\nPublicTest (model selection split): accuracy {metrics['PublicTest']['accuracy']:.4f}")
+    print(
+        f"calibration: temperature {temperature} (fitted on PublicTest); PrivateTest ECE "
+        f"{uncalibrated['ece_15_bins']:.4f} before, "
+        f"{metrics['PrivateTest']['ece_15_bins']:.4f} after"
+    )
+    pipeline.temperature = temperature
 
     model_file = Path(model_path)
     info = json.loads(Path(train_info).read_text()) if train_info else {}
@@ -227,6 +256,12 @@ def evaluate(
         "precision": model.info().precision,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tta": tta,
+        "temperature": temperature,
+        "calibration": {
+            "method": "temperature scaling fitted on PublicTest (negative log-likelihood)",
+            "private_test_ece_before": uncalibrated["ece_15_bins"],
+            "private_test_ece_after": metrics["PrivateTest"]["ece_15_bins"],
+        },
         "ms_per_face_1_thread": ms_per_face(pipeline),
         "parameters": info.get("parameters"),
         "metrics": {
@@ -246,6 +281,8 @@ def evaluate(
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"\nwrote {card_path}")
     if plots_dir:
-        for path in write_plots(metrics["PrivateTest"], Path(plots_dir), model_file.stem):
+        for path in write_plots(
+            metrics["PrivateTest"], uncalibrated, Path(plots_dir), model_file.stem
+        ):
             print(f"wrote {path}")
     return card

@@ -24,7 +24,15 @@ def load_keras_model(path: str | os.PathLike):
     """Load a Keras 3 .keras or a Keras 2/3 .h5 file and check it has the server's contract."""
     import keras
 
-    model = keras.saving.load_model(path, compile=False)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (TypeError, ValueError) as exc:
+        # Typical for Keras 2 files with SeparableConv2D (the common mini-Xception checkpoints).
+        raise ValueError(
+            f"Keras {keras.__version__} cannot rebuild {path} from its saved config ({exc}). "
+            "Rebuild the architecture in code, call model.load_weights(path), save it as "
+            ".keras, and export that file."
+        ) from exc
     in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
     if in_shape[1:] != (INPUT_SIZE, INPUT_SIZE, 1) or out_shape[1:] != (len(EMOTIONS),):
         raise ValueError(

@@ -40,6 +40,14 @@ class Recipe:
     zoom: float = 0.1
     shift: float = 0.1
     erasing: float = 0.0
+    augment_impl: str = "layers"  # "layers": Keras preprocessing layers; "affine": jit-friendly
+    precision: str = "float32"  # or "mixed_bfloat16" on a GPU; the saved model is float32
+    mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their targets; 0 disables
+    ema: bool = False  # keep an exponential moving average of the weights and select on it
+    ema_momentum: float = 0.999
+    teacher: str | None = None  # an ONNX model (e.g. an exported ensemble) to distil from
+    distill_weight: float = 0.7  # share of the teacher's probabilities in the targets
+    distill_temperature: float = 2.0  # softening of the teacher's probabilities
     seed: int = 1
     limit_train: int | None = None  # for smoke tests: use only the first N Training images
 
@@ -50,8 +58,81 @@ def load_recipe(path: str | os.PathLike | None, **overrides) -> Recipe:
     return Recipe(**values)
 
 
+class RandomAffine(keras.layers.Layer):
+    """Per-image flip, rotation, zoom and shift (one `affine_transform` call) and random
+    erasing, in keras.ops only, so it stays inside a jit-compiled step (JAX on a GPU), unlike
+    Keras's RandomRotation/RandomZoom/RandomTranslation layers (GPU.md)."""
+
+    def __init__(self, rotation_degrees=10.0, zoom=0.1, shift=0.1, erasing=0.0, seed=None, **kw):
+        super().__init__(**kw)
+        self.rotation = np.deg2rad(rotation_degrees)
+        self.zoom, self.shift, self.erasing = zoom, shift, erasing
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        ops, random = keras.ops, keras.random
+        n = ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+
+        def uniform(low, high):
+            return random.uniform((n,), low, high, seed=self.generator)
+
+        angle = uniform(-self.rotation, self.rotation)
+        scale = uniform(1 - self.zoom, 1 + self.zoom)
+        tx, ty = uniform(-self.shift, self.shift) * width, uniform(-self.shift, self.shift) * height
+        flip = ops.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+        cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
+        # Output pixel -> input pixel: mirror, then rotate and scale about the centre, then shift.
+        m00, m01, m10, m11 = cos * flip, sin, -sin * flip, cos
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        transform = ops.stack(
+            [
+                m00,
+                m01,
+                cx - m00 * (cx + tx) - m01 * (cy + ty),
+                m10,
+                m11,
+                cy - m10 * (cx + tx) - m11 * (cy + ty),
+                ops.zeros((n,)),
+                ops.zeros((n,)),
+            ],
+            axis=1,
+        )
+        images = ops.image.affine_transform(images, transform, fill_mode="nearest")
+        if self.erasing:
+            # One random rectangle per image (2%-25% of the area), filled with noise.
+            area = uniform(0.02, 0.25) * height * width
+            aspect = ops.exp(uniform(np.log(0.3), np.log(3.3)))
+            h = ops.minimum(ops.sqrt(area * aspect), height)
+            w = ops.minimum(ops.sqrt(area / aspect), width)
+            y0, x0 = uniform(0, 1) * (height - h), uniform(0, 1) * (width - w)
+            ys = ops.arange(height, dtype="float32")[None, :, None, None]
+            xs = ops.arange(width, dtype="float32")[None, None, :, None]
+
+            def column(v):
+                return ops.reshape(v, (-1, 1, 1, 1))
+
+            inside = (
+                (ys >= column(y0))
+                & (ys < column(y0 + h))
+                & (xs >= column(x0))
+                & (xs < column(x0 + w))
+                & column(uniform(0, 1) < self.erasing)
+            )
+            noise = random.uniform(ops.shape(images), seed=self.generator)
+            images = ops.where(inside, ops.cast(noise, images.dtype), images)
+        return images
+
+
 def augmentation(recipe: Recipe) -> keras.Sequential:
-    """Training-time augmentation as standard Keras layers (kept out of the saved model)."""
+    """Training-time augmentation (kept out of the saved inference model)."""
+    if recipe.augment_impl == "affine":
+        layer = RandomAffine(
+            recipe.rotation_degrees, recipe.zoom, recipe.shift, recipe.erasing, seed=recipe.seed
+        )
+        return keras.Sequential([layer], name="augmentation")
     steps = [
         keras.layers.RandomFlip("horizontal", seed=recipe.seed),
         keras.layers.RandomRotation(recipe.rotation_degrees / 360, fill_mode="nearest"),
@@ -67,6 +148,52 @@ def _to_inputs(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[..., None]
 
 
+class Batches(keras.utils.PyDataset):
+    """Shuffled full batches (a partial last batch would compile a second program), with
+    optional mixup of images and their (possibly soft) targets."""
+
+    def __init__(self, x, targets, batch_size: int, mixup: float, seed: int):
+        super().__init__()
+        self.x, self.targets, self.batch_size, self.mixup = x, targets, batch_size, mixup
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        x, y = self.x[rows], self.targets[rows]
+        if self.mixup:
+            lam = self.rng.beta(self.mixup, self.mixup)
+            partner = self.rng.permutation(len(rows))
+            x = lam * x + (1 - lam) * x[partner]
+            y = lam * y + (1 - lam) * y[partner]
+        return x, y
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))
+
+
+def training_targets(recipe: Recipe, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One-hot labels, or with a teacher: its softened probabilities mixed with them."""
+    onehot = np.eye(7, dtype=np.float32)[labels]
+    if not recipe.teacher:
+        return onehot
+    from emotion_server.model import EmotionModel
+    from emotion_server.pipeline import apply_temperature
+
+    teacher = EmotionModel(recipe.teacher, threads=os.cpu_count() or 1)
+    soft = np.concatenate(
+        [
+            (teacher.predict(x[i : i + 512]) + teacher.predict(x[i : i + 512, :, ::-1])) / 2
+            for i in range(0, len(x), 512)
+        ]
+    )
+    soft = apply_temperature(soft, recipe.distill_temperature)
+    return recipe.distill_weight * soft + (1 - recipe.distill_weight) * onehot
+
+
 def train(recipe: Recipe, output: str | os.PathLike, data_path: str | None = None) -> dict:
     """Fit `recipe` and save the PublicTest-best model into `output`; return train_info."""
     out = Path(output)
@@ -78,77 +205,80 @@ def train(recipe: Recipe, output: str | os.PathLike, data_path: str | None = Non
     if recipe.limit_train:
         x_train, y_train = x_train[: recipe.limit_train], y_train[: recipe.limit_train]
     x_val, y_val = _to_inputs(val_split.images), val_split.labels
-    num_classes = 7
 
+    if recipe.precision != "float32":
+        keras.mixed_precision.set_global_policy(recipe.precision)
     model = architectures.ARCHITECTURES[recipe.architecture](**recipe.arch_args)
     inputs = keras.Input(model.input_shape[1:])
     trainable = keras.Model(inputs, model(augmentation(recipe)(inputs)), name="training")
+    batches = Batches(
+        x_train,
+        training_targets(recipe, x_train, y_train),
+        recipe.batch_size,
+        recipe.mixup,
+        recipe.seed,
+    )
 
-    steps_per_epoch = len(x_train) // recipe.batch_size  # partial last batch dropped below
+    steps_per_epoch = len(batches)
     warmup = recipe.warmup_epochs * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=recipe.learning_rate / 10,
-        decay_steps=recipe.epochs * steps_per_epoch - warmup,
+        decay_steps=max(1, recipe.epochs * steps_per_epoch - warmup),
         warmup_target=recipe.learning_rate,
         warmup_steps=warmup,
     )
     optimizer = keras.optimizers.SGD(
-        schedule, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay
+        schedule,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+        use_ema=recipe.ema,
+        ema_momentum=recipe.ema_momentum,
     )
+    # Keras's weight decay is decoupled (scaled by the learning rate); not on BN and biases.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     trainable.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
-    n = steps_per_epoch * recipe.batch_size
-    y_train_onehot = keras.utils.to_categorical(y_train, num_classes)
-    y_val_onehot = keras.utils.to_categorical(y_val, num_classes)
 
-    best_path = out / "best.keras"
-    callbacks = [
-        # "Chosen on PublicTest": keep the epoch with the best PublicTest accuracy.
-        keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_accuracy", mode="max", save_best_only=True
-        ),
-        keras.callbacks.CSVLogger(out / "history.csv"),
-    ]
+    class KeepBest(keras.callbacks.Callback):
+        """Chosen on PublicTest: save the inference model of the best PublicTest epoch."""
 
-    class SaveInner(keras.callbacks.Callback):
-        """ModelCheckpoint saves the training wrapper; keep the bare inference model too."""
-
-        best = -1.0
+        best, epoch = -1.0, 0
 
         def on_epoch_end(self, epoch, logs=None):
             if logs and logs.get("val_accuracy", -1) > self.best:
-                self.best = logs["val_accuracy"]
-                self.epoch = epoch + 1
+                self.best, self.epoch = logs["val_accuracy"], epoch + 1
                 model.save(out / "inference_best.keras")
 
-    saver = SaveInner()
-    callbacks.append(saver)
+    keeper = KeepBest()
+    # With EMA, the averaged weights are swapped in for validation and for KeepBest.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []
+    callbacks += [keeper, keras.callbacks.CSVLogger(out / "history.csv")]
     started = time.time()
-    rng = np.random.default_rng(recipe.seed)
-    for_epoch = rng.permutation(len(x_train))[:n]
     trainable.fit(
-        x_train[for_epoch],
-        y_train_onehot[for_epoch],
-        batch_size=recipe.batch_size,
+        batches,
         epochs=recipe.epochs,
-        validation_data=(x_val, y_val_onehot),
+        validation_data=(x_val, keras.utils.to_categorical(y_val, 7)),
         callbacks=callbacks,
-        shuffle=True,
         verbose=2,
     )
     wall = time.time() - started
     best = keras.saving.load_model(out / "inference_best.keras")
+    if recipe.precision != "float32":
+        # Serve in float32: the same architecture under the float32 policy, same weights.
+        keras.mixed_precision.set_global_policy("float32")
+        weights = best.get_weights()
+        best = architectures.ARCHITECTURES[recipe.architecture](**recipe.arch_args)
+        best.set_weights(weights)
     best.save(out / "emotion_model.h5")
     best.save(out / "emotion_model.keras")
-    best_path.unlink(missing_ok=True)
     info = {
         "recipe": asdict(recipe),
-        "best_epoch": saver.epoch,
-        "public_test_accuracy": round(float(saver.best), 4),
+        "best_epoch": keeper.epoch,
+        "public_test_accuracy": round(float(keeper.best), 4),
         "train_wall_seconds": round(wall, 1),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "backend": keras.backend.backend(),
