@@ -1,5 +1,7 @@
 """The original client: `python test_client.py URL` prints the model summary;
-`python test_client.py URL IMAGE` prints the prediction for IMAGE (and the faces found).
+`python test_client.py URL IMAGE` prints the prediction for IMAGE (and the faces found);
+`python test_client.py URL --batch IMAGE IMAGE...` sends several images in one request to
+/inference/batch and prints each one's prediction (or its error).
 
 Only the standard library is used, so it runs anywhere Python does.
 """
@@ -7,9 +9,11 @@ Only the standard library is used, so it runs anywhere Python does.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
+import uuid
 
 
 def _call(request: urllib.request.Request) -> dict:
@@ -37,26 +41,67 @@ def infer(url: str, image_path: str) -> dict:
     return _call(request)
 
 
+def infer_batch(url: str, image_paths: list[str]) -> dict:
+    """POST the images as the repeated multipart field `images`."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for path in image_paths:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        name = os.path.basename(path).replace('"', "_").replace("\r", "_").replace("\n", "_")
+        parts.append(
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url.rstrip("/") + "/inference/batch",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="POST",
+    )
+    return _call(request)
+
+
+def print_result(result: dict, prefix: str = "") -> None:
+    print(
+        f"{prefix}prediction: {result['prediction']} (confidence {result.get('confidence', 0):.2f})"
+    )
+    for index, face in enumerate(result.get("faces", []), 1):
+        box = face["box"]
+        print(
+            f"{prefix}face {index}: {face['prediction']} ({face['confidence']:.2f}) at "
+            f"x={box['x']} y={box['y']} {box['width']}x{box['height']}"
+        )
+    if not result.get("face_detected", True):
+        print(
+            f"{prefix}no face detected ({result.get('whole_image_reason')}): "
+            "the whole image was classified"
+        )
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 3):
+    if len(argv) >= 4 and argv[2] == "--batch":
+        paths = argv[3:]
+        results = infer_batch(argv[1], paths)["results"]
+        # One result per image, in order (no strict=: this client runs on older Pythons too).
+        for path, result in zip(paths, results):  # noqa: B905
+            if "error" in result:
+                print(f"{path}: error {result['error']}: {result['message']}")
+            else:
+                print_result(result, prefix=f"{path}: ")
+        return 0
+    if len(argv) not in (2, 3) or "--batch" in argv:
         print(__doc__, file=sys.stderr)
         return 2
     url = argv[1]
     if len(argv) == 2:
         print(json.dumps(summary(url), indent=2))
         return 0
-    result = infer(url, argv[2])
-    print(f"prediction: {result['prediction']} (confidence {result.get('confidence', 0):.2f})")
-    for index, face in enumerate(result.get("faces", []), 1):
-        box = face["box"]
-        print(
-            f"face {index}: {face['prediction']} ({face['confidence']:.2f}) at "
-            f"x={box['x']} y={box['y']} {box['width']}x{box['height']}"
-        )
-    if not result.get("face_detected", True):
-        print(
-            f"no face detected ({result.get('whole_image_reason')}): the whole image was classified"
-        )
+    print_result(infer(url, argv[2]))
     return 0
 
 

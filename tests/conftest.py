@@ -125,7 +125,7 @@ class GunicornServer:
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"gunicorn did not become healthy: {self.output()}")

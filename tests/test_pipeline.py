@@ -85,3 +85,28 @@ def test_flip_tta_averages_both_views():
 def test_unknown_tta_is_refused():
     with pytest.raises(ValueError):
         Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL), tta="tencrop"))
+
+
+def test_temperature_scaling_keeps_the_ranking_and_softens():
+    from emotion_server.pipeline import apply_temperature
+
+    probabilities = np.array([[0.7, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03]], np.float32)
+    softer = apply_temperature(probabilities, 2.0)
+    assert softer.argmax() == 0 and softer.max() < 0.7
+    assert softer.sum() == pytest.approx(1, abs=1e-6)
+    # T = 2 is the square root of each probability, renormalised.
+    root = np.sqrt(probabilities)
+    assert np.allclose(softer, root / root.sum(), atol=1e-6)
+    assert apply_temperature(probabilities, 1.0) is probabilities
+
+
+def test_evaluate_fits_a_temperature_that_lowers_nll():
+    from emotion_server.training.evaluate import fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 2000)
+    # Over-confident outputs: 95% on a class that is right only 60% of the time.
+    guess = np.where(rng.random(2000) < 0.6, labels, (labels + 1) % 7)
+    probabilities = np.full((2000, 7), 0.05 / 6, np.float32)
+    probabilities[np.arange(2000), guess] = 0.95
+    assert fit_temperature(probabilities, labels) > 1.5

@@ -1,6 +1,7 @@
-"""`emotion-server serve | train | evaluate | export`.
+"""`emotion-server serve | classify | train | evaluate | export`.
 
-Training commands import Keras lazily, so a serving install without it still runs `serve`.
+Training commands import Keras lazily, so a serving install without it still runs `serve` and
+`classify`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from emotion_server.training.ensemble import build_ensemble
+
+    report = build_ensemble(args.members, args.output, data_path=args.data)
+    for member in report["members"]:
+        print(
+            f"{member['model']}: PublicTest {member['public_test_accuracy']:.4f}, "
+            f"weight {member['weight']}"
+        )
+    print(f"ensemble PublicTest {report['public_test_accuracy']:.4f}; saved {args.output}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from emotion_server.training.evaluate import evaluate
 
@@ -69,6 +83,34 @@ def _evaluate(args: argparse.Namespace) -> int:
         name=args.name,
         version=args.version,
     )
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from emotion_server.classify import RowWriter, classify_files, find_images
+    from emotion_server.config import Settings
+    from emotion_server.errors import ModelLoadError
+    from emotion_server.pipeline import Pipeline
+
+    overrides = {"model_path": args.model} if args.model else {}
+    try:
+        pipeline = Pipeline.from_settings(Settings.from_env(**overrides))
+    except ModelLoadError as exc:
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    files = find_images(args.paths)
+    if not files:
+        print("emotion-server: no image files found in " + " ".join(args.paths), file=sys.stderr)
+        return 1
+    progress = False if args.no_progress else None
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as stream:
+            writer = RowWriter(stream, args.format)
+            summary = classify_files(pipeline, files, writer, args.batch_size, progress)
+    else:
+        writer = RowWriter(sys.stdout, args.format)
+        summary = classify_files(pipeline, files, writer, args.batch_size, progress)
+    print(summary.text(), file=sys.stderr)
     return 0
 
 
@@ -86,6 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
+    classify = commands.add_parser(
+        "classify",
+        help="classify image files and folders (recursively): one CSV or JSON line per face",
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    classify.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    classify.add_argument("--output", help="file to write (default: standard output)")
+    classify.add_argument(
+        "--model", help="ONNX model (default: $EMOTION_MODEL_PATH or the bundled one)"
+    )
+    classify.add_argument(
+        "--batch-size", type=int, default=16, help="images per model call (default: 16)"
+    )
+    classify.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: on a terminal)"
+    )
+    classify.set_defaults(func=_classify)
+
     train = commands.add_parser("train", help="train a model on FER2013 (needs the [train] extra)")
     train.add_argument("--config", default="configs/default.toml", help="recipe TOML file")
     train.add_argument("--output", default="runs/default", help="output folder")
@@ -98,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="Keras model file (input 48x48x1, 7 softmax outputs)")
     export.add_argument("--output", help="ONNX file to write (default: next to the model)")
     export.set_defaults(func=_export)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="weight Keras models on PublicTest and save them as one model"
+    )
+    ensemble.add_argument("members", nargs="+", help="Keras model files (.keras or .h5)")
+    ensemble.add_argument("--output", default="runs/ensemble.keras")
+    ensemble.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
+    ensemble.set_defaults(func=_ensemble)
 
     evaluate = commands.add_parser(
         "evaluate", help="score an ONNX model on PrivateTest and write its model card"

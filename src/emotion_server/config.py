@@ -27,11 +27,13 @@ class Settings:
     tta: str = "auto"
     detector: str = "centerface"  # or "none": always classify the whole image
     detect_threshold: float = 0.5
-    detect_max_side: int = 640  # large uploads are downscaled to this before detection
+    detect_max_side: int = 800  # large uploads are downscaled to this before detection
     crop_size_limit: int = 96  # images no larger than this are taken as a face crop
     max_faces: int = 20
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_batch_images: int = 16  # files in one POST /inference/batch
+    max_batch_bytes: int = 64 * 1024 * 1024  # the whole batch request; each file: max_upload_bytes
     threads: int = 1  # ONNX Runtime intra-op threads per worker
     workers: int = 2
     timeout: int = 30

@@ -47,5 +47,15 @@ class ImageTooLarge(EmotionServerError):
     code, status = "image_too_large", 413
 
 
+class TooManyImages(EmotionServerError):
+    code, status = "too_many_images", 413
+
+
+class UnreadableFile(EmotionServerError):
+    """A file the `classify` command could not open (missing, a folder, no permission)."""
+
+    code, status = "unreadable_file", 400
+
+
 class ModelLoadError(Exception):
     """The model file is missing or unusable: raised at start-up, never per request."""

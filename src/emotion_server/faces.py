@@ -94,7 +94,7 @@ class CenterFaceDetector:
     name = "centerface"
     STRIDE = 4  # output map cell size in input pixels
 
-    def __init__(self, threshold: float = 0.5, max_side: int = 640, threads: int = 1):
+    def __init__(self, threshold: float = 0.5, max_side: int = 800, threads: int = 1):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -152,7 +152,7 @@ class CenterFaceDetector:
 
 
 def make_detector(
-    name: str, threshold: float = 0.5, max_side: int = 640, threads: int = 1
+    name: str, threshold: float = 0.5, max_side: int = 800, threads: int = 1
 ) -> FaceDetector:
     if name == "centerface":
         return CenterFaceDetector(threshold=threshold, max_side=max_side, threads=threads)

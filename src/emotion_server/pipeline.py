@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 from emotion_server.classes import EMOTIONS, INPUT_SIZE
 from emotion_server.config import Settings
+from emotion_server.errors import EmotionServerError
 from emotion_server.faces import FaceBox, FaceDetector, make_detector
 from emotion_server.imaging import DecodedImage, decode_image
 from emotion_server.model import EmotionModel
@@ -60,15 +62,30 @@ class InferenceResult:
     image_height: int
 
 
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of softmax outputs: softmax(log(p) / T); T > 1 softens them."""
+    if temperature == 1.0:
+        return probabilities
+    logits = np.log(np.clip(probabilities, 1e-12, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize_to_input(crop: np.ndarray) -> np.ndarray:
+    """A greyscale uint8 crop of any size -> uint8 48x48 (unchanged if it already is)."""
+    if crop.shape == (INPUT_SIZE, INPUT_SIZE):
+        return crop
+    return np.asarray(
+        Image.fromarray(crop).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
+    )
+
+
 def to_model_input(gray_crops: list[np.ndarray]) -> np.ndarray:
     """Greyscale uint8 crops of any size -> float32 [N,48,48,1] in [0,1]."""
     batch = np.empty((len(gray_crops), INPUT_SIZE, INPUT_SIZE, 1), np.float32)
     for index, crop in enumerate(gray_crops):
-        if crop.shape != (INPUT_SIZE, INPUT_SIZE):
-            crop = np.asarray(
-                Image.fromarray(crop).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
-            )
-        batch[index, ..., 0] = crop
+        batch[index, ..., 0] = resize_to_input(crop)
     batch /= 255.0
     return batch
 
@@ -86,6 +103,21 @@ def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) ->
     return gray[y0 : y0 + side, x0 : x0 + side]
 
 
+@dataclass(frozen=True)
+class LocatedFaces:
+    """One image after detection, before the model: its faces and their 48x48 crops.
+
+    Only the small crops are kept, so a batch of large photos does not hold every decoded image
+    while it waits for the one model call.
+    """
+
+    faces: list[FaceBox]  # largest first; empty when the whole image is classified
+    crops: list[np.ndarray]  # uint8 48x48: one per face, or the whole image
+    whole_image_reason: str | None
+    image_width: int
+    image_height: int
+
+
 class Pipeline:
     """Holds the loaded model and detector (once per worker) and classifies images."""
 
@@ -99,6 +131,8 @@ class Pipeline:
         if tta not in TTA_MODES:
             raise ValueError(f"unknown test-time augmentation {tta!r}: use one of {TTA_MODES}")
         self.tta = tta
+        # Fitted on PublicTest by `evaluate` and stored in the card; 1.0 leaves outputs as-is.
+        self.temperature = float(model.card.get("temperature", 1.0))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -112,15 +146,17 @@ class Pipeline:
         return cls(settings, model, detector)
 
     def classify_crops(self, gray_crops: list[np.ndarray]) -> np.ndarray:
-        """Greyscale face crops -> [N,7] probabilities, test-time augmentation included.
+        """Greyscale face crops -> [N,7] probabilities, with TTA and calibration applied.
 
         This is the one path from crops to probabilities: `evaluate` scores models through it.
         """
         batch = to_model_input(gray_crops)
         if self.tta == "flip" and len(batch):
             both = self.model.predict(np.concatenate([batch, batch[:, :, ::-1]]))
-            return (both[: len(batch)] + both[len(batch) :]) / 2
-        return self.model.predict(batch)
+            probabilities = (both[: len(batch)] + both[len(batch) :]) / 2
+        else:
+            probabilities = self.model.predict(batch)
+        return apply_temperature(probabilities, self.temperature)
 
     def _is_face_crop(self, image: DecodedImage) -> bool:
         limit = self.settings.crop_size_limit
@@ -132,6 +168,36 @@ class Pipeline:
         return self.analyze_image(image)
 
     def analyze_image(self, image: DecodedImage) -> InferenceResult:
+        located = self.locate_faces(image)
+        return self.assemble(located, self.classify_crops(located.crops))
+
+    def analyze_batch(self, images: Sequence[bytes]) -> list[InferenceResult | EmotionServerError]:
+        """Several images -> one result each, in order; the faces of all go through ONE model call.
+
+        An image that cannot be decoded gets its error in its place; the others are unaffected.
+        """
+        located: list[LocatedFaces | EmotionServerError] = []
+        for data in images:
+            try:
+                image = decode_image(data, max_pixels=self.settings.max_pixels)
+                located.append(self.locate_faces(image))
+            except EmotionServerError as error:
+                located.append(error)
+        crops = [crop for item in located if isinstance(item, LocatedFaces) for crop in item.crops]
+        vectors = self.classify_crops(crops)
+        results: list[InferenceResult | EmotionServerError] = []
+        start = 0
+        for item in located:
+            if isinstance(item, EmotionServerError):
+                results.append(item)
+                continue
+            end = start + len(item.crops)
+            results.append(self.assemble(item, vectors[start:end]))
+            start = end
+        return results
+
+    def locate_faces(self, image: DecodedImage) -> LocatedFaces:
+        """Detect the faces (unless the image is a face crop) and cut their 48x48 crops."""
         faces: list[FaceBox] = []
         reason = None
         if self._is_face_crop(image):
@@ -141,30 +207,41 @@ class Pipeline:
             faces = sorted(faces, key=lambda f: f.area, reverse=True)[: self.settings.max_faces]
             if not faces:
                 reason = "no_face_found"
-        if not faces:
-            (vector,) = self.classify_crops([image.gray])
+        crops = [square_crop(image.gray, face) for face in faces] if faces else [image.gray]
+        return LocatedFaces(
+            faces=faces,
+            crops=[resize_to_input(crop) for crop in crops],
+            whole_image_reason=reason,
+            image_width=image.width,
+            image_height=image.height,
+        )
+
+    @staticmethod
+    def assemble(located: LocatedFaces, vectors: np.ndarray) -> InferenceResult:
+        """A located image and its crops' probabilities -> the result (largest face on top)."""
+        if not located.faces:
+            (vector,) = vectors
             return InferenceResult(
                 classification=Classification.from_vector(vector),
                 faces=[],
                 face_detected=False,
-                whole_image_reason=reason,
-                image_width=image.width,
-                image_height=image.height,
+                whole_image_reason=located.whole_image_reason,
+                image_width=located.image_width,
+                image_height=located.image_height,
             )
-        vectors = self.classify_crops([square_crop(image.gray, face) for face in faces])
         results = [
             FaceResult(
                 box=Box(face.x, face.y, face.width, face.height),
                 score=face.score,
                 classification=Classification.from_vector(vector),
             )
-            for face, vector in zip(faces, vectors, strict=True)
+            for face, vector in zip(located.faces, vectors, strict=True)
         ]
         return InferenceResult(
             classification=results[0].classification,  # the largest face
             faces=results,
             face_detected=True,
             whole_image_reason=None,
-            image_width=image.width,
-            image_height=image.height,
+            image_width=located.image_width,
+            image_height=located.image_height,
         )

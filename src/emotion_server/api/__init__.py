@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask_openapi3 import Info, OpenAPI
 
+from emotion_server import __version__
 from emotion_server.config import Settings
 from emotion_server.pipeline import Pipeline
 
@@ -17,7 +19,24 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     The model and the face detector are loaded here, once per process, never per request.
     """
     settings = Settings.from_env(**dict(test_config or {}))
-    app = Flask(__name__)
+    # An OpenAPI app is a Flask app that also writes the OpenAPI 3.1 document of its routes.
+    # Its own docs pages are off: /docs is ours (local assets, no inline script). Requests are
+    # read and checked by our views, never by the library's pydantic request validation, so
+    # its generic validation-error response is folded into the 500 that every operation
+    # documents instead of adding a 422 that cannot happen.
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="Emotion server",
+            version=__version__,
+            description="Facial emotion classification: faces found, 7 FER2013 emotions each. "
+            "Every error is JSON: "
+            '`{"error": "<stable code>", "message": "<for a person>"}`.',
+        ),
+        doc_ui=False,
+        validation_error_status=500,
+        static_folder=None,  # the page's assets are the `web` blueprint's
+    )
     app.config.from_mapping(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
@@ -27,10 +46,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["pipeline"] = Pipeline.from_settings(settings)
 
-    from emotion_server.api import errors, health, inference, summary
+    from emotion_server.api import docs, errors, health, inference, security, summary, web
 
     errors.register(app)
-    app.register_blueprint(inference.bp)
-    app.register_blueprint(summary.bp)
-    app.register_blueprint(health.bp)
+    security.register(app)
+    app.register_api(inference.bp)
+    app.register_api(summary.bp)
+    app.register_api(health.bp)
+    app.register_api(web.bp)
+    app.register_blueprint(docs.bp)
     return app

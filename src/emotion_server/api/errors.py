@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from emotion_server.errors import EmotionServerError
@@ -35,7 +35,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
-        limit = app.config["MAX_CONTENT_LENGTH"]
+        limit = request.max_content_length  # the app's, or the view's own (a batch)
         return error_response(
             "payload_too_large", f"The request body is over the limit of {limit} bytes.", 413
         )

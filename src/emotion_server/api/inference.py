@@ -1,15 +1,36 @@
-"""POST /inference: one image (raw bytes or multipart field `image`) -> emotions per face."""
+"""POST /inference: one image (raw bytes or multipart field `image`) -> emotions per face.
+POST /inference/batch: several images (repeated multipart field `images`) -> one result each.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from flask import current_app, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+from werkzeug.datastructures import FileStorage
 
-from flask import Blueprint, current_app, jsonify, request
+from emotion_server.api.schemas import (
+    BATCH_BODY,
+    COMMON_RESPONSES,
+    INFERENCE_BODY,
+    BatchResponse,
+    InferenceResponse,
+    error_response,
+)
+from emotion_server.config import Settings
+from emotion_server.errors import (
+    MissingFile,
+    PayloadTooLarge,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+from emotion_server.pipeline import InferenceResult, Pipeline
 
-from emotion_server.errors import MissingFile, UnsupportedMediaType
-from emotion_server.pipeline import Classification, InferenceResult
-
-bp = Blueprint("inference", __name__)
+bp = APIBlueprint(
+    "inference",
+    __name__,
+    abp_tags=[Tag(name="inference", description="Emotions of the faces in images")],
+    abp_responses=COMMON_RESPONSES,
+)
 
 RAW_TYPES = ("application/octet-stream", "image/")
 
@@ -36,34 +57,83 @@ def read_image_bytes() -> bytes:
     )
 
 
-def _classification(c: Classification) -> dict:
-    return {
-        "prediction": c.prediction,
-        "confidence": round(c.confidence, 6),
-        "probabilities": {k: round(v, 6) for k, v in c.probabilities.items()},
-    }
-
-
 def result_json(result: InferenceResult) -> dict:
-    """The response body: the original `prediction` first, then everything we add."""
-    return {
-        **_classification(result.classification),
-        "face_detected": result.face_detected,
-        "whole_image_reason": result.whole_image_reason,
-        "faces": [
-            {
-                "box": asdict(face.box),
-                "score": round(face.score, 4),
-                **_classification(face.classification),
-            }
-            for face in result.faces
-        ],
-        "image": {"width": result.image_width, "height": result.image_height},
-    }
+    """The response body of /inference, shaped by its documented model."""
+    return InferenceResponse.from_result(result).model_dump()
 
 
-@bp.post("/inference")
+@bp.post(
+    "/inference",
+    operation_id="inference",
+    summary="Classify the emotions of the faces in one image",
+    description="Faces are detected and each is classified; the top-level `prediction` is the "
+    "largest face's. An image of at most 96x96 pixels, or one where no face is found, is "
+    "classified whole, as the original service did, and `whole_image_reason` says so.",
+    responses={
+        200: InferenceResponse,
+        400: error_response("empty_body, invalid_image, corrupt_image or missing_file"),
+        413: error_response("payload_too_large (the body) or image_too_large (its pixels)"),
+        415: error_response("unsupported_media_type or unsupported_image_format"),
+    },
+    openapi_extensions=INFERENCE_BODY,
+)
 def inference():
     data = read_image_bytes()
     result = current_app.extensions["pipeline"].analyze(data)
     return jsonify(result_json(result))
+
+
+def _read_batch_files(settings: Settings) -> list[FileStorage]:
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"Content-Type {request.mimetype or 'none'!r} is not accepted: send "
+            "multipart/form-data with the images in the repeated field 'images' "
+            "(for example: curl -F images=@a.jpg -F images=@b.jpg)."
+        )
+    # The whole batch has its own body limit; each file still obeys the single-image one.
+    request.max_content_length = settings.max_batch_bytes
+    files = request.files.getlist("images")
+    if not files:
+        raise MissingFile(
+            "The multipart body has no file in the field 'images' "
+            "(for example: curl -F images=@a.jpg -F images=@b.jpg)."
+        )
+    if len(files) > settings.max_batch_images:
+        raise TooManyImages(
+            f"{len(files)} images were sent; the limit is {settings.max_batch_images} per request."
+        )
+    return files
+
+
+def _read_file(file: FileStorage, limit: int) -> bytes | PayloadTooLarge:
+    data = file.read(limit + 1)
+    if len(data) > limit:
+        return PayloadTooLarge(f"The file is over the limit of {limit} bytes.")
+    return data
+
+
+@bp.post(
+    "/inference/batch",
+    operation_id="inference_batch",
+    summary="Classify several images in one request",
+    description="Each file in the repeated multipart field `images` gets, in order, the same "
+    "result as /inference plus its `filename`, or its own error object. The faces of all the "
+    "images are classified in one batched model call.",
+    responses={
+        200: BatchResponse,
+        400: error_response("missing_file (no file in the field 'images')"),
+        413: error_response("too_many_images or payload_too_large (the whole request)"),
+        415: error_response("unsupported_media_type (the body is not multipart/form-data)"),
+    },
+    openapi_extensions=BATCH_BODY,
+)
+def inference_batch():
+    settings: Settings = current_app.config["SETTINGS"]
+    pipeline: Pipeline = current_app.extensions["pipeline"]
+    files = _read_batch_files(settings)
+    contents = [_read_file(file, settings.max_upload_bytes) for file in files]
+    readable = [data for data in contents if isinstance(data, bytes)]
+    analyzed = iter(pipeline.analyze_batch(readable))
+    results = [next(analyzed) if isinstance(data, bytes) else data for data in contents]
+    names = [file.filename or None for file in files]
+    return jsonify(BatchResponse.from_results(names, results).model_dump())

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, current_app, jsonify
+from flask import current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
-bp = Blueprint("summary", __name__)
+from emotion_server.api.schemas import COMMON_RESPONSES, SummaryResponse
+
+bp = APIBlueprint(
+    "summary",
+    __name__,
+    abp_tags=[Tag(name="model", description="The served model and the server")],
+    abp_responses=COMMON_RESPONSES,
+)
 
 
-@bp.get("/summary")
+@bp.get(
+    "/summary",
+    operation_id="summary",
+    summary="The served model's metadata",
+    description="Name, version, PrivateTest accuracy, classes, shapes and the like from the "
+    "model card written by `emotion-server evaluate`; null where the model has no card.",
+    responses={200: SummaryResponse},
+)
 def summary():
     pipeline = current_app.extensions["pipeline"]
     info = asdict(pipeline.model.info())
@@ -21,4 +36,4 @@ def summary():
             "metrics": card.get("metrics"),
         }
     )
-    return jsonify(info)
+    return jsonify(SummaryResponse(**info).model_dump())

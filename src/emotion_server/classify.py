@@ -1,0 +1,246 @@
+"""`emotion-server classify`: image files and folders -> one row per face, as CSV or JSON lines.
+
+Files go through the serving pipeline in batches (the faces of a batch in one model call). A file
+that cannot be read or decoded gets a row with its error code and message, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from emotion_server.classes import EMOTIONS
+from emotion_server.errors import EmotionServerError, UnreadableFile
+from emotion_server.pipeline import InferenceResult, Pipeline
+
+# Suffixes picked up when walking a folder; files named on the command line are always tried.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"}
+)
+FORMATS = ("csv", "jsonl")
+CSV_COLUMNS = (
+    "file",
+    "face",
+    "x",
+    "y",
+    "width",
+    "height",
+    "face_score",
+    "face_detected",
+    "whole_image_reason",
+    "emotion",
+    "confidence",
+    *(f"p_{emotion}" for emotion in EMOTIONS),
+    "error",
+    "message",
+)
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as named; folders walked recursively for image files, in sorted order."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
+                )
+            )
+        else:
+            found.append(path)  # missing or unreadable: reported as a row of its own
+    return found
+
+
+@dataclass(frozen=True)
+class Row:
+    """One output row: a face, a whole image (no face found), or a file's error."""
+
+    file: str
+    face: int | None = None  # 1-based, largest face first; None for a whole image or an error
+    box: dict[str, int] | None = None
+    face_score: float | None = None
+    face_detected: bool | None = None
+    whole_image_reason: str | None = None
+    emotion: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+    message: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "face": self.face,
+            "box": self.box,
+            "face_score": self.face_score,
+            "face_detected": self.face_detected,
+            "whole_image_reason": self.whole_image_reason,
+            "emotion": self.emotion,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "error": self.error,
+            "message": self.message,
+        }
+
+    def as_csv(self) -> dict[str, Any]:
+        box = self.box or {}
+        probabilities = self.probabilities or {}
+        return {
+            "file": self.file,
+            "face": self.face,
+            "x": box.get("x"),
+            "y": box.get("y"),
+            "width": box.get("width"),
+            "height": box.get("height"),
+            "face_score": self.face_score,
+            "face_detected": self.face_detected,
+            "whole_image_reason": self.whole_image_reason,
+            "emotion": self.emotion,
+            "confidence": self.confidence,
+            **{f"p_{e}": probabilities.get(e) for e in EMOTIONS},
+            "error": self.error,
+            "message": self.message,
+        }
+
+
+def _round(values: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 6) for name, value in values.items()}
+
+
+def rows_for(file: str, outcome: InferenceResult | EmotionServerError) -> list[Row]:
+    """A file's rows: one per face, one for the whole image when none was found, or its error."""
+    if isinstance(outcome, EmotionServerError):
+        return [Row(file=file, error=outcome.code, message=outcome.message)]
+    if not outcome.faces:
+        c = outcome.classification
+        return [
+            Row(
+                file=file,
+                face_detected=False,
+                whole_image_reason=outcome.whole_image_reason,
+                emotion=c.prediction,
+                confidence=round(c.confidence, 6),
+                probabilities=_round(c.probabilities),
+            )
+        ]
+    return [
+        Row(
+            file=file,
+            face=index,
+            box={"x": f.box.x, "y": f.box.y, "width": f.box.width, "height": f.box.height},
+            face_score=round(f.score, 4),
+            face_detected=True,
+            emotion=f.classification.prediction,
+            confidence=round(f.classification.confidence, 6),
+            probabilities=_round(f.classification.probabilities),
+        )
+        for index, f in enumerate(outcome.faces, 1)
+    ]
+
+
+class RowWriter:
+    """Writes rows as CSV (a header, then one line per row) or as JSON lines."""
+
+    def __init__(self, stream: IO[str], fmt: str):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: use one of {FORMATS}")
+        self.stream = stream
+        self.fmt = fmt
+        self.csv = None
+        if fmt == "csv":
+            self.csv = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            self.csv.writeheader()
+
+    def write(self, row: Row) -> None:
+        if self.csv is not None:
+            self.csv.writerow(row.as_csv())
+        else:
+            self.stream.write(json.dumps(row.as_json()) + "\n")
+        self.stream.flush()
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    errors: int = 0
+    faces: int = 0
+    whole_images: int = 0
+    emotions: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add(self, rows: Sequence[Row]) -> None:
+        self.files += 1
+        for row in rows:
+            if row.error:
+                self.errors += 1
+            elif row.face_detected:
+                self.faces += 1
+            else:
+                self.whole_images += 1
+            if row.emotion:
+                self.emotions[row.emotion] += 1
+
+    def text(self) -> str:
+        rate = self.files / self.seconds if self.seconds > 0 else 0.0
+        counts = ", ".join(f"{e} {self.emotions[e]}" for e in EMOTIONS)
+        return (
+            f"files: {self.files} ({self.errors} with errors), faces: {self.faces}, "
+            f"images without a face: {self.whole_images}\n"
+            f"emotions: {counts}\n"
+            f"{rate:.1f} images/s ({self.seconds:.1f} s)"
+        )
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _read(path: Path) -> bytes | UnreadableFile:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return UnreadableFile(f"{path}: {exc.strerror or exc}")
+
+
+def classify_files(
+    pipeline: Pipeline,
+    files: Sequence[Path],
+    writer: RowWriter,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> Summary:
+    """Classify `files` in batches, writing rows as they come; returns the run's summary.
+
+    `progress`: True shows a bar on stderr, False hides it, None shows it on a terminal only.
+    """
+    from tqdm import tqdm
+
+    summary = Summary()
+    started = time.perf_counter()
+    # tqdm's disable=None: shown on a terminal only.
+    disable = None if progress is None else not progress
+    with tqdm(total=len(files), unit="image", file=sys.stderr, disable=disable) as bar:
+        for batch in _batches(files, max(1, batch_size)):
+            contents = [_read(path) for path in batch]
+            readable = [data for data in contents if isinstance(data, bytes)]
+            analyzed = iter(pipeline.analyze_batch(readable))
+            for path, data in zip(batch, contents, strict=True):
+                outcome = next(analyzed) if isinstance(data, bytes) else data
+                rows = rows_for(str(path), outcome)
+                for row in rows:
+                    writer.write(row)
+                summary.add(rows)
+            bar.update(len(batch))
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,320 @@
+// The demo page: a photo (chosen, dropped or taken with the camera) goes to POST /inference;
+// each face gets a box with its emotion, and the selected face's 7 probabilities a bar chart.
+"use strict";
+
+(() => {
+  const EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];
+  // Dark enough for white label text on each.
+  const COLORS = {
+    angry: "#c1121f",
+    disgust: "#4f772d",
+    fear: "#6a4c93",
+    happy: "#b35c00",
+    sad: "#1d5f8a",
+    surprise: "#b8336a",
+    neutral: "#495867",
+  };
+  const LIVE_INTERVAL_MS = 333; // about 3 frames a second, never two requests at once
+  const MAX_CANVAS_SIDE = 2048;
+
+  const $ = (id) => document.getElementById(id);
+  const fileInput = $("file");
+  const drop = $("drop");
+  const video = $("video");
+  const startButton = $("camera-start");
+  const shotButton = $("camera-shot");
+  const liveButton = $("camera-live");
+  const stopButton = $("camera-stop");
+  const statusLine = $("status");
+  const errorLine = $("error");
+  const stage = $("stage");
+  const canvas = $("canvas");
+  const boxes = $("boxes");
+  const chart = $("chart");
+  const chartCaption = $("chart-caption");
+
+  let stream = null;
+  let live = false;
+  let latest = 0; // number of the newest request: older answers are dropped
+  let result = null;
+  let selected = 0;
+
+  const percent = (p) => `${(p * 100).toFixed(1)}%`;
+
+  function setStatus(text) {
+    statusLine.textContent = text;
+  }
+
+  function showError(text) {
+    errorLine.textContent = text;
+    errorLine.hidden = !text;
+  }
+
+  // ---- Sending an image -------------------------------------------------------------------
+
+  async function classify(blob) {
+    const number = ++latest;
+    showError("");
+    setStatus("Analysing…");
+    let response;
+    try {
+      response = await fetch("inference", {
+        method: "POST",
+        headers: { "Content-Type": blob.type || "application/octet-stream" },
+        body: blob,
+      });
+    } catch (error) {
+      if (number === latest) {
+        setStatus("");
+        showError(`Could not reach the server (${error.message}).`);
+      }
+      return null;
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    if (number !== latest) return null;
+    if (!response.ok) {
+      setStatus("");
+      if (body && body.message) {
+        showError(`${body.message} (${body.error}, HTTP ${response.status})`);
+      } else {
+        showError(`The server answered HTTP ${response.status} ${response.statusText}.`);
+      }
+      return null;
+    }
+    return body;
+  }
+
+  // ---- Showing the picture and the faces -------------------------------------------------
+
+  function drawSource(source, width, height) {
+    const scale = Math.min(1, MAX_CANVAS_SIDE / Math.max(width, height));
+    canvas.width = Math.max(1, Math.round(width * scale));
+    canvas.height = Math.max(1, Math.round(height * scale));
+    const context = canvas.getContext("2d");
+    if (source) {
+      context.drawImage(source, 0, 0, canvas.width, canvas.height);
+    } else {
+      context.fillStyle = "#d5dae5";
+      context.fillRect(0, 0, canvas.width, canvas.height);
+    }
+    stage.hidden = false;
+  }
+
+  function describe(classification) {
+    return `${classification.prediction} ${percent(classification.confidence)}`;
+  }
+
+  function render(body) {
+    result = body;
+    selected = 0;
+    boxes.replaceChildren();
+    const { width, height } = body.image;
+    body.faces.forEach((face, index) => {
+      const box = document.createElement("button");
+      box.type = "button";
+      box.className = "box";
+      box.style.left = `${(100 * face.box.x) / width}%`;
+      box.style.top = `${(100 * face.box.y) / height}%`;
+      box.style.width = `${(100 * face.box.width) / width}%`;
+      box.style.height = `${(100 * face.box.height) / height}%`;
+      box.style.setProperty("--box", COLORS[face.prediction] || "#2755c9");
+      box.setAttribute("aria-label", `Face ${index + 1}: ${face.prediction}, ${percent(face.confidence)}`);
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = describe(face);
+      tag.setAttribute("aria-hidden", "true");
+      box.append(tag);
+      box.addEventListener("click", () => select(index));
+      boxes.append(box);
+    });
+    const count = body.faces.length;
+    if (count) {
+      setStatus(`${count} face${count > 1 ? "s" : ""} found. Select a box to see its probabilities.`);
+      canvas.setAttribute(
+        "aria-label",
+        `The analysed picture with ${count} face${count > 1 ? "s" : ""} marked`,
+      );
+    } else {
+      const why =
+        body.whole_image_reason === "image_is_face_crop"
+          ? "The picture is small enough to be a face crop"
+          : "No face was found";
+      setStatus(`${why}: the whole picture was classified as ${describe(body)}.`);
+      canvas.setAttribute("aria-label", `The analysed picture: ${describe(body)}`);
+    }
+    select(0);
+  }
+
+  function select(index) {
+    if (!result) return;
+    selected = index;
+    const face = result.faces[index];
+    boxes.querySelectorAll(".box").forEach((box, i) => {
+      box.setAttribute("aria-pressed", String(i === index));
+    });
+    const classification = face || result;
+    chartCaption.textContent = face
+      ? `Face ${index + 1} of ${result.faces.length}: ${describe(face)}`
+      : `Whole picture: ${describe(result)}`;
+    chart.replaceChildren(
+      ...EMOTIONS.map((emotion) => {
+        const p = classification.probabilities[emotion];
+        const row = document.createElement("li");
+        if (emotion === classification.prediction) row.className = "best";
+        const name = document.createElement("span");
+        name.className = "name";
+        name.textContent = emotion;
+        const track = document.createElement("span");
+        track.className = "track";
+        track.setAttribute("aria-hidden", "true");
+        const fill = document.createElement("span");
+        fill.className = "fill";
+        fill.style.width = percent(p);
+        fill.style.setProperty("--bar", COLORS[emotion]);
+        track.append(fill);
+        const value = document.createElement("span");
+        value.className = "value";
+        value.textContent = percent(p);
+        row.append(name, track, value);
+        return row;
+      }),
+    );
+  }
+
+  // ---- A chosen or dropped file ------------------------------------------------------------
+
+  async function analyseFile(file) {
+    if (!file) return;
+    stopLive();
+    let bitmap = null;
+    try {
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    } catch {
+      bitmap = null; // e.g. TIFF: the server reads it, this browser cannot show it
+    }
+    const body = await classify(file);
+    if (!body) return;
+    drawSource(bitmap, body.image.width, body.image.height);
+    render(body);
+    if (!bitmap) {
+      setStatus(`${statusLine.textContent} (This browser cannot display the picture itself.)`);
+    }
+    // On a narrow screen the result is below the controls: bring it into view.
+    if (stage.getBoundingClientRect().top > window.innerHeight) {
+      $("picture-title").scrollIntoView({ block: "start" });
+    }
+  }
+
+  // Space opens the file chooser natively; Enter does too, as on the buttons beside it.
+  fileInput.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      fileInput.click();
+    }
+  });
+
+  fileInput.addEventListener("change", () => {
+    analyseFile(fileInput.files[0]);
+    fileInput.value = "";
+  });
+
+  for (const target of [drop, stage]) {
+    target.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      drop.classList.add("dragging");
+    });
+    target.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+    target.addEventListener("drop", (event) => {
+      event.preventDefault();
+      drop.classList.remove("dragging");
+      const file = [...event.dataTransfer.files].find((f) => !f.type || f.type.startsWith("image/"));
+      if (file) {
+        analyseFile(file);
+      } else {
+        showError("Drop an image file (JPEG, PNG, WebP, BMP, GIF or TIFF).");
+      }
+    });
+  }
+
+  // ---- The camera --------------------------------------------------------------------------
+
+  function setCameraButtons() {
+    startButton.disabled = Boolean(stream);
+    shotButton.disabled = !stream || live;
+    liveButton.disabled = !stream;
+    stopButton.disabled = !stream;
+    liveButton.setAttribute("aria-pressed", String(live));
+    video.hidden = !stream;
+  }
+
+  async function startCamera() {
+    showError("");
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      showError("This browser gives no camera access here (it needs HTTPS or localhost).");
+      return;
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        video: { facingMode: "user", width: { ideal: 1280 }, height: { ideal: 720 } },
+        audio: false,
+      });
+    } catch (error) {
+      showError(`The camera could not be started (${error.name}: ${error.message}).`);
+      return;
+    }
+    video.srcObject = stream;
+    await video.play();
+    setCameraButtons();
+    setStatus("Camera on: take a photo, or turn on Live.");
+  }
+
+  function stopLive() {
+    live = false;
+    setCameraButtons();
+  }
+
+  function stopCamera() {
+    stopLive();
+    if (stream) stream.getTracks().forEach((track) => track.stop());
+    stream = null;
+    video.srcObject = null;
+    setCameraButtons();
+  }
+
+  async function captureFrame() {
+    if (!stream || !video.videoWidth) return;
+    const frame = document.createElement("canvas");
+    frame.width = video.videoWidth;
+    frame.height = video.videoHeight;
+    frame.getContext("2d").drawImage(video, 0, 0);
+    const blob = await new Promise((resolve) => frame.toBlob(resolve, "image/jpeg", 0.9));
+    if (!blob) return;
+    const body = await classify(blob);
+    if (!body) return;
+    drawSource(frame, frame.width, frame.height);
+    render(body);
+  }
+
+  async function liveLoop() {
+    while (live && stream) {
+      const started = performance.now();
+      await captureFrame();
+      const rest = LIVE_INTERVAL_MS - (performance.now() - started);
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, rest)));
+    }
+  }
+
+  startButton.addEventListener("click", startCamera);
+  stopButton.addEventListener("click", stopCamera);
+  shotButton.addEventListener("click", captureFrame);
+  liveButton.addEventListener("click", () => {
+    live = !live;
+    setCameraButtons();
+    if (live) liveLoop();
+  });
+})();

@@ -1,0 +1,153 @@
+"""`emotion-server classify`: a folder of real images -> CSV or JSON lines, as a user runs it."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BUNDLED_MODEL, ROOT, encode
+
+from emotion_server.classes import EMOTIONS
+from emotion_server.classify import CSV_COLUMNS, find_images
+from emotion_server.config import Settings
+from emotion_server.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, astronaut):
+    """astronaut.jpg (a face), crop.png (48x48), nested/deeper/astronaut.png, notes.jpg (text)."""
+    root = tmp_path_factory.mktemp("photos")
+    gray = np.asarray(np.dot(astronaut[..., :3], [0.299, 0.587, 0.114]), np.uint8)
+    (root / "astronaut.jpg").write_bytes(encode(astronaut, "JPEG"))
+    (root / "crop.png").write_bytes(encode(gray[60:108, 200:248], "PNG"))
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "nested" / "deeper" / "astronaut.png").write_bytes(encode(astronaut, "PNG"))
+    (root / "notes.jpg").write_text("not a picture\n")
+    (root / "readme.txt").write_text("skipped: not an image suffix\n")
+    return root
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter, which must not import Keras or TensorFlow to classify."""
+    code = (
+        "import sys; from emotion_server.cli import main; code = main(sys.argv[1:]); "
+        "heavy = [m for m in ('keras', 'tensorflow') if m in sys.modules]; "
+        "assert not heavy, heavy; sys.exit(code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, "classify", "--model", str(BUNDLED_MODEL), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_find_images_walks_folders(folder):
+    names = [p.relative_to(folder).as_posix() for p in find_images([folder])]
+    assert names == ["astronaut.jpg", "crop.png", "nested/deeper/astronaut.png", "notes.jpg"]
+    assert find_images([folder / "readme.txt"]) == [folder / "readme.txt"]  # named: tried
+
+
+def _expected(path):
+    pipeline = Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL)))
+    return pipeline.analyze(path.read_bytes())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_classify_folder(folder, tmp_path, fmt):
+    output = tmp_path / f"out.{fmt}"
+    missing = tmp_path / "missing.jpg"
+    done = _run(str(folder), str(missing), "--format", fmt, "--output", str(output))
+    assert done.returncode == 0, done.stderr
+
+    text = output.read_text()
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text))
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = list(reader)
+    else:
+        rows = [json.loads(line) for line in text.splitlines()]
+    by_file = {}
+    for row in rows:
+        by_file.setdefault(row["file"], []).append(row)
+    assert list(by_file) == [
+        str(folder / "astronaut.jpg"),
+        str(folder / "crop.png"),
+        str(folder / "nested" / "deeper" / "astronaut.png"),
+        str(folder / "notes.jpg"),
+        str(missing),
+    ]
+
+    def value(row, name):
+        """A row's field as JSON would have it (CSV has strings, '' for none)."""
+        if fmt == "jsonl":
+            if name in ("x", "y", "width", "height"):
+                return row["box"][name] if row["box"] else None
+            if name.startswith("p_"):
+                return row["probabilities"][name[2:]] if row["probabilities"] else None
+            return row[name]
+        raw = row[name]
+        if raw == "":
+            return None
+        if raw in ("True", "False"):
+            return raw == "True"
+        try:
+            return float(raw) if "." in raw else int(raw)
+        except ValueError:
+            return raw
+
+    # One face: its box, emotion and probabilities as the pipeline gives them.
+    for name in ("astronaut.jpg", "nested/deeper/astronaut.png"):
+        (face_row,) = by_file[str(folder / name)]
+        expected = _expected(folder / name)
+        (face,) = expected.faces
+        assert value(face_row, "face") == 1 and value(face_row, "face_detected") is True
+        assert [value(face_row, k) for k in ("x", "y", "width", "height")] == [
+            face.box.x,
+            face.box.y,
+            face.box.width,
+            face.box.height,
+        ]
+        assert value(face_row, "emotion") == face.classification.prediction
+        for emotion in EMOTIONS:
+            assert value(face_row, f"p_{emotion}") == pytest.approx(
+                face.classification.probabilities[emotion], abs=1e-5
+            )
+
+    # No face: one row for the whole image, no box, and why.
+    (crop_row,) = by_file[str(folder / "crop.png")]
+    assert value(crop_row, "face") is None and value(crop_row, "x") is None
+    assert value(crop_row, "face_detected") is False
+    assert value(crop_row, "whole_image_reason") == "image_is_face_crop"
+    assert value(crop_row, "emotion") == _expected(folder / "crop.png").classification.prediction
+
+    # Errors are rows too, and the run went on.
+    (bad_row,) = by_file[str(folder / "notes.jpg")]
+    assert value(bad_row, "error") == "invalid_image" and value(bad_row, "message")
+    assert value(bad_row, "emotion") is None
+    (missing_row,) = by_file[str(missing)]
+    assert value(missing_row, "error") == "unreadable_file"
+
+    summary = done.stderr
+    assert "files: 5 (2 with errors), faces: 2, images without a face: 1" in summary
+    assert "emotions: " in summary and "images/s" in summary
+    counts = dict(
+        part.rsplit(" ", 1) for part in summary.split("emotions: ")[1].splitlines()[0].split(", ")
+    )
+    assert set(counts) == set(EMOTIONS) and sum(map(int, counts.values())) == 3
+
+
+def test_classify_writes_to_stdout_in_small_batches(folder):
+    done = _run(str(folder / "astronaut.jpg"), str(folder / "crop.png"), "--batch-size", "1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split(",") == list(CSV_COLUMNS) and len(lines) == 3
+
+
+def test_classify_with_no_images(tmp_path):
+    done = _run(str(tmp_path))
+    assert done.returncode == 1 and "no image files" in done.stderr

@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from emotion_server.config import Settings
+
+
+def test_defaults_serve_the_bundled_model_on_port_5000():
+    settings = Settings.from_env({})
+    assert settings.port == 5000 and settings.host == "0.0.0.0"
+    assert Path(settings.model_path).name == "emotion_model.onnx"
+    assert Path(settings.model_path).is_file()
+    assert settings.model_card_path.name == "emotion_model.json"
+
+
+def test_environment_variables_are_read_and_typed():
+    settings = Settings.from_env(
+        {
+            "PORT": "8080",
+            "WEB_CONCURRENCY": "3",
+            "EMOTION_MODEL_PATH": "/m/x.onnx",
+            "EMOTION_DETECT_THRESHOLD": "0.7",
+            "EMOTION_MAX_UPLOAD_BYTES": "1000",
+            "EMOTION_DETECTOR": "none",
+        }
+    )
+    assert settings.port == 8080 and settings.workers == 3
+    assert settings.model_path == "/m/x.onnx" and settings.detector == "none"
+    assert settings.detect_threshold == 0.7 and settings.max_upload_bytes == 1000
+
+
+def test_overrides_win_over_the_environment():
+    assert Settings.from_env({"PORT": "8080"}, port=9000).port == 9000
+
+
+def test_bad_numbers_fail_loudly():
+    with pytest.raises(ValueError):
+        Settings.from_env({"PORT": "eighty"})

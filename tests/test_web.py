@@ -1,0 +1,360 @@
+"""The demo page at / and the docs page: served assets and headers, then a real browser (Debian's
+Chromium driven by Playwright) against gunicorn on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from conftest import ROOT, encode
+from PIL import Image
+
+from emotion_server.api.web import WEB_DIR
+from emotion_server.classes import EMOTIONS
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # A synthetic camera, allowed without a prompt, for the webcam tests.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+SCREENSHOTS = ROOT / ".pytest_cache" / "screenshots"
+RAW = {"Content-Type": "application/octet-stream"}
+
+
+# ---- Served assets and headers (no browser) ------------------------------------------------
+
+
+def test_page_and_assets_are_served_with_security_headers(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp and "http" not in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    html = page.get_data(as_text=True)
+    references = re.findall(r'(?:src|href)="([^"]+)"', html)
+    local = [ref for ref in references if "//" not in ref]
+    assert local == references  # nothing from another host: the page works offline
+    assert "<style" not in html and " style=" not in html and "<script>" not in html
+    types = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
+    for name, mimetype in types.items():
+        asset = client.get(f"/static/{name}")
+        assert asset.status_code == 200 and asset.mimetype == mimetype, name
+        assert asset.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_api_responses_carry_the_headers_too(client):
+    response = client.get("/healthz")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_web_files_are_package_data():
+    """A non-editable install ships every file of web/ (pyproject's package-data glob)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["emotion_server"]
+    files = [p for p in WEB_DIR.rglob("*") if p.is_file()]
+    assert {"index.html", "app.js", "style.css", "docs.html", "docs.js"} <= {p.name for p in files}
+    package = WEB_DIR.parent
+    for path in files:
+        assert any(path.relative_to(package).match(glob) for glob in globs), path
+
+
+# ---- In Chromium -----------------------------------------------------------------------------
+
+
+def _chromium() -> Path:
+    """Debian's chromium; installed once with apt-get on CI (as root), else the test skips."""
+    can_install = os.environ.get("CI") and os.geteuid() == 0 and shutil.which("apt-get")
+    if not CHROMIUM.exists() and can_install:
+        print("installing Debian's chromium for the browser tests")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, timeout=900
+        )
+    if not CHROMIUM.exists():
+        reason = (
+            f"{CHROMIUM} is missing (install Debian's chromium package; on CI as root the "
+            "tests install it themselves)"
+        )
+        print(reason)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright for Python is not installed (the [dev] extra)"
+    )
+    executable = _chromium()
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Watched:
+    """A page whose requests and console errors are recorded."""
+
+    def __init__(self, browser, server, **context):
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.origin = server.url
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on(
+            "console",
+            lambda message: message.type == "error" and self.errors.append(message.text),
+        )
+        self.page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+
+    def inference_calls(self) -> int:
+        return sum(url == self.origin + "/inference" for url in self.requests)
+
+    def assert_clean(self, allowed: str | None = None) -> None:
+        """Everything came from this server; no script error, no CSP violation."""
+        foreign = [url for url in self.requests if not url.startswith(self.origin + "/")]
+        assert not foreign, foreign
+        errors = [e for e in self.errors if not (allowed and allowed in e)]
+        assert not errors, errors
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture()
+def watched(browser, server):
+    opened: list[Watched] = []
+
+    def open_page(**context) -> Watched:
+        page = Watched(browser, server, **context)
+        opened.append(page)
+        return page
+
+    yield open_page
+    for page in opened:
+        page.close()
+
+
+def _screenshot(page, name: str) -> np.ndarray:
+    """A full-page screenshot, kept under .pytest_cache/screenshots and checked not blank."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    png = page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert pixels.std() > 20 and len(colours) > 1000, (pixels.std(), len(colours))
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def astronaut_file(tmp_path_factory, astronaut) -> Path:
+    path = tmp_path_factory.mktemp("web") / "astronaut.jpg"
+    path.write_bytes(encode(astronaut, "JPEG"))
+    return path
+
+
+def _expected(server, path: Path) -> dict:
+    response = requests.post(server.url + "/inference", data=path.read_bytes(), headers=RAW)
+    assert response.status_code == 200
+    return response.json()
+
+
+def _label(classification: dict) -> str:
+    return f"{classification['prediction']} {classification['confidence'] * 100:.1f}%"
+
+
+@pytest.mark.e2e
+def test_upload_shows_box_label_and_chart(watched, server, astronaut_file):
+    tab = watched(viewport={"width": 1280, "height": 800})
+    page = tab.page
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a photo").set_input_files(str(astronaut_file))
+    box = page.locator(".box")
+    box.wait_for()
+
+    expected = _expected(server, astronaut_file)
+    (face,) = expected["faces"]
+    assert box.count() == 1
+    assert page.locator(".box .tag").inner_text() == _label(face)
+    assert box.get_attribute("aria-label") == (
+        f"Face 1: {face['prediction']}, {face['confidence'] * 100:.1f}%"
+    )
+    assert box.get_attribute("aria-pressed") == "true"
+    # The box sits where the API says the face is, in the displayed picture's coordinates.
+    canvas = page.locator("#canvas").bounding_box()
+    drawn = box.bounding_box()
+    scale = expected["image"]["width"] / canvas["width"]
+    found = [
+        (drawn["x"] - canvas["x"]) * scale,
+        (drawn["y"] - canvas["y"]) * scale,
+        drawn["width"] * scale,
+        drawn["height"] * scale,
+    ]
+    wanted = [face["box"][k] for k in ("x", "y", "width", "height")]
+    assert found == pytest.approx(wanted, abs=2 * scale + 1)
+
+    rows = page.locator("#chart li")
+    assert rows.count() == len(EMOTIONS)
+    for index, emotion in enumerate(EMOTIONS):
+        percent = f"{face['probabilities'][emotion] * 100:.1f}%"
+        assert rows.nth(index).inner_text().lower().split() == [emotion, percent]
+    assert page.locator("#chart-caption").inner_text() == f"Face 1 of 1: {_label(face)}"
+    assert page.locator("#status").inner_text().startswith("1 face found")
+
+    _screenshot(page, "desktop")
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_phone_sized_screen(watched, server, astronaut_file):
+    tab = watched(
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        device_scale_factor=2,
+    )
+    page = tab.page
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a photo").set_input_files(str(astronaut_file))
+    page.locator(".box").wait_for()
+    # Nothing wider than the screen: no sideways scrolling.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    canvas = page.locator("#canvas").bounding_box()
+    assert canvas["x"] >= 0 and canvas["x"] + canvas["width"] <= 390
+    for name in ("Start camera", "Choose a photo"):
+        target = page.get_by_text(name, exact=True).bounding_box()
+        assert target["height"] >= 40  # a finger-sized target
+    _screenshot(page, "phone")
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_api_error_is_shown_in_words(watched, server, tmp_path):
+    not_a_photo = tmp_path / "notes.jpg"
+    not_a_photo.write_text("this is not a photo\n")
+    tab = watched()
+    page = tab.page
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a photo").set_input_files(str(not_a_photo))
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    text = alert.inner_text()
+    assert "not an image we can read" in text and "invalid_image" in text and "400" in text
+    assert page.locator(".box").count() == 0
+    # The browser logs the 400 itself; nothing else may go wrong.
+    tab.assert_clean(allowed="status of 400")
+
+
+@pytest.mark.e2e
+def test_keyboard_only(watched, server, astronaut_file):
+    tab = watched()
+    page = tab.page
+    # Listening from the start turns on Playwright's file chooser interception before any key.
+    choosers = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
+    page.goto(server.url + "/")
+    reached = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id || document.activeElement.text"))
+        if reached[-1] == "file":
+            break
+    assert reached[-1] == "file", reached  # the photo picker is reached by Tab
+    # Enter (or Space) opens the file chooser; the photo is analysed as with a mouse.
+    page.keyboard.press("Enter")
+    for _ in range(100):
+        if choosers:
+            break
+        page.wait_for_timeout(100)
+    assert choosers, "no file chooser opened"
+    choosers[0].set_files(str(astronaut_file))
+    page.locator(".box").wait_for()
+    page.keyboard.press("Tab")  # on to the camera's start button
+    assert page.evaluate("document.activeElement.id") == "camera-start"
+    page.locator(".box").focus()
+    page.keyboard.press("Enter")
+    assert page.locator(".box").get_attribute("aria-pressed") == "true"
+    # Every control has a name a screen reader can say.
+    for name in ("Start camera", "Take photo", "Live", "Stop camera"):
+        assert page.get_by_role("button", name=name, exact=True).count() == 1
+    assert page.get_by_role("img", name=re.compile("analysed picture")).count() == 1
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_webcam_photo_and_live_mode(watched, server):
+    tab = watched(viewport={"width": 1280, "height": 800})
+    tab.context.grant_permissions(["camera"], origin=server.url)
+    page = tab.page
+    page.goto(server.url + "/")
+    page.get_by_role("button", name="Start camera").click()
+    page.locator("#video").wait_for()  # the preview shows once the stream plays
+    shot = page.get_by_role("button", name="Take photo")
+    assert shot.is_enabled()
+
+    with page.expect_response(server.url + "/inference") as answer:
+        shot.click()
+    assert answer.value.status == 200
+    body = answer.value.json()
+    page.locator("#chart li").first.wait_for()
+    # Chromium's synthetic camera shows no face: the whole frame is classified.
+    assert page.locator("#canvas").evaluate("c => [c.width, c.height]") == [
+        body["image"]["width"],
+        body["image"]["height"],
+    ]
+    assert page.locator("#chart li").count() == len(EMOTIONS)
+
+    live = page.get_by_role("button", name="Live")
+    before = tab.inference_calls()
+    live.click()
+    assert live.get_attribute("aria-pressed") == "true" and not shot.is_enabled()
+    page.wait_for_function(
+        f"() => performance.getEntriesByName('{server.url}/inference').length >= {before + 3}",
+        timeout=30_000,
+    )
+    live.click()
+    assert live.get_attribute("aria-pressed") == "false"
+    page.get_by_role("button", name="Stop camera").click()
+    assert page.locator("#video").is_hidden()
+    assert tab.inference_calls() >= before + 3
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_docs_page_renders_offline(watched, server):
+    tab = watched(viewport={"width": 1280, "height": 900})
+    page = tab.page
+    page.goto(server.url + "/docs")
+    operations = page.locator(".opblock")
+    operations.nth(4).wait_for()
+    assert operations.count() == 5
+    summaries = page.locator(".opblock-summary-path").all_inner_texts()
+    assert sorted(s.strip() for s in summaries) == [
+        "/",
+        "/healthz",
+        "/inference",
+        "/inference/batch",
+        "/summary",
+    ]
+    _screenshot(page, "docs")
+    tab.assert_clean()
