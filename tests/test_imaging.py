@@ -142,3 +142,26 @@ def test_grey_pixels_are_kept_exactly():
     rng = np.random.default_rng(1)
     gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)
     assert np.array_equal(decode_image(encode(gray, "PNG")).gray, gray)
+
+
+def test_large_jpeg_is_decoded_at_reduced_size_in_draft_mode():
+    rng = np.random.default_rng(4)
+    big = np.repeat(np.repeat(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8), 10, 0), 10, 1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: upright it is 3000 wide, 4000 high
+    data = encode(big, "JPEG", exif=exif)
+    decoded = decode_image(data, draft_side=800)
+    assert (decoded.full_width, decoded.full_height) == (3000, 4000)
+    # 1/4 scale keeps the longer side >= 800 (1/8 would give 500).
+    assert decoded.gray.shape == (1000, 750)
+    full = decode_image(data)
+    assert full.gray.shape == (4000, 3000) and (full.full_width, full.full_height) == (3000, 4000)
+
+
+def test_small_and_non_jpeg_images_are_never_drafted():
+    image = _pattern(400, 600)
+    for fmt in ("JPEG", "PNG"):
+        decoded = decode_image(encode(image, fmt), draft_side=800)
+        assert decoded.gray.shape == (400, 600)
+    png = decode_image(encode(np.zeros((1000, 2000, 3), np.uint8), "PNG"), draft_side=800)
+    assert png.gray.shape == (1000, 2000)

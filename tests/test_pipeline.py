@@ -110,3 +110,20 @@ def test_evaluate_fits_a_temperature_that_lowers_nll():
     probabilities = np.full((2000, 7), 0.05 / 6, np.float32)
     probabilities[np.arange(2000), guess] = 0.95
     assert fit_temperature(probabilities, labels) > 1.5
+
+
+def test_boxes_of_a_drafted_jpeg_are_in_the_files_pixels(pipeline, astronaut):
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(astronaut).resize((3072, 3072)))
+    result = pipeline.analyze(encode(big, "JPEG", quality=90))
+    assert (result.image_width, result.image_height) == (3072, 3072)
+    (face,) = result.faces
+    x1, y1, x2, y2 = (6 * v for v in ASTRONAUT_FACE)
+    assert x1 <= face.box.x and face.box.x + face.box.width <= x2
+    assert y1 <= face.box.y and face.box.y + face.box.height <= y2
+    # Same emotion as the photo at its own size (the crop is taken at a similar resolution).
+    assert (
+        result.classification.prediction
+        == pipeline.analyze(encode(astronaut)).classification.prediction
+    )

@@ -36,6 +36,9 @@ class Settings:
     max_batch_bytes: int = 64 * 1024 * 1024  # the whole batch request; each file: max_upload_bytes
     threads: int = 1  # ONNX Runtime intra-op threads per worker
     workers: int = 2
+    worker_threads: int = 1  # gunicorn threads per worker (gthread worker when > 1)
+    batch_max_size: int = 32  # micro-batching: most crops in one model call
+    batch_max_wait_ms: float = 2.0  # micro-batching: longest wait for more crops (0: off)
     timeout: int = 30
 
     @classmethod

@@ -6,8 +6,9 @@ _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# Each request is CPU-bound work of a few milliseconds: one thread per worker process.
-threads = 1
+# With threads > 1 gunicorn uses its gthread worker, and the pipeline micro-batches the
+# concurrent requests' faces into shared model calls (EMOTION_WORKER_THREADS).
+threads = _settings.worker_threads
 timeout = _settings.timeout
 graceful_timeout = 20
 accesslog = "-"

@@ -32,6 +32,10 @@ class DecodedImage:
     rgb: np.ndarray  # uint8 [H, W, 3]
     gray: np.ndarray  # uint8 [H, W]
     format: str
+    # The upright image's size in the file's pixels; larger than the arrays where a big JPEG
+    # was decoded at reduced size (Pillow's draft mode). Boxes are reported in these pixels.
+    full_width: int = 0
+    full_height: int = 0
 
     @property
     def width(self) -> int:
@@ -58,8 +62,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000) -> DecodedImage:
-    """Decode `data` (first frame or page), apply EXIF orientation, enforce the pixel limit."""
+def decode_image(
+    data: bytes, max_pixels: int = 40_000_000, draft_side: int | None = None
+) -> DecodedImage:
+    """Decode `data` (first frame or page), apply EXIF orientation, enforce the pixel limit.
+
+    With `draft_side`, a JPEG whose longer side is larger is decoded at the smallest of 1/2,
+    1/4 or 1/8 scale that keeps the longer side at least `draft_side` (several times faster).
+    """
     if not data:
         raise EmptyBody("The request body is empty: send the image bytes.")
     try:
@@ -87,6 +97,14 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> DecodedImage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. corrupt EXIF: we still serve the pixels
                 image.seek(0)
+                full_size = _upright_size(image)
+                if (
+                    draft_side
+                    and image.format in ("JPEG", "MPO")
+                    and max(width, height) > draft_side
+                ):
+                    scale = draft_side / max(width, height)
+                    image.draft(image.mode, (int(width * scale + 1), int(height * scale + 1)))
                 image.load()
                 upright = ImageOps.exif_transpose(image) or image
                 rgb = _to_rgb(upright)
@@ -96,4 +114,20 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> DecodedImage:
             ) from None
     rgb_array = np.asarray(rgb, dtype=np.uint8)
     gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
-    return DecodedImage(rgb=rgb_array, gray=gray, format=image.format)
+    return DecodedImage(
+        rgb=rgb_array,
+        gray=gray,
+        format=image.format,
+        full_width=full_size[0],
+        full_height=full_size[1],
+    )
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size after EXIF orientation: orientations 5 to 8 swap width and height."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF is ignored, as exif_transpose ignores it
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from emotion_server.batching import InFlight, MicroBatcher
 from emotion_server.classes import EMOTIONS, INPUT_SIZE
 from emotion_server.config import Settings
 from emotion_server.errors import EmotionServerError
@@ -133,6 +134,18 @@ class Pipeline:
         self.tta = tta
         # Fitted on PublicTest by `evaluate` and stored in the card; 1.0 leaves outputs as-is.
         self.temperature = float(model.card.get("temperature", 1.0))
+        # Micro-batching pays only where one worker serves several requests at once (threads).
+        self.in_flight = InFlight()
+        self.batcher = (
+            MicroBatcher(
+                lambda rows: self.model.predict(rows),
+                max_rows=settings.batch_max_size,
+                max_wait_s=settings.batch_max_wait_ms / 1000,
+                in_flight=self.in_flight,
+            )
+            if settings.worker_threads > 1 and settings.batch_max_wait_ms > 0
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -151,11 +164,12 @@ class Pipeline:
         This is the one path from crops to probabilities: `evaluate` scores models through it.
         """
         batch = to_model_input(gray_crops)
+        predict = self.batcher.predict if self.batcher and len(batch) else self.model.predict
         if self.tta == "flip" and len(batch):
-            both = self.model.predict(np.concatenate([batch, batch[:, :, ::-1]]))
+            both = predict(np.concatenate([batch, batch[:, :, ::-1]]))
             probabilities = (both[: len(batch)] + both[len(batch) :]) / 2
         else:
-            probabilities = self.model.predict(batch)
+            probabilities = predict(batch)
         return apply_temperature(probabilities, self.temperature)
 
     def _is_face_crop(self, image: DecodedImage) -> bool:
@@ -164,8 +178,9 @@ class Pipeline:
 
     def analyze(self, data: bytes) -> InferenceResult:
         """Image bytes -> per-face emotions (or the whole image's, as the original service)."""
-        image = decode_image(data, max_pixels=self.settings.max_pixels)
-        return self.analyze_image(image)
+        with self.in_flight:
+            image = self.decode(data)
+            return self.analyze_image(image)
 
     def analyze_image(self, image: DecodedImage) -> InferenceResult:
         located = self.locate_faces(image)
@@ -179,12 +194,13 @@ class Pipeline:
         located: list[LocatedFaces | EmotionServerError] = []
         for data in images:
             try:
-                image = decode_image(data, max_pixels=self.settings.max_pixels)
+                image = self.decode(data)
                 located.append(self.locate_faces(image))
             except EmotionServerError as error:
                 located.append(error)
         crops = [crop for item in located if isinstance(item, LocatedFaces) for crop in item.crops]
-        vectors = self.classify_crops(crops)
+        with self.in_flight:
+            vectors = self.classify_crops(crops)
         results: list[InferenceResult | EmotionServerError] = []
         start = 0
         for item in located:
@@ -195,6 +211,12 @@ class Pipeline:
             results.append(self.assemble(item, vectors[start:end]))
             start = end
         return results
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Bytes -> image; big JPEGs are decoded at reduced size, near the detector's input."""
+        return decode_image(
+            data, max_pixels=self.settings.max_pixels, draft_side=self.settings.detect_max_side
+        )
 
     def locate_faces(self, image: DecodedImage) -> LocatedFaces:
         """Detect the faces (unless the image is a face crop) and cut their 48x48 crops."""
@@ -208,12 +230,26 @@ class Pipeline:
             if not faces:
                 reason = "no_face_found"
         crops = [square_crop(image.gray, face) for face in faces] if faces else [image.gray]
+        full_width, full_height = image.full_width or image.width, image.full_height or image.height
+        if (full_width, full_height) != (image.width, image.height):
+            # Decoded at reduced size: report the boxes in the file's upright pixels.
+            sx, sy = full_width / image.width, full_height / image.height
+            faces = [
+                FaceBox(
+                    round(f.x * sx),
+                    round(f.y * sy),
+                    round(f.width * sx),
+                    round(f.height * sy),
+                    f.score,
+                )
+                for f in faces
+            ]
         return LocatedFaces(
             faces=faces,
             crops=[resize_to_input(crop) for crop in crops],
             whole_image_reason=reason,
-            image_width=image.width,
-            image_height=image.height,
+            image_width=full_width,
+            image_height=full_height,
         )
 
     @staticmethod
