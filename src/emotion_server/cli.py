@@ -175,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-info", help="train_info.json from the training run")
     evaluate.add_argument(
         "--tta",
-        choices=["none", "flip"],
-        default="flip",
-        help="test-time augmentation the server will use with this model",
+        choices=["auto", "none", "flip"],
+        default="auto",
+        help="test-time augmentation the server will use (auto: the better on PublicTest)",
     )
     evaluate.add_argument("--plots", default="docs", help="folder for the PNG plots")
     evaluate.add_argument("--name", default="emotion-classifier")
