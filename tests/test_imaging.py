@@ -165,3 +165,16 @@ def test_small_and_non_jpeg_images_are_never_drafted():
         assert decoded.gray.shape == (400, 600)
     png = decode_image(encode(np.zeros((1000, 2000, 3), np.uint8), "PNG"), draft_side=800)
     assert png.gray.shape == (1000, 2000)
+
+
+def test_png_with_corrupt_image_data_is_refused_not_blank():
+    """A PNG whose IDAT is not zlib data is corrupt (it once decoded to a black image)."""
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not deflate" * 40)
+    with pytest.raises(CorruptImage):
+        decode_image(png + chunk(b"IEND", b""))

@@ -97,15 +97,21 @@ def decode_image(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. corrupt EXIF: we still serve the pixels
                 image.seek(0)
-                full_size = _upright_size(image)
-                if (
+                drafted = bool(
                     draft_side
                     and image.format in ("JPEG", "MPO")
                     and max(width, height) > draft_side
-                ):
+                )
+                if drafted:
+                    # A JPEG's EXIF is parsed at open, so this loads no pixels; for other
+                    # formats getexif() may load them and must come after load() (which
+                    # reports a corrupt file instead of leaving a blank image).
+                    full_size = _upright_size(image)
                     scale = draft_side / max(width, height)
                     image.draft(image.mode, (int(width * scale + 1), int(height * scale + 1)))
                 image.load()
+                if not drafted:
+                    full_size = _upright_size(image)
                 upright = ImageOps.exif_transpose(image) or image
                 rgb = _to_rgb(upright)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
