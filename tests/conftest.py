@@ -92,7 +92,12 @@ def free_port() -> int:
 class GunicornServer:
     """gunicorn with the app factory on 127.0.0.1:<free port>, as production runs it."""
 
-    def __init__(self, env: dict[str, str] | None = None, workers: int = 1):
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        config: str = "python:emotion_server.gunicorn_conf",
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {
@@ -110,7 +115,7 @@ class GunicornServer:
                 "-m",
                 "gunicorn",
                 "--config",
-                "python:emotion_server.gunicorn_conf",
+                config,
                 "emotion_server.api:create_app()",
             ],
             cwd=ROOT,

@@ -16,6 +16,8 @@ from emotion_server.classes import EMOTIONS
 OPERATIONS = [
     ("GET", "/"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/summary"),
     ("POST", "/inference"),
     ("POST", "/inference/batch"),

@@ -346,14 +346,16 @@ def test_docs_page_renders_offline(watched, server):
     page = tab.page
     page.goto(server.url + "/docs")
     operations = page.locator(".opblock")
-    operations.nth(4).wait_for()
-    assert operations.count() == 5
+    operations.nth(6).wait_for()
+    assert operations.count() == 7
     summaries = page.locator(".opblock-summary-path").all_inner_texts()
     assert sorted(s.strip() for s in summaries) == [
         "/",
         "/healthz",
         "/inference",
         "/inference/batch",
+        "/metrics",
+        "/readyz",
         "/summary",
     ]
     _screenshot(page, "docs")

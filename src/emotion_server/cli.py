@@ -28,6 +28,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
+    # Prometheus' multiprocess folder, fresh for this run, inherited by gunicorn and its workers.
+    from emotion_server.ops import prepare_metrics_dir
+
+    prepare_metrics_dir()
     argv = [
         "gunicorn",
         "--config",

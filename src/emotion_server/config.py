@@ -40,6 +40,17 @@ class Settings:
     batch_max_size: int = 32  # micro-batching: most crops in one model call
     batch_max_wait_ms: float = 2.0  # micro-batching: longest wait for more crops (0: off)
     timeout: int = 30
+    # Access control (api/auth.py, api/cors.py): comma-separated lists; empty turns them off.
+    api_keys: str = field(default="", repr=False)  # keys accepted in X-API-Key or Bearer
+    cors_origins: str = ""  # origins given Access-Control-Allow-Origin; "*" for any
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        return _split(self.api_keys)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return _split(self.cors_origins)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
@@ -59,6 +70,12 @@ class Settings:
 
 
 _PARSERS = {"str": str, "int": int, "float": float}
+
+
+def _split(value: str) -> tuple[str, ...]:
+    """A comma-separated setting -> its non-empty items, stripped."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
 
 # Variables with conventional names; everything else is EMOTION_<FIELD>.
 ENV_NAMES = {

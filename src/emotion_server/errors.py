@@ -5,10 +5,13 @@ The API maps these to `{"error": code, "message": text}` in one place (api/error
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class EmotionServerError(Exception):
     code = "internal_error"
     status = 500
+    headers: ClassVar[dict[str, str]] = {}  # extra response headers, e.g. WWW-Authenticate
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -49,6 +52,19 @@ class ImageTooLarge(EmotionServerError):
 
 class TooManyImages(EmotionServerError):
     code, status = "too_many_images", 413
+
+
+class Unauthorized(EmotionServerError):
+    """No API key, or a wrong one, where EMOTION_API_KEYS is set."""
+
+    code, status = "unauthorized", 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="emotion-server"'}
+
+
+class OriginNotAllowed(EmotionServerError):
+    """A CORS preflight from an origin that is not in EMOTION_CORS_ORIGINS."""
+
+    code, status = "origin_not_allowed", 403
 
 
 class UnreadableFile(EmotionServerError):

@@ -14,3 +14,17 @@ graceful_timeout = 20
 accesslog = "-"
 # The app is built in each worker (model and detector loaded once per worker), not preloaded.
 preload_app = False
+
+# gunicorn 27's control socket defaults to one shared path per user; not needed here.
+control_socket_disable = True
+
+# Operations hooks: a fresh Prometheus multiprocess folder before the workers fork, dead
+# workers marked, the folder removed on exit, stopping sync workers answer queued connections.
+from emotion_server.ops import (  # noqa: E402, F401
+    child_exit,
+    on_exit,
+    prepare_metrics_dir,
+    worker_exit,
+)
+
+prepare_metrics_dir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from emotion_server import metrics
 from emotion_server.classes import EMOTIONS, INPUT_SIZE
 from emotion_server.errors import ModelLoadError
 
@@ -96,7 +98,9 @@ class EmotionModel:
             return np.zeros((0, len(EMOTIONS)), np.float32)
         if self.fixed_batch == 1 and len(batch) > 1:
             return np.concatenate([self.predict(batch[i : i + 1]) for i in range(len(batch))])
+        started = time.perf_counter()
         (probabilities,) = self.session.run(None, {self.input_name: batch})
+        metrics.observe_model_call(len(batch), time.perf_counter() - started)
         return probabilities.astype(np.float32, copy=False)
 
     def info(self) -> ModelInfo:

@@ -16,7 +16,8 @@ from emotion_server.pipeline import Pipeline
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; settings come from the environment, overridden by `test_config`.
 
-    The model and the face detector are loaded here, once per process, never per request.
+    The model and the face detector are loaded here, once per process, never per request,
+    and warmed up with one inference on a synthetic image.
     """
     settings = Settings.from_env(**dict(test_config or {}))
     # An OpenAPI app is a Flask app that also writes the OpenAPI 3.1 document of its routes.
@@ -44,15 +45,36 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
         JSON_SORT_KEYS=False,
     )
-    app.extensions["pipeline"] = Pipeline.from_settings(settings)
+    pipeline = Pipeline.from_settings(settings)
+    app.extensions["pipeline"] = pipeline
 
-    from emotion_server.api import docs, errors, health, inference, security, summary, web
+    from emotion_server.api import (
+        auth,
+        cors,
+        docs,
+        errors,
+        health,
+        inference,
+        metrics,
+        security,
+        summary,
+        web,
+    )
 
+    readiness = health.Readiness()
+    app.extensions["readiness"] = readiness
     errors.register(app)
+    # Request hooks run in this order: count and time, answer CORS preflights, check the key.
+    metrics.register(app)
+    cors.register(app)
+    auth.register(app)
     security.register(app)
     app.register_api(inference.bp)
     app.register_api(summary.bp)
     app.register_api(health.bp)
+    app.register_api(metrics.bp)
     app.register_api(web.bp)
     app.register_blueprint(docs.bp)
+    # One inference through the whole pipeline before the first request (/readyz reports it).
+    health.warm_up(pipeline, readiness)
     return app

@@ -10,6 +10,7 @@ from pathlib import Path
 import flask_openapi3_swagger
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
+from emotion_server.api.auth import document_security
 from emotion_server.api.security import CONTENT_SECURITY_POLICY
 from emotion_server.api.web import WEB_DIR
 
@@ -27,7 +28,8 @@ bp = Blueprint(
 def openapi_document() -> dict:
     """The library's document of the routes, less two things it always writes: a null
     `securitySchemes` (invalid OpenAPI: it must be an object) and the schema of its request
-    validation errors, which our views never produce."""
+    validation errors, which our views never produce; plus the API keys' security schemes and
+    401 responses where EMOTION_API_KEYS is set."""
     document = current_app.api_doc  # generated once per app, then cached by the library
     components = document.get("components", {})
     if components.get("securitySchemes", {}) is None:
@@ -37,7 +39,7 @@ def openapi_document() -> dict:
         unused = "#/components/schemas/ValidationErrorModel" not in json.dumps(document["paths"])
         if unused:
             del schemas["ValidationErrorModel"]
-    return document
+    return document_security(current_app, document)
 
 
 @bp.get("/openapi.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from emotion_server.errors import EmotionServerError
@@ -15,23 +15,28 @@ log = logging.getLogger(__name__)
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    503: "service_unavailable",
 }
 
 
-def error_response(code: str, message: str, status: int):
+def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None):
+    """The JSON error; its code is kept on `g` for the errors-by-code metric."""
+    g.error_code = code
     response = jsonify(error=code, message=message)
     response.status_code = status
+    response.headers.update(headers or {})
     return response
 
 
 def register(app: Flask) -> None:
     @app.errorhandler(EmotionServerError)
     def _ours(exc: EmotionServerError):
-        return error_response(exc.code, exc.message, exc.status)
+        return error_response(exc.code, exc.message, exc.status, exc.headers)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

@@ -8,6 +8,7 @@ from flask import current_app, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from werkzeug.datastructures import FileStorage
 
+from emotion_server.api.metrics import observe_result
 from emotion_server.api.schemas import (
     BATCH_BODY,
     COMMON_RESPONSES,
@@ -18,6 +19,7 @@ from emotion_server.api.schemas import (
 )
 from emotion_server.config import Settings
 from emotion_server.errors import (
+    EmotionServerError,
     MissingFile,
     PayloadTooLarge,
     TooManyImages,
@@ -79,7 +81,12 @@ def result_json(result: InferenceResult) -> dict:
 )
 def inference():
     data = read_image_bytes()
-    result = current_app.extensions["pipeline"].analyze(data)
+    try:
+        result = current_app.extensions["pipeline"].analyze(data)
+    except EmotionServerError as error:
+        observe_result(error)
+        raise
+    observe_result(result)
     return jsonify(result_json(result))
 
 
@@ -135,5 +142,7 @@ def inference_batch():
     readable = [data for data in contents if isinstance(data, bytes)]
     analyzed = iter(pipeline.analyze_batch(readable))
     results = [next(analyzed) if isinstance(data, bytes) else data for data in contents]
+    for result in results:
+        observe_result(result)
     names = [file.filename or None for file in files]
     return jsonify(BatchResponse.from_results(names, results).model_dump())

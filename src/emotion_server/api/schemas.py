@@ -29,7 +29,8 @@ class ErrorBody(_Strict):
     error: str = Field(
         description="Stable code, e.g. empty_body, invalid_image, corrupt_image, "
         "unsupported_image_format, unsupported_media_type, missing_file, payload_too_large, "
-        "image_too_large, too_many_images, not_found, method_not_allowed, internal_error",
+        "image_too_large, too_many_images, unauthorized, origin_not_allowed, not_found, "
+        "method_not_allowed, not_ready, internal_error",
         examples=["invalid_image"],
     )
     message: str = Field(description="What went wrong, for a person", min_length=1)
@@ -164,6 +165,15 @@ class HealthResponse(_Strict):
     status: Literal["ok"]
 
 
+class ReadyResponse(_Strict):
+    """This worker can serve: model and detector loaded, one warm-up inference done."""
+
+    status: Literal["ready"]
+    model: str = Field(description="The served model file's name")
+    detector: str = Field(description="The face detector: centerface or none")
+    warm_up_ms: float = Field(ge=0, description="Time of the warm-up inference at start-up")
+
+
 # Request bodies. The views read them themselves (so that failures get this API's error codes),
 # and these models only describe them in the OpenAPI document.
 class ImageUpload(BaseModel):
@@ -215,6 +225,11 @@ def error_response(description: str) -> dict[str, Any]:
 
 # Every operation can fail unexpectedly; the blueprints add this to each of theirs.
 COMMON_RESPONSES: dict[int, Any] = {500: ErrorBody}
+
+METRICS_TEXT = {
+    "description": "Prometheus metrics in the text exposition format (all workers together)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 
 HTML_PAGE = {
     "description": "The demo page",

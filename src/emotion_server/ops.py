@@ -1,0 +1,93 @@
+"""Process-level operations for gunicorn: the Prometheus multiprocess folder and server hooks.
+
+`prepare_metrics_dir()` runs in gunicorn's master before it forks the workers (and in
+`emotion-server serve` before it execs gunicorn); `child_exit`, `worker_exit` and `on_exit` are
+gunicorn server hooks, picked up by name from the gunicorn config module. Nothing here imports
+prometheus_client at module level: it picks its in-memory or multiprocess mode when first
+imported, and that must happen in the workers, after $PROMETHEUS_MULTIPROC_DIR is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Set to the pid of the process that made a temporary metrics folder: `serve` execs gunicorn in
+# the same process, so gunicorn's master (same pid) knows the folder is its own to remove.
+CREATED_BY_VARIABLE = "EMOTION_METRICS_DIR_CREATED_BY"
+
+
+def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> Path:
+    """$PROMETHEUS_MULTIPROC_DIR as a folder with no values from an earlier run.
+
+    The operator's folder is used where set; otherwise a fresh private one is made in the
+    temporary directory (and removed by `on_exit`). Either way its `*.db` files are deleted:
+    prometheus_client's documentation asks for the folder to be wiped between runs.
+    """
+    env = os.environ if environ is None else environ
+    path = env.get(METRICS_DIR_VARIABLE)
+    if not path:
+        path = tempfile.mkdtemp(prefix="emotion-server-metrics-")
+        env[METRICS_DIR_VARIABLE] = path
+        env[CREATED_BY_VARIABLE] = str(os.getpid())
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def child_exit(server, worker) -> None:
+    """gunicorn hook, in the master after a worker exited (or was killed): its live gauges
+    (requests in progress) stop counting; its counters and histograms stay in the totals."""
+    path = os.environ.get(METRICS_DIR_VARIABLE)
+    if path and os.path.isdir(path):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+def on_exit(server) -> None:
+    """gunicorn hook, in the master as it exits: remove the metrics folder if we made it."""
+    path = os.environ.get(METRICS_DIR_VARIABLE)
+    if path and os.environ.get(CREATED_BY_VARIABLE) == str(os.getpid()):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path)
+
+
+# How long a stopping sync worker goes on answering connections that were already queued for it.
+DRAIN_SECONDS = 5.0
+
+
+def worker_exit(server, worker) -> None:
+    """gunicorn hook, in a sync worker that has stopped (SIGTERM, max_requests): answer the
+    connections already waiting in the listening socket's queue before the process exits.
+
+    gunicorn's sync worker leaves its accept loop as soon as it is told to stop; when the last
+    worker exits, connections the kernel had accepted but no worker had taken yet are reset, so
+    clients that sent a request before the shutdown would lose it. This serves them (until the
+    queue is empty, or for DRAIN_SECONDS at most under continuing load). Other worker classes
+    (gthread) keep their own queue of accepted connections and finish it themselves.
+    """
+    from gunicorn.workers.sync import SyncWorker
+
+    if not isinstance(worker, SyncWorker) or worker.pid != os.getpid():
+        return  # the master calls this hook too, for a worker that vanished
+    deadline = time.monotonic() + DRAIN_SECONDS
+    for listener in worker.sockets:
+        listener.setblocking(False)
+        while time.monotonic() < deadline:
+            try:
+                client, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break  # the queue is empty
+            except OSError:
+                break  # the socket was closed
+            client.setblocking(True)
+            worker.handle(listener, client, address)

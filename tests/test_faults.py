@@ -1,0 +1,51 @@
+"""Short versions of the load and fault drills in scripts/ (the scripts take longer durations):
+a soak, a worker killed under load, SIGTERM under load, and bad model files at start-up."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import faults
+import soak
+
+pytestmark = pytest.mark.e2e
+
+
+def test_short_soak_has_no_errors():
+    report = soak.soak(seconds=3, workers=2, concurrency=4, interval=1, quiet=True)
+    assert report["requests"] > 0 and report["errors"] == 0, report
+    assert len(report["worker_rss_mb_start"]) == 2 and len(report["worker_rss_mb_end"]) == 2
+    assert report["workers_replaced"] == []
+    assert report["server_exit_code"] == 0
+
+
+def test_a_killed_worker_is_replaced_and_only_its_requests_fail():
+    report = faults.kill_worker(seconds=4, workers=2, concurrency=4)
+    assert report["replaced_after_s"] is not None, report
+    assert report["killed_pid"] not in report["workers_after"]
+    # The killed worker held at most one request per thread; nothing else failed, and the
+    # failures are lost connections, never error responses.
+    assert len(report["failed"]) <= report["failures_allowed"], report
+    assert set(report["failed"]) <= {"dropped"}, report
+    assert report["ok_after_kill"] > 0
+
+
+def test_sigterm_under_load_drops_nothing():
+    report = faults.sigterm(seconds=3, workers=2, concurrency=6)
+    assert report["requests_before_sigterm"] > 0 and report["in_flight_at_sigterm"] > 0
+    assert report["failed_before_sigterm"] == [], report
+    assert report["master_exit_code"] == 0
+
+
+def test_bad_model_files_fail_fast_with_a_clear_message():
+    report = faults.bad_model(timeout=60)
+    for name, case in report["cases"].items():
+        assert case["exit_code"] not in (0, None), (name, case)
+        assert case["message_found"], (name, case)
+    serve_lines = [case["last_line"] for name, case in report["cases"].items() if "serve" in name]
+    assert all(line.startswith("emotion-server: ") for line in serve_lines), serve_lines
