@@ -75,6 +75,7 @@ def test_largest_face_is_the_top_level_answer(pipeline, astronaut):
 def test_flip_tta_averages_both_views():
     settings = Settings(model_path=str(BUNDLED_MODEL), tta="flip", detector="none")
     pipeline = Pipeline.from_settings(settings)
+    pipeline.temperature = 1.0  # calibration is tested on its own below
     gray = np.random.default_rng(2).integers(0, 256, (48, 48), dtype=np.uint8)
     batch = to_model_input([gray])
     plain = pipeline.model.predict(batch)[0]
@@ -127,3 +128,15 @@ def test_boxes_of_a_drafted_jpeg_are_in_the_files_pixels(pipeline, astronaut):
         result.classification.prediction
         == pipeline.analyze(encode(astronaut)).classification.prediction
     )
+
+
+def test_calibration_from_the_card_is_applied_after_tta():
+    from emotion_server.pipeline import apply_temperature
+
+    settings = Settings(model_path=str(BUNDLED_MODEL), tta="flip", detector="none")
+    pipeline = Pipeline.from_settings(settings)
+    gray = np.random.default_rng(3).integers(0, 256, (48, 48), dtype=np.uint8)
+    batch = to_model_input([gray])
+    mean = (pipeline.model.predict(batch) + pipeline.model.predict(batch[:, :, ::-1])) / 2
+    pipeline.temperature = 0.5
+    assert np.allclose(pipeline.classify_crops([gray]), apply_temperature(mean, 0.5), atol=1e-6)

@@ -29,7 +29,7 @@ def _pipeline(**settings) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return _pipeline()
+    return _pipeline(tta="none")
 
 
 def _same(batched, single):

@@ -45,6 +45,7 @@ class Recipe:
     mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their targets; 0 disables
     ema: bool = False  # keep an exponential moving average of the weights and select on it
     ema_momentum: float = 0.999
+    init_weights: str | None = None  # start from this Keras model's weights (warm restart)
     teacher: str | None = None  # an ONNX model (e.g. an exported ensemble) to distil from
     distill_weight: float = 0.7  # share of the teacher's probabilities in the targets
     distill_temperature: float = 2.0  # softening of the teacher's probabilities
@@ -209,6 +210,9 @@ def train(recipe: Recipe, output: str | os.PathLike, data_path: str | None = Non
     if recipe.precision != "float32":
         keras.mixed_precision.set_global_policy(recipe.precision)
     model = architectures.ARCHITECTURES[recipe.architecture](**recipe.arch_args)
+    if recipe.init_weights:
+        # A warm restart: same architecture, weights from an earlier run, a new schedule.
+        model.set_weights(keras.saving.load_model(recipe.init_weights, compile=False).get_weights())
     inputs = keras.Input(model.input_shape[1:])
     trainable = keras.Model(inputs, model(augmentation(recipe)(inputs)), name="training")
     batches = Batches(
