@@ -15,7 +15,7 @@ def render(card: dict) -> str:
     calibration = card.get("calibration") or {}
     lines = [
         f"| | |\n|---|---|\n"
-        f"| PrivateTest accuracy (3,589 images, scored once) | **{card['accuracy'] * 100:.2f}%** |\n"
+        f"| PrivateTest accuracy (3,589 images) | **{card['accuracy'] * 100:.2f}%** |\n"
         f"| PublicTest accuracy (model selection) | {public['accuracy'] * 100:.2f}% |\n"
         f"| PrivateTest macro-F1 | {private['macro_f1']:.4f} |\n"
         f"| test-time augmentation (chosen on PublicTest) | {card['tta']} "
@@ -25,7 +25,8 @@ def render(card: dict) -> str:
         f"{calibration.get('private_test_ece_after')} after |\n"
         f"| parameters | {card.get('parameters'):,} |\n"
         f"| ms per face, 1 thread, TTA included | {card.get('ms_per_face_1_thread')} |\n"
-        f"| recipe | `{recipe.get('name')}`: {recipe.get('architecture')} {recipe.get('arch_args')}, "
+        f"| recipe | `{recipe.get('name')}`: {recipe.get('architecture')} "
+        f"{recipe.get('arch_args')}, "
         f"{recipe.get('epochs')} epochs, best epoch {training.get('best_epoch')}, "
         f"seed {recipe.get('seed')} |\n"
         f"| training | {training.get('train_wall_seconds')} s on {training.get('hardware')} "
