@@ -1,6 +1,7 @@
 """The HTTP contract through Flask's test client, on the real bundled model."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -38,7 +39,9 @@ def test_summary_has_the_original_fields(client):
     assert body.keys() >= SUMMARY_FIELDS
     assert body["input_shape"] == [1, 48, 48, 1] and body["output_shape"] == [1, 7]
     assert body["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-    assert 0.66 <= body["accuracy"] <= 1
+    card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    assert body["accuracy"] == card["accuracy"] and 0.6 <= body["accuracy"] <= 1
+    assert body["created_at"] == card["created_at"] and body["version"] == card["version"]
 
 
 def test_inference_raw_bytes_keeps_prediction(client):
