@@ -3,7 +3,7 @@
 # container registry: the base image is made locally from Debian packages.
 #
 #   sudo bash scripts/container.sh setup   # once: podman, its configuration, the local base
-#   sudo bash scripts/container.sh check   # build, run, /healthz /summary /inference, non-root,
+#   sudo bash scripts/container.sh check   # build, run read-only, /healthz /summary /inference, non-root,
 #                                          # `podman stop` ends it cleanly; exit 0 if all held
 #
 # `setup` installs podman, buildah, debootstrap and runc from apt, writes
@@ -84,7 +84,7 @@ check() {
     port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     url="http://127.0.0.1:$port"
     podman rm -f "$NAME" >/dev/null 2>&1 || true
-    podman run -d --name "$NAME" --network host -e "PORT=$port" -e HOST=127.0.0.1 "$IMAGE" >/dev/null
+    podman run -d --name "$NAME" --network host --read-only --tmpfs /tmp -e "PORT=$port" -e HOST=127.0.0.1 "$IMAGE" >/dev/null
     trap 'podman rm -f "$NAME" >/dev/null 2>&1 || true' EXIT
     for _ in $(seq 1 120); do
         curl -fsS "$url/readyz" >/dev/null 2>&1 && break
