@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from emotion_server.api import create_app
 from emotion_server.training.data import find_dataset
+
+# The load scripts' gunicorn helper (scripts/loadlib.py) is shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import loadlib
+from loadlib import free_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = ROOT / "models" / "emotion_model.onnx"
@@ -83,70 +84,30 @@ def client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class GunicornServer:
-    """gunicorn with the app factory on 127.0.0.1:<free port>, as production runs it."""
+class GunicornServer(loadlib.Server):
+    """The scripts' gunicorn on 127.0.0.1:<free port> (ready once /readyz answers), serving the
+    bundled model unless told otherwise, with its log kept in .pytest_cache for failures."""
 
     def __init__(
         self,
         env: dict[str, str] | None = None,
         workers: int = 1,
-        config: str = "python:emotion_server.gunicorn_conf",
+        config: str = loadlib.DEFAULT_CONFIG,
     ):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-            "WEB_CONCURRENCY": str(workers),
-            **(env or {}),
-        }
-        environment.setdefault("EMOTION_MODEL_PATH", str(BUNDLED_MODEL))
-        self.log = open(ROOT / ".pytest_cache" / f"gunicorn-{self.port}.log", "w+")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--config",
-                config,
-                "emotion_server.api:create_app()",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.output()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not become healthy: {self.output()}")
+        env = dict(env or {})
+        if "EMOTION_MODEL_PATH" not in env and "EMOTION_MODEL_PATH" not in os.environ:
+            env["EMOTION_MODEL_PATH"] = str(BUNDLED_MODEL)
+        (ROOT / ".pytest_cache").mkdir(exist_ok=True)
+        self.log_path = ROOT / ".pytest_cache" / f"gunicorn-{os.getpid()}-{id(self)}.log"
+        try:
+            super().__init__(workers=workers, config=config, env=env, log_path=self.log_path)
+        except RuntimeError as exc:
+            if hasattr(self, "process"):
+                self.stop()
+            raise RuntimeError(f"{exc}: {self.output()}") from None
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        return self.log_path.read_text() if self.log_path.exists() else ""
 
 
 @pytest.fixture(scope="session")
