@@ -43,7 +43,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         # Multipart bodies are limited by MAX_CONTENT_LENGTH; form fields by these.
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
-        JSON_SORT_KEYS=False,
     )
     pipeline = Pipeline.from_settings(settings)
     app.extensions["pipeline"] = pipeline
