@@ -178,3 +178,26 @@ def test_png_with_corrupt_image_data_is_refused_not_blank():
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not deflate" * 40)
     with pytest.raises(CorruptImage):
         decode_image(png + chunk(b"IEND", b""))
+
+
+def test_greyscale_crop_is_never_converted_to_rgb():
+    """The face-crop path reads the greyscale pixels as they are; RGB is made only on demand."""
+    gray = np.random.default_rng(5).integers(0, 256, (48, 48), dtype=np.uint8)
+    decoded = decode_image(encode(gray, "PNG"))
+    assert np.array_equal(decoded.gray, gray)
+    assert "rgb" not in vars(decoded)  # cached_property: absent until first asked for
+    assert decoded.rgb.shape == (48, 48, 3) and (decoded.rgb[..., 1] == gray).all()
+
+
+def test_colour_greyscale_is_pillows_luma_of_the_rgb_image():
+    colour = _pattern()
+    colour[20:, 30:] = (30, 160, 220)
+    data = encode(colour, "PNG")
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").convert("L"))
+    assert np.array_equal(decode_image(data).gray, expected)
+    palette = Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.picture.mode == "RGB"  # other modes are made RGB once, at decoding
+    assert np.array_equal(decoded.gray, np.asarray(palette.convert("RGB").convert("L")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,23 +28,35 @@ Image.MAX_IMAGE_PIXELS = None
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An upright image: RGB for the face detector, greyscale for the emotion model."""
+    """An upright image; its greyscale (for the model) and RGB (for the face detector) arrays
+    are made on first use, so a face crop that skips detection is never converted to RGB."""
 
-    rgb: np.ndarray  # uint8 [H, W, 3]
-    gray: np.ndarray  # uint8 [H, W]
+    picture: Image.Image  # upright and loaded, in mode "L" or "RGB"
     format: str
     # The upright image's size in the file's pixels; larger than the arrays where a big JPEG
     # was decoded at reduced size (Pillow's draft mode). Boxes are reported in these pixels.
     full_width: int = 0
     full_height: int = 0
 
+    @cached_property
+    def gray(self) -> np.ndarray:
+        """uint8 [H, W]."""
+        picture = self.picture if self.picture.mode == "L" else self.picture.convert("L")
+        return np.asarray(picture, dtype=np.uint8)
+
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        """uint8 [H, W, 3]."""
+        picture = self.picture if self.picture.mode == "RGB" else self.picture.convert("RGB")
+        return np.asarray(picture, dtype=np.uint8)
+
     @property
     def width(self) -> int:
-        return self.gray.shape[1]
+        return self.picture.width
 
     @property
     def height(self) -> int:
-        return self.gray.shape[0]
+        return self.picture.height
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -113,16 +126,14 @@ def decode_image(
                 if not drafted:
                     full_size = _upright_size(image)
                 upright = ImageOps.exif_transpose(image) or image
-                rgb = _to_rgb(upright)
+                # Greyscale and RGB stay as they are; every other mode becomes RGB here.
+                picture = upright if upright.mode in ("L", "RGB") else _to_rgb(upright)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise CorruptImage(
                 f"The {image.format} image is truncated or corrupt ({exc})."
             ) from None
-    rgb_array = np.asarray(rgb, dtype=np.uint8)
-    gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
     return DecodedImage(
-        rgb=rgb_array,
-        gray=gray,
+        picture=picture,
         format=image.format,
         full_width=full_size[0],
         full_height=full_size[1],
