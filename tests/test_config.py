@@ -36,3 +36,17 @@ def test_overrides_win_over_the_environment():
 def test_bad_numbers_fail_loudly():
     with pytest.raises(ValueError):
         Settings.from_env({"PORT": "eighty"})
+
+
+def test_serve_asks_glibc_for_huge_pages_without_dropping_other_tunables():
+    from emotion_server.cli import HUGE_PAGES_TUNABLE, use_huge_pages_for_large_buffers
+
+    env = {}
+    use_huge_pages_for_large_buffers(env)
+    assert env["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE == "glibc.malloc.hugetlb=1"
+    env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    use_huge_pages_for_large_buffers(env)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the operator's choice stands
+    use_huge_pages_for_large_buffers(env)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from emotion_server import metrics
 from emotion_server.classes import EMOTIONS, INPUT_SIZE
 from emotion_server.errors import ModelLoadError
+from emotion_server.runtime import session_options
 
 KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
 
@@ -57,13 +58,9 @@ class EmotionModel:
             )
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                str(path), session_options(threads), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"cannot load model {path}: {exc}") from exc
