@@ -84,7 +84,7 @@ def main() -> int:
         from emotion_server.errors import EmotionServerError
         from emotion_server.pipeline import Pipeline
 
-    model = ROOT / "models" / "emotion_model.onnx"
+    model = ROOT / "models" / "emotion_model.int8.onnx"
     pipeline = Pipeline.from_settings(
         Settings.from_env(model_path=str(model), max_pixels=args.max_pixels)
     )

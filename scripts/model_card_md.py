@@ -1,6 +1,6 @@
 """Print a model card (the JSON `emotion-server evaluate` writes) as the README's markdown.
 
-python scripts/model_card_md.py [models/emotion_model.json]
+python scripts/model_card_md.py [models/emotion_model.int8.json]
 """
 
 import json
@@ -47,5 +47,5 @@ def render(card: dict) -> str:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/emotion_model.json")
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/emotion_model.int8.json")
     print(render(json.loads(path.read_text())), end="")

@@ -21,7 +21,8 @@ import loadlib
 from loadlib import free_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL = ROOT / "models" / "emotion_model.onnx"
+BUNDLED_MODEL = ROOT / "models" / "emotion_model.int8.onnx"  # what the server serves
+FLOAT32_MODEL = ROOT / "models" / "emotion_model.onnx"  # the export it was quantized from
 
 
 def encode(array: np.ndarray, fmt: str = "JPEG", **params) -> bytes:

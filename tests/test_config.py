@@ -8,9 +8,9 @@ from emotion_server.config import Settings
 def test_defaults_serve_the_bundled_model_on_port_5000():
     settings = Settings.from_env({})
     assert settings.port == 5000 and settings.host == "0.0.0.0"
-    assert Path(settings.model_path).name == "emotion_model.onnx"
+    assert Path(settings.model_path).name == "emotion_model.int8.onnx"
     assert Path(settings.model_path).is_file()
-    assert settings.model_card_path.name == "emotion_model.json"
+    assert settings.model_card_path.name == "emotion_model.int8.json"
 
 
 def test_environment_variables_are_read_and_typed():

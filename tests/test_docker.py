@@ -33,4 +33,5 @@ def test_image_has_what_the_server_needs():
     # The bundled ONNX model and its card go into the image; Keras files and data do not.
     assert "COPY models ./models" in dockerfile
     assert "models/*.h5" in ignored and ".data" in ignored and ".venv" in ignored
-    assert (ROOT / "models" / "emotion_model.onnx").is_file()
+    assert (ROOT / "models" / "emotion_model.int8.onnx").is_file()
+    assert (ROOT / "models" / "emotion_model.int8.json").is_file()

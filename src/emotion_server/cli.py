@@ -76,6 +76,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from emotion_server.training.quantize import quantize_model
+
+    output = quantize_model(
+        args.model, args.output, data_path=args.data, images=args.images, seed=args.seed
+    )
+    print(f"wrote {output}; score it with: emotion-server evaluate --model {output}")
+    return 0
+
+
 def _ensemble(args: argparse.Namespace) -> int:
     from emotion_server.training.ensemble import build_ensemble
 
@@ -177,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", help="ONNX file to write (default: next to the model)")
     export.set_defaults(func=_export)
 
+    quantize = commands.add_parser(
+        "quantize", help="write an INT8 copy of an ONNX model, calibrated on FER2013 Training"
+    )
+    quantize.add_argument("model", help="float32 ONNX model (from `export`)")
+    quantize.add_argument("--output", help="file to write (default: <model>.int8.onnx)")
+    quantize.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
+    quantize.add_argument(
+        "--images", type=int, default=1000, help="Training images to calibrate on"
+    )
+    quantize.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    quantize.set_defaults(func=_quantize)
+
     ensemble = commands.add_parser(
         "ensemble", help="weight Keras models on PublicTest and save them as one model"
     )
@@ -188,9 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="score an ONNX model on PrivateTest and write its model card"
     )
-    evaluate.add_argument("--model", default="models/emotion_model.onnx")
+    evaluate.add_argument("--model", default="models/emotion_model.int8.onnx")
     evaluate.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
-    evaluate.add_argument("--train-info", help="train_info.json from the training run")
+    evaluate.add_argument(
+        "--train-info",
+        help="train_info.json from the training run, or the model card of the model this one "
+        "was quantized from",
+    )
     evaluate.add_argument(
         "--tta",
         choices=["auto", "none", "flip"],

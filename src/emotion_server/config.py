@@ -12,8 +12,9 @@ from pathlib import Path
 
 
 def _default_model() -> str:
-    """models/emotion_model.onnx in the working directory, else in this source checkout."""
-    relative = Path("models") / "emotion_model.onnx"
+    """models/emotion_model.int8.onnx (the INT8 model; its float32 original lies beside it) in
+    the working directory, else in this source checkout."""
+    relative = Path("models") / "emotion_model.int8.onnx"
     checkout = Path(__file__).resolve().parents[2] / relative
     return str(relative if relative.exists() or not checkout.exists() else checkout)
 

@@ -114,7 +114,9 @@ class EmotionModel:
             framework=framework,
             input_shape=[1, INPUT_SIZE, INPUT_SIZE, 1],
             output_shape=[1, len(EMOTIONS)],
-            precision=card.get("precision") or _ONNX_TYPES.get(self.input_type),
+            precision=card.get("precision")
+            or metadata.custom_metadata_map.get("precision")  # `emotion-server quantize` sets it
+            or _ONNX_TYPES.get(self.input_type),
             created_at=card.get("created_at"),
             card=card,
         )

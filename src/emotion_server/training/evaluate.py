@@ -250,6 +250,10 @@ def evaluate(
 
     model_file = Path(model_path)
     info = json.loads(Path(train_info).read_text()) if train_info else {}
+    # A model card names its training run under "training": the INT8 model is scored with the
+    # card of the float32 model it was quantized from.
+    info = info.get("training", info) or {}
+    precision = model.info().precision
     card = {
         "name": name,
         "version": version or __version__,
@@ -258,13 +262,14 @@ def evaluate(
         "dataset": "FER2013 (trained on Training, chosen on PublicTest, scored on PrivateTest)",
         "framework": (
             f"Keras {info['keras_version']} ({info['backend']} backend), "
-            f"served as ONNX by ONNX Runtime {onnxruntime.__version__}"
+            + ("quantized to INT8 and " if precision == "int8" else "")
+            + f"served as ONNX by ONNX Runtime {onnxruntime.__version__}"
             if info
             else f"ONNX, served by ONNX Runtime {onnxruntime.__version__}"
         ),
         "input_shape": list(INPUT_SHAPE),
         "output_shape": list(OUTPUT_SHAPE),
-        "precision": model.info().precision,
+        "precision": precision,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tta": tta,
         "tta_public_test_accuracy": tta_scores or None,

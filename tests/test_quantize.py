@@ -1,0 +1,103 @@
+"""INT8 quantization: the recipe's parts, a quantized file's contract, and the bundled INT8
+model against the float32 model it was made from."""
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, FLOAT32_MODEL
+
+from emotion_server.config import Settings
+from emotion_server.faces import NoDetector
+from emotion_server.model import EmotionModel
+from emotion_server.pipeline import Pipeline
+from emotion_server.training.quantize import (
+    calibration_batches,
+    quantize_onnx,
+    stratified_sample,
+)
+
+
+def test_stratified_sample_keeps_class_proportions_and_rare_classes():
+    labels = np.repeat(np.arange(7), [4000, 50, 1000, 2000, 1500, 900, 1300])
+    chosen = stratified_sample(labels, 500, seed=3)
+    assert len(chosen) == len(set(chosen.tolist())) == 500
+    counts = np.bincount(labels[chosen], minlength=7)
+    assert counts[1] >= 1  # the rare class is there
+    expected = 500 * np.bincount(labels) / len(labels)
+    assert np.abs(counts - expected).max() <= 1
+    assert not np.array_equal(chosen, stratified_sample(labels, 500, seed=4))
+    assert len(stratified_sample(labels, 999, seed=0)) == 999  # rounding falls short here
+    assert len(stratified_sample(labels[:30], 500)) == 30
+
+
+def test_calibration_batches_add_the_mirror_images():
+    images = np.zeros((3, 48, 48), np.uint8)
+    images[:, :, :10] = 255  # a bright left edge
+    rows = np.concatenate(calibration_batches(images, batch=4))
+    assert rows.shape == (6, 48, 48, 1) and rows.dtype == np.float32
+    assert rows[:3, :, :10].min() == 1.0 and rows[:3, :, 10:].max() == 0.0
+    assert rows[3:, :, -10:].min() == 1.0 and rows[3:, :, :-10].max() == 0.0
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    calibration = np.random.default_rng(0).integers(0, 256, (40, 48, 48), dtype=np.uint8)
+    output = tmp_path_factory.mktemp("quantized") / "mine.int8.onnx"
+    return quantize_onnx(FLOAT32_MODEL, output, calibration)
+
+
+def test_quantized_file_keeps_the_contract_and_says_int8(quantized):
+    model = EmotionModel(quantized)
+    assert model.info().precision == "int8"
+    batch = np.random.default_rng(1).random((5, 48, 48, 1), dtype=np.float32)
+    probabilities = model.predict(batch)
+    assert probabilities.shape == (5, 7)
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    # The Softmax stays float32: probabilities are not rounded to steps of 1/255.
+    assert not np.allclose(probabilities * 255, np.round(probabilities * 255), atol=1e-3)
+
+
+def test_quantized_graph_runs_convolutions_in_int8_and_softmax_in_float32(quantized):
+    graph = onnx.load(quantized).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QuantizeLinear") >= 8 and "DequantizeLinear" in ops
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 8  # every Conv and dense layer's weights
+    (softmax,) = [node for node in graph.node if node.op_type == "Softmax"]
+    assert not any(softmax.output[0] in node.input for node in graph.node)  # nothing re-quantizes
+
+
+def _flip_pipeline(path) -> Pipeline:
+    settings = Settings(model_path=str(path), tta="flip", detector="none")
+    pipeline = Pipeline(settings, EmotionModel(path), NoDetector())
+    pipeline.temperature = 1.0
+    return pipeline
+
+
+def test_bundled_int8_model_agrees_with_its_float32_original_on_a_real_face(astronaut):
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    face = np.asarray(np.mean(astronaut[y1:y2, x1:x2], axis=2), np.uint8)
+    int8 = _flip_pipeline(BUNDLED_MODEL).classify_crops([face])[0]
+    float32 = _flip_pipeline(FLOAT32_MODEL).classify_crops([face])[0]
+    assert int8.argmax() == float32.argmax()
+    assert np.abs(int8 - float32).max() < 0.1
+
+
+@pytest.mark.dataset
+def test_bundled_int8_model_matches_float32_on_public_test(fer_dataset):
+    """The quantization was chosen on PublicTest: within half a point, same answers mostly."""
+    split = fer_dataset["PublicTest"]
+    predictions = {}
+    for name, path in (("int8", BUNDLED_MODEL), ("float32", FLOAT32_MODEL)):
+        pipeline = _flip_pipeline(path)
+        predictions[name] = np.concatenate(
+            [
+                pipeline.classify_crops(list(split.images[i : i + 512])).argmax(1)
+                for i in range(0, len(split.images), 512)
+            ]
+        )
+    accuracy = {name: float((p == split.labels).mean()) for name, p in predictions.items()}
+    agreement = float((predictions["int8"] == predictions["float32"]).mean())
+    print(f"PublicTest accuracy with flip TTA: {accuracy}; same answer: {agreement:.4f}")
+    assert abs(accuracy["int8"] - accuracy["float32"]) <= 0.005
+    assert agreement >= 0.97
