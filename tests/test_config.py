@@ -50,3 +50,14 @@ def test_serve_asks_glibc_for_huge_pages_without_dropping_other_tunables():
     env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the operator's choice stands
     use_huge_pages_for_large_buffers(env)
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+
+
+def test_runtime_threads_share_the_cpus_among_the_workers():
+    from emotion_server.config import available_cpus
+
+    cpus = available_cpus()
+    assert Settings(workers=1).intra_op_threads == cpus
+    assert Settings(workers=cpus).intra_op_threads == 1
+    assert Settings(workers=4 * cpus).intra_op_threads == 1  # never zero
+    assert Settings(workers=1, threads=3).intra_op_threads == 3  # an explicit setting wins
+    assert Settings.from_env({"EMOTION_THREADS": "2"}).intra_op_threads == 2

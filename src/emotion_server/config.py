@@ -35,7 +35,7 @@ class Settings:
     max_pixels: int = 40_000_000
     max_batch_images: int = 16  # files in one POST /inference/batch
     max_batch_bytes: int = 64 * 1024 * 1024  # the whole batch request; each file: max_upload_bytes
-    threads: int = 1  # ONNX Runtime intra-op threads per worker
+    threads: int = 0  # ONNX Runtime intra-op threads per worker; 0: the CPUs shared by the workers
     workers: int = 2
     worker_threads: int = 1  # gunicorn threads per worker (gthread worker when > 1)
     batch_max_size: int = 32  # micro-batching: most crops in one model call
@@ -44,6 +44,12 @@ class Settings:
     # Access control (api/auth.py, api/cors.py): comma-separated lists; empty turns them off.
     api_keys: str = field(default="", repr=False)  # keys accepted in X-API-Key or Bearer
     cors_origins: str = ""  # origins given Access-Control-Allow-Origin; "*" for any
+
+    @property
+    def intra_op_threads(self) -> int:
+        """`threads`, or where it is 0 the CPUs this process may use divided among the
+        workers (one thread each on 2 CPUs with 2 workers; 4 each on 8 CPUs)."""
+        return self.threads or max(1, available_cpus() // max(1, self.workers))
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
@@ -71,6 +77,14 @@ class Settings:
 
 
 _PARSERS = {"str": str, "int": int, "float": float}
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _split(value: str) -> tuple[str, ...]:

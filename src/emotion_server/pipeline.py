@@ -149,12 +149,12 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
-        model = EmotionModel(settings.model_path, threads=settings.threads)
+        model = EmotionModel(settings.model_path, threads=settings.intra_op_threads)
         detector = make_detector(
             settings.detector,
             threshold=settings.detect_threshold,
             max_side=settings.detect_max_side,
-            threads=settings.threads,
+            threads=settings.intra_op_threads,
         )
         return cls(settings, model, detector)
 
