@@ -9,18 +9,26 @@ Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same 
 - ours: `emotion-server serve`, as the README starts it (gunicorn, ONNX Runtime);
 - ceiling: the served model in-process in batches of 256 (no HTTP, no decoding), with the
   same test-time augmentation the server uses.
+- http-floor: bench/floor_app.py, an empty Flask view on the same gunicorn layout: what a
+  request costs before any of our work (no ceiling, no goals);
+- variants (--variant NAME:VAR=VALUE,...): our server again with other settings, for
+  example the float32 model or another worker layout, each with its own ceiling.
 Workloads: a 48x48 greyscale face crop (JPEG) and a 640x480 photo with one face, both made
-from scikit-image's astronaut photo; concurrency 1, 8 and 32. Writes results.json and
-results.md into --out and prints the markdown.
+from scikit-image's astronaut photo; concurrency 1, 8 and 32. Each run also records the CPU
+time all the server's processes used per request, which says where the time goes. Writes
+results.json and results.md into --out and prints the markdown, with the issue's goals as
+ratios (ours / baseline, ours / ceiling) and whether each is met.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +43,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
+FLOOR = "http-floor"
 
 
 def make_workloads(folder: Path) -> dict[str, Path]:
@@ -58,9 +67,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -68,6 +78,16 @@ def rss_mb(pid: int) -> float:
 def children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Contender:
@@ -100,9 +120,33 @@ class Contender:
                 time.sleep(0.02)
         self.cold_start_s = time.perf_counter() - started
 
-    def worker_rss_mb(self) -> list[float]:
+    def pids(self) -> list[int]:
+        return [self.process.pid, *children(self.process.pid)]
+
+    def load(self, body_path: Path, connections: int, duration: int) -> dict:
+        """One wrk run, plus the server's CPU time per request (all its processes)."""
+        pids = self.pids()
+        before = cpu_seconds(pids)
+        row = run_wrk(self.url, body_path, connections, duration)
+        used = cpu_seconds(pids) - before
+        row["server_cpu_ms_per_request"] = round(used / max(row["requests"], 1) * 1000, 3)
+        return row
+
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 15.0) -> None:
+        """Wait until the server has used no CPU for `quiet_s`: requests that wrk sent before
+        it stopped are still being answered for a moment, holding a photo's activations."""
+        deadline = time.monotonic() + limit_s
+        last = cpu_seconds(self.pids())
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = cpu_seconds(self.pids())
+            if now == last:
+                return
+            last = now
+
+    def worker_rss_mb(self, field: str = "VmRSS") -> list[float]:
         workers = children(self.process.pid) or [self.process.pid]
-        return [round(rss_mb(pid), 1) for pid in workers]
+        return [round(rss_mb(pid, field), 1) for pid in workers]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -149,14 +193,15 @@ def run_wrk(url: str, body_path: Path, connections: int, duration: int) -> dict:
     }
 
 
-def ceiling(seconds: float = 5.0) -> dict:
-    """Faces per second of the served model in-process, batches of 256, all cores."""
+def ceiling(env: dict[str, str], seconds: float = 5.0) -> dict:
+    """Faces per second of the model a contender serves (its environment names it), run
+    in-process in batches of 256 on all cores: no HTTP, no decoding."""
     from emotion_server.config import Settings
     from emotion_server.faces import NoDetector
     from emotion_server.model import EmotionModel
     from emotion_server.pipeline import Pipeline
 
-    settings = Settings(threads=os.cpu_count() or 1, detector="none")
+    settings = Settings.from_env(env, threads=os.cpu_count() or 1, detector="none")
     pipeline = Pipeline(
         settings, EmotionModel(settings.model_path, threads=settings.threads), NoDetector()
     )
@@ -168,9 +213,16 @@ def ceiling(seconds: float = 5.0) -> dict:
         faces += len(crops)
     return {
         "faces_per_s": round(faces / (time.perf_counter() - started), 1),
+        "model": os.path.relpath(settings.model_path, ROOT),
         "tta": pipeline.tta,
         "threads": settings.threads,
     }
+
+
+def goal_met(value: float, goal: str) -> bool:
+    """'>= 30' or '<= 0.05' applied to `value`."""
+    sign, bound = goal.split()
+    return value >= float(bound) if sign == ">=" else value <= float(bound)
 
 
 def machine() -> str:
@@ -184,36 +236,75 @@ def machine() -> str:
 
 def to_markdown(result: dict) -> str:
     lines = [
-        f"Benchmark of {result['date']} on {result['machine']} (`python bench/run.py "
-        f"--duration {result['duration_s']}`; wrk, 1 thread, loopback).",
+        f"Benchmark of {result['date']} on {result['machine']} (`{result['command']}`; "
+        "wrk, 1 thread, loopback; server CPU: all the server's processes, per request).",
         "",
-        "| contender | workload | conc. | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| contender | workload | conc. | req/s | p50 ms | p99 ms | errors | server CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, contender in result["contenders"].items():
         for workload, rows in contender["workloads"].items():
             for row in rows:
                 lines.append(
                     f"| {name} | {workload} | {row['connections']} | {row['throughput_rps']} | "
-                    f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} |"
+                    f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} | "
+                    f"{row['server_cpu_ms_per_request']} |"
                 )
-    lines += ["", "| contender | cold start s | RSS per worker MB |", "|---|---|---|"]
+    lines += [
+        "",
+        "| contender | cold start s | RSS per worker MB, after the load | peak RSS per worker MB |",
+        "|---|---|---|---|",
+    ]
     for name, contender in result["contenders"].items():
         lines.append(
             f"| {name} | {contender['cold_start_s']} | "
-            f"{', '.join(map(str, contender['worker_rss_mb']))} |"
+            f"{', '.join(map(str, contender['worker_rss_mb']))} | "
+            f"{', '.join(map(str, contender['worker_peak_rss_mb']))} |"
         )
-    ceiling_row = result["ceiling"]
     lines += [
         "",
-        f"Ceiling: {ceiling_row['faces_per_s']} faces/s in-process (batches of 256, "
-        f"{ceiling_row['threads']} threads, TTA {ceiling_row['tta']}).",
-        "",
+        "| ceiling of | model | faces/s in-process | threads | TTA |",
+        "|---|---|---|---|---|",
     ]
-    lines += ["| ratio | measured | goal |", "|---|---|---|"]
+    for name, row in result["ceilings"].items():
+        lines.append(
+            f"| {name} | {row['model']} | {row['faces_per_s']} | {row['threads']} | {row['tta']} |"
+        )
+    lines += ["", "| ratio | measured | goal | met |", "|---|---|---|---|"]
     for key, (value, goal) in result["ratios"].items():
-        lines.append(f"| {key} | {value} | {goal} |")
+        lines.append(f"| {key} | {value} | {goal} | {'yes' if goal_met(value, goal) else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
+    """The issue's goals for each of our contenders, as (measured, goal)."""
+
+    def crop_rows(name: str) -> list[dict]:
+        return result["contenders"][name]["workloads"]["face crop 48x48"]
+
+    base = result["contenders"].get("baseline")
+    found = {}
+    for name in servers:
+        entry = result["contenders"][name]
+        best = max(row["throughput_rps"] for row in crop_rows(name))
+        found[f"{name} / ceiling, face-crop throughput"] = (
+            round(best / result["ceilings"][name]["faces_per_s"], 2),
+            ">= 0.85",
+        )
+        found[f"{name} cold start, s"] = (entry["cold_start_s"], "<= 1.5")
+        if base is None:
+            continue
+        base_best = max(row["throughput_rps"] for row in crop_rows("baseline"))
+        found[f"{name} / baseline, face-crop throughput"] = (round(best / base_best, 1), ">= 30")
+        found[f"{name} / baseline, p50 latency at concurrency 1"] = (
+            round(crop_rows(name)[0]["p50_ms"] / crop_rows("baseline")[0]["p50_ms"], 3),
+            "<= 0.05",
+        )
+        found[f"{name} / baseline, RSS per worker"] = (
+            round(max(entry["worker_rss_mb"]) / max(base["worker_rss_mb"]), 2),
+            "<= 0.25",
+        )
+    return found
 
 
 def main() -> None:
@@ -242,59 +333,47 @@ def main() -> None:
         name, _, assignments = variant.partition(":")
         env = dict(item.split("=", 1) for item in assignments.split(",") if item)
         contenders[name] = ([sys.executable, "-m", "emotion_server.cli", "serve"], env)
+    # The floor: an empty Flask view on the same gunicorn layout (2 sync workers).
+    contenders[FLOOR] = (
+        [
+            *(sys.executable, "-m", "gunicorn", "--workers", "2"),
+            *("--chdir", str(ROOT / "bench"), "--bind", "127.0.0.1:{port}", "floor_app:app"),
+        ],
+        {},
+    )
     if not args.skip_baseline:
-        contenders["baseline"] = ([sys.executable, str(ROOT / "bench" / "baseline_server.py")], {})
+        contenders["baseline"] = (
+            [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "{port}"],
+            {},
+        )
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
         "duration_s": args.duration,
+        "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
         "contenders": {},
     }
     for name, (command, env) in contenders.items():
         port = str(free_port())
-        if name == "baseline":
-            command = [*command, port]
+        command = [part.format(port=port) for part in command]
         contender = Contender(name, command, {**env, "PORT": port, "HOST": "127.0.0.1"}, crop_body)
         try:
             entry = {"cold_start_s": round(contender.cold_start_s, 2), "workloads": {}}
             for workload, path in workloads.items():
                 run_wrk(contender.url, path, 8, 2)  # warm-up
                 entry["workloads"][workload] = [
-                    run_wrk(contender.url, path, c, args.duration) for c in CONCURRENCY
+                    contender.load(path, c, args.duration) for c in CONCURRENCY
                 ]
+            contender.settle()
             entry["worker_rss_mb"] = contender.worker_rss_mb()
+            entry["worker_peak_rss_mb"] = contender.worker_rss_mb("VmHWM")
         finally:
             contender.stop()
         result["contenders"][name] = entry
         print(f"{name}: done", file=sys.stderr)
-    result["ceiling"] = ceiling()
-
-    ours = result["contenders"]["ours"]
-    crop_best = max(r["throughput_rps"] for r in ours["workloads"]["face crop 48x48"])
-    ratios = {
-        "ours / ceiling, face-crop throughput": (
-            round(crop_best / result["ceiling"]["faces_per_s"], 2),
-            ">= 0.85",
-        ),
-        "ours cold start, s": (ours["cold_start_s"], "<= 1.5"),
-    }
-    if "baseline" in result["contenders"]:
-        base = result["contenders"]["baseline"]
-        base_best = max(r["throughput_rps"] for r in base["workloads"]["face crop 48x48"])
-        ratios["ours / baseline, face-crop throughput"] = (round(crop_best / base_best, 1), ">= 30")
-        p50 = {
-            n: c["workloads"]["face crop 48x48"][0]["p50_ms"]
-            for n, c in result["contenders"].items()
-        }
-        ratios["ours / baseline, p50 latency at concurrency 1"] = (
-            round(p50["ours"] / p50["baseline"], 3),
-            "<= 0.05",
-        )
-        ratios["ours / baseline, RSS per worker"] = (
-            round(max(ours["worker_rss_mb"]) / max(base["worker_rss_mb"]), 2),
-            "<= 0.25",
-        )
-    result["ratios"] = ratios
+    servers = [name for name in contenders if name not in ("baseline", FLOOR)]
+    result["ceilings"] = {name: ceiling(contenders[name][1]) for name in servers}
+    result["ratios"] = ratios(result, servers)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
