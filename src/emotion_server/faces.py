@@ -99,7 +99,7 @@ class CenterFaceDetector:
         self.session = ort.InferenceSession(
             _dynamic_centerface(), session_options(threads), providers=["CPUExecutionProvider"]
         )
-        # A 640x480 photo takes ~110 MB of activations. ONNX Runtime's arena would keep that
+        # A 640x480 photo takes about 100 MB of activations. ONNX Runtime's arena would keep that
         # peak resident in every worker for good; shrinking it after each detection hands it
         # back (README, "Performance": resident memory against photo latency).
         self.run_options = ort.RunOptions()
