@@ -1,4 +1,4 @@
-"""`emotion-server serve | classify | train | evaluate | export`.
+"""`emotion-server serve | classify | train | export | quantize | ensemble | evaluate`.
 
 Training commands import Keras lazily, so a serving install without it still runs `serve` and
 `classify`.
