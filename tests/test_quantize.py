@@ -10,6 +10,7 @@ from emotion_server.config import Settings
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
 from emotion_server.pipeline import Pipeline
+from emotion_server.training.evaluate import classify_split
 from emotion_server.training.quantize import (
     calibration_batches,
     quantize_onnx,
@@ -89,13 +90,7 @@ def test_bundled_int8_model_matches_float32_on_public_test(fer_dataset):
     split = fer_dataset["PublicTest"]
     predictions = {}
     for name, path in (("int8", BUNDLED_MODEL), ("float32", FLOAT32_MODEL)):
-        pipeline = _flip_pipeline(path)
-        predictions[name] = np.concatenate(
-            [
-                pipeline.classify_crops(list(split.images[i : i + 512])).argmax(1)
-                for i in range(0, len(split.images), 512)
-            ]
-        )
+        predictions[name] = classify_split(_flip_pipeline(path), split.images).argmax(1)
     accuracy = {name: float((p == split.labels).mean()) for name, p in predictions.items()}
     agreement = float((predictions["int8"] == predictions["float32"]).mean())
     print(f"PublicTest accuracy with flip TTA: {accuracy}; same answer: {agreement:.4f}")

@@ -94,6 +94,13 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return round(float(min(fine, key=nll)), 3)
 
 
+def classify_split(pipeline: Pipeline, images: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """uint8 [N,48,48] crops -> [N,7] probabilities through the serving path, in chunks."""
+    return np.concatenate(
+        [pipeline.classify_crops(list(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    )
+
+
 def ms_per_face(pipeline: Pipeline, repeats: int = 200) -> float:
     """Median milliseconds for one 48x48 crop, batch 1, test-time augmentation included."""
     crop = [np.full((48, 48), 128, np.uint8)]
@@ -219,7 +226,7 @@ def evaluate(
         for mode in TTA_MODES:
             chooser = Pipeline(Settings(tta=mode, detector="none"), model, NoDetector())
             chooser.temperature = 1.0
-            predicted = chooser.classify_crops(list(public.images)).argmax(1)
+            predicted = classify_split(chooser, public.images).argmax(1)
             tta_scores[mode] = round(float((predicted == public.labels).mean()), 4)
         tta = max(TTA_MODES, key=lambda mode: tta_scores[mode])  # ties: the cheaper "none"
         print(f"test-time augmentation on PublicTest: {tta_scores}; chosen: {tta}")
@@ -228,10 +235,7 @@ def evaluate(
     pipeline.temperature = 1.0  # score the raw outputs first; calibration is fitted below
     raw = {}
     for split in ("PrivateTest", "PublicTest"):
-        images = data[split].images
-        raw[split] = np.concatenate(
-            [pipeline.classify_crops(list(images[i : i + 256])) for i in range(0, len(images), 256)]
-        )
+        raw[split] = classify_split(pipeline, data[split].images)
     # Temperature scaling, fitted on PublicTest only (PrivateTest is never used to choose).
     temperature = fit_temperature(raw["PublicTest"], data["PublicTest"].labels)
     metrics = {
