@@ -22,11 +22,8 @@ from emotion_server.classes import INPUT_SIZE
 
 PRECISION_KEY = "precision"  # ONNX metadata property, read by emotion_server.model
 CALIBRATION_IMAGES = 1000
-METHODS = {
-    "minmax": lambda methods: methods.MinMax,
-    "percentile": lambda methods: methods.Percentile,
-    "entropy": lambda methods: methods.Entropy,
-}
+# `method` names -> onnxruntime.quantization.CalibrationMethod members.
+METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 CALIBRATION_BATCH = 50
 
 
@@ -101,7 +98,7 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            calibrate_method=METHODS[method](CalibrationMethod),
+            calibrate_method=getattr(CalibrationMethod, METHODS[method]),
             nodes_to_exclude=softmax,
         )
     # Said in the file itself, so /summary reports it for a quantized model without a card.
