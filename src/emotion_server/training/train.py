@@ -1,27 +1,50 @@
-"""Train a model on FER2013 Training, keeping the epoch with the best PublicTest accuracy.
+"""Train a network on FER2013 Training with a plain PyTorch loop; choose epochs on PublicTest.
 
-The recipe lives in a versioned TOML file (configs/*.toml) so a run can be repeated exactly.
-Writes into the output folder: best.keras, emotion_model.h5 (same weights), history.csv and
-train_info.json (recipe, seed, epochs, wall time, PublicTest accuracy) for `evaluate`.
+A run lives in a folder outside the work tree (`runs_dir()/NAME`) and survives being stopped:
+every `checkpoint_every` epochs `checkpoint.pt` is replaced atomically with everything needed
+to go on (weights, optimizer, schedule position, EMA weights, RNG states, best-so-far, the
+per-epoch log), and `train(..., resume=True)` continues from it with the same result as an
+uninterrupted run. `best.pt` holds the EMA weights of the best PublicTest epoch: what
+`emotion-server export --run NAME` turns into the shipped Keras model.
+
+The recipe comes from a TOML file (configs/*.toml), so a run can be repeated exactly.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import csv
+import io
+import math
 import os
 import platform
+import random
+import signal
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras
 import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
 
-from emotion_server.training import architectures
+from emotion_server.training.architectures import Architecture, build_spec, view_offsets
+from emotion_server.training.augment import Augmentation, augment
 from emotion_server.training.data import load_cached
+from emotion_server.training.torch_nets import build_torch, parameter_count
+
+RUNS_ENV = "EMOTION_RUNS_DIR"
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def runs_dir() -> Path:
+    """Where runs live: $EMOTION_RUNS_DIR, else ~/.cache/emotion-server/runs."""
+    configured = os.environ.get(RUNS_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "emotion-server" / "runs"
 
 
 @dataclass
@@ -31,264 +54,452 @@ class Recipe:
     arch_args: dict = field(default_factory=dict)
     epochs: int = 40
     batch_size: int = 128
-    learning_rate: float = 0.03
-    warmup_epochs: int = 2
+    learning_rate: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 5e-3
+    weight_decay: float = 5e-4  # coupled L2, not on BatchNorm weights or biases
+    warmup_epochs: int = 2  # linear warm-up, then cosine decay to zero
     label_smoothing: float = 0.1
-    rotation_degrees: float = 10.0
-    zoom: float = 0.1
+    flip: bool = True
+    rotation_degrees: float = 15.0
+    zoom: float = 0.15
     shift: float = 0.1
-    erasing: float = 0.0
-    augment_impl: str = "layers"  # "layers": Keras preprocessing layers; "affine": jit-friendly
-    precision: str = "float32"  # or "mixed_bfloat16" on a GPU; the saved model is float32
-    mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their targets; 0 disables
-    ema: bool = False  # keep an exponential moving average of the weights and select on it
-    ema_momentum: float = 0.999
-    init_weights: str | None = None  # start from this Keras model's weights (warm restart)
-    teacher: str | None = None  # an ONNX model (e.g. an exported ensemble) to distil from
-    distill_weight: float = 0.7  # share of the teacher's probabilities in the targets
-    distill_temperature: float = 2.0  # softening of the teacher's probabilities
+    erasing: float = 0.5
+    ema_decay: float = 0.999  # per step; 0 disables the moving average
+    bf16: str = "auto"  # bfloat16 autocast: "auto" = on a GPU or a CPU with native bf16
+    teachers: list[str] = field(default_factory=list)  # run names or folders to distil from
+    distill_weight: float = 0.7  # share of the teacher's softened probabilities in the loss
+    distill_temperature: float = 2.0
+    checkpoint_every: int = 1
     seed: int = 1
-    limit_train: int | None = None  # for smoke tests: use only the first N Training images
+    limit_train: int | None = None  # tests: only the first N Training images
+    threads: int = 0  # torch intra-op threads; 0 = every CPU
+
+    def spec(self) -> Architecture:
+        return build_spec(self.architecture, **self.arch_args)
+
+    def augmentation(self) -> Augmentation:
+        return Augmentation(
+            crop=self.spec().crop,
+            flip=self.flip,
+            rotation_degrees=self.rotation_degrees,
+            zoom=self.zoom,
+            shift=self.shift,
+            erasing=self.erasing,
+        )
 
 
 def load_recipe(path: str | os.PathLike | None, **overrides) -> Recipe:
     values = tomllib.loads(Path(path).read_text()) if path else {}
     values.update({key: value for key, value in overrides.items() if value is not None})
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown recipe keys: {', '.join(unknown)}")
     return Recipe(**values)
 
 
-class RandomAffine(keras.layers.Layer):
-    """Per-image flip, rotation, zoom and shift (one `affine_transform` call) and random
-    erasing, in keras.ops only, so it stays inside a jit-compiled step (JAX on a GPU), unlike
-    Keras's RandomRotation/RandomZoom/RandomTranslation layers (GPU.md)."""
-
-    def __init__(self, rotation_degrees=10.0, zoom=0.1, shift=0.1, erasing=0.0, seed=None, **kw):
-        super().__init__(**kw)
-        self.rotation = np.deg2rad(rotation_degrees)
-        self.zoom, self.shift, self.erasing = zoom, shift, erasing
-        self.generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        ops, random = keras.ops, keras.random
-        n = ops.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
-
-        def uniform(low, high):
-            return random.uniform((n,), low, high, seed=self.generator)
-
-        angle = uniform(-self.rotation, self.rotation)
-        scale = uniform(1 - self.zoom, 1 + self.zoom)
-        tx, ty = uniform(-self.shift, self.shift) * width, uniform(-self.shift, self.shift) * height
-        flip = ops.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-        cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
-        # Output pixel -> input pixel: mirror, then rotate and scale about the centre, then shift.
-        m00, m01, m10, m11 = cos * flip, sin, -sin * flip, cos
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        transform = ops.stack(
-            [
-                m00,
-                m01,
-                cx - m00 * (cx + tx) - m01 * (cy + ty),
-                m10,
-                m11,
-                cy - m10 * (cx + tx) - m11 * (cy + ty),
-                ops.zeros((n,)),
-                ops.zeros((n,)),
-            ],
-            axis=1,
-        )
-        images = ops.image.affine_transform(images, transform, fill_mode="nearest")
-        if self.erasing:
-            # One random rectangle per image (2%-25% of the area), filled with noise.
-            area = uniform(0.02, 0.25) * height * width
-            aspect = ops.exp(uniform(np.log(0.3), np.log(3.3)))
-            h = ops.minimum(ops.sqrt(area * aspect), height)
-            w = ops.minimum(ops.sqrt(area / aspect), width)
-            y0, x0 = uniform(0, 1) * (height - h), uniform(0, 1) * (width - w)
-            ys = ops.arange(height, dtype="float32")[None, :, None, None]
-            xs = ops.arange(width, dtype="float32")[None, None, :, None]
-
-            def column(v):
-                return ops.reshape(v, (-1, 1, 1, 1))
-
-            inside = (
-                (ys >= column(y0))
-                & (ys < column(y0 + h))
-                & (xs >= column(x0))
-                & (xs < column(x0 + w))
-                & column(uniform(0, 1) < self.erasing)
-            )
-            noise = random.uniform(ops.shape(images), seed=self.generator)
-            images = ops.where(inside, ops.cast(noise, images.dtype), images)
-        return images
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 48, 48] -> float [N, 1, 48, 48] in [0, 1] (the contract's scaling)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).unsqueeze(1)
 
 
-def augmentation(recipe: Recipe) -> keras.Sequential:
-    """Training-time augmentation (kept out of the saved inference model)."""
-    if recipe.augment_impl == "affine":
-        layer = RandomAffine(
-            recipe.rotation_degrees, recipe.zoom, recipe.shift, recipe.erasing, seed=recipe.seed
-        )
-        return keras.Sequential([layer], name="augmentation")
-    steps = [
-        keras.layers.RandomFlip("horizontal", seed=recipe.seed),
-        keras.layers.RandomRotation(recipe.rotation_degrees / 360, fill_mode="nearest"),
-        keras.layers.RandomZoom(recipe.zoom, fill_mode="nearest"),
-        keras.layers.RandomTranslation(recipe.shift, recipe.shift, fill_mode="nearest"),
-    ]
-    if recipe.erasing:
-        steps.append(keras.layers.RandomErasing(factor=recipe.erasing, value_range=(0, 1)))
-    return keras.Sequential(steps, name="augmentation")
+def bf16_is_fast() -> bool:
+    """bfloat16 autocast pays only where the CPU multiplies bfloat16 natively (AVX-512 BF16 or
+    AMX); on an AVX2-only CPU it is emulated and ~10x slower than float32 (measured)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def _to_inputs(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0)[..., None]
+def _use_bf16(setting: str | bool, device: torch.device) -> bool:
+    if setting == "auto":
+        return device.type == "cuda" or bf16_is_fast()
+    return setting in (True, "on", "true")
 
 
-class Batches(keras.utils.PyDataset):
-    """Shuffled full batches (a partial last batch would compile a second program), with
-    optional mixup of images and their (possibly soft) targets."""
-
-    def __init__(self, x, targets, batch_size: int, mixup: float, seed: int):
-        super().__init__()
-        self.x, self.targets, self.batch_size, self.mixup = x, targets, batch_size, mixup
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x))
-
-    def __len__(self) -> int:
-        return len(self.x) // self.batch_size
-
-    def __getitem__(self, index: int):
-        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        x, y = self.x[rows], self.targets[rows]
-        if self.mixup:
-            lam = self.rng.beta(self.mixup, self.mixup)
-            partner = self.rng.permutation(len(rows))
-            x = lam * x + (1 - lam) * x[partner]
-            y = lam * y + (1 - lam) * y[partner]
-        return x, y
-
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.x))
+@torch.inference_mode()
+def predict_views(
+    model: nn.Module, images: np.ndarray, views: str = "flip", bf16: bool = False, batch: int = 512
+) -> list[np.ndarray]:
+    """Softmax probabilities of each view (`architectures.view_offsets`) of uint8 [N, 48, 48]
+    faces, one array per view."""
+    model.eval()
+    device = next(model.parameters()).device
+    crop = model.arch.crop
+    offsets = view_offsets(crop, views)
+    out: list[list[np.ndarray]] = [[] for _ in offsets]
+    for start in range(0, len(images), batch):
+        x = to_tensor(images[start : start + batch]).to(device)
+        for index, (top, left, mirrored) in enumerate(offsets):
+            view = x[..., top : top + crop, left : left + crop]
+            view = view.flip(-1) if mirrored else view
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out[index].append(F.softmax(model(view).float(), 1).cpu().numpy())
+    return [np.concatenate(parts) for parts in out]
 
 
-def training_targets(recipe: Recipe, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """One-hot labels, or with a teacher: its softened probabilities mixed with them."""
-    onehot = np.eye(7, dtype=np.float32)[labels]
-    if not recipe.teacher:
-        return onehot
-    from emotion_server.model import EmotionModel
-    from emotion_server.pipeline import apply_temperature
-
-    teacher = EmotionModel(recipe.teacher, threads=os.cpu_count() or 1)
-    soft = np.concatenate(
-        [
-            (teacher.predict(x[i : i + 512]) + teacher.predict(x[i : i + 512, :, ::-1])) / 2
-            for i in range(0, len(x), 512)
-        ]
-    )
-    soft = apply_temperature(soft, recipe.distill_temperature)
-    return recipe.distill_weight * soft + (1 - recipe.distill_weight) * onehot
+def predict_proba(model: nn.Module, images: np.ndarray, views: str = "flip", **kw) -> np.ndarray:
+    """Mean probabilities over the views, as the shipped model computes them."""
+    return np.mean(predict_views(model, images, views, **kw), axis=0)
 
 
-def train(recipe: Recipe, output: str | os.PathLike, data_path: str | None = None) -> dict:
-    """Fit `recipe` and save the PublicTest-best model into `output`; return train_info."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(recipe.seed)
-    data = load_cached(data_path)
-    train_split, val_split = data["Training"], data["PublicTest"]
-    x_train, y_train = _to_inputs(train_split.images), train_split.labels
-    if recipe.limit_train:
-        x_train, y_train = x_train[: recipe.limit_train], y_train[: recipe.limit_train]
-    x_val, y_val = _to_inputs(val_split.images), val_split.labels
+class EMA:
+    """Exponential moving average of the weights (BatchNorm statistics are copied)."""
 
-    if recipe.precision != "float32":
-        keras.mixed_precision.set_global_policy(recipe.precision)
-    model = architectures.ARCHITECTURES[recipe.architecture](**recipe.arch_args)
-    if recipe.init_weights:
-        # A warm restart: same architecture, weights from an earlier run, a new schedule.
-        model.set_weights(keras.saving.load_model(recipe.init_weights, compile=False).get_weights())
-    inputs = keras.Input(model.input_shape[1:])
-    trainable = keras.Model(inputs, model(augmentation(recipe)(inputs)), name="training")
-    batches = Batches(
-        x_train,
-        training_targets(recipe, x_train, y_train),
-        recipe.batch_size,
-        recipe.mixup,
-        recipe.seed,
-    )
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
 
-    steps_per_epoch = len(batches)
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # A shorter memory early on, so the average is not anchored to the random start.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_b.copy_(b)
+
+
+def _schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     warmup = recipe.warmup_epochs * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=recipe.learning_rate / 10,
-        decay_steps=max(1, recipe.epochs * steps_per_epoch - warmup),
-        warmup_target=recipe.learning_rate,
-        warmup_steps=warmup,
-    )
-    optimizer = keras.optimizers.SGD(
-        schedule,
+    total = recipe.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=recipe.learning_rate,
         momentum=recipe.momentum,
         nesterov=True,
-        weight_decay=recipe.weight_decay,
-        use_ema=recipe.ema,
-        ema_momentum=recipe.ema_momentum,
-    )
-    # Keras's weight decay is decoupled (scaled by the learning rate); not on BN and biases.
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    trainable.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-        metrics=["accuracy"],
     )
 
-    class KeepBest(keras.callbacks.Callback):
-        """Chosen on PublicTest: save the inference model of the best PublicTest epoch."""
 
-        best, epoch = -1.0, 0
+def _atomic_save(obj: object, path: Path) -> None:
+    """Write then rename: a stop mid-write leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
-        def on_epoch_end(self, epoch, logs=None):
-            if logs and logs.get("val_accuracy", -1) > self.best:
-                self.best, self.epoch = logs["val_accuracy"], epoch + 1
-                model.save(out / "inference_best.keras")
 
-    keeper = KeepBest()
-    # With EMA, the averaged weights are swapped in for validation and for KeepBest.
-    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []
-    callbacks += [keeper, keras.callbacks.CSVLogger(out / "history.csv")]
-    started = time.time()
-    trainable.fit(
-        batches,
-        epochs=recipe.epochs,
-        validation_data=(x_val, keras.utils.to_categorical(y_val, 7)),
-        callbacks=callbacks,
-        verbose=2,
-    )
-    wall = time.time() - started
-    best = keras.saving.load_model(out / "inference_best.keras")
-    if recipe.precision != "float32":
-        # Serve in float32: the same architecture under the float32 policy, same weights.
-        keras.mixed_precision.set_global_policy("float32")
-        weights = best.get_weights()
-        best = architectures.ARCHITECTURES[recipe.architecture](**recipe.arch_args)
-        best.set_weights(weights)
-    best.save(out / "emotion_model.h5")
-    best.save(out / "emotion_model.keras")
-    info = {
-        "recipe": asdict(recipe),
-        "best_epoch": keeper.epoch,
-        "public_test_accuracy": round(float(keeper.best), 4),
-        "train_wall_seconds": round(wall, 1),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "dataset_sha256": data.sha256,
-        "parameters": int(best.count_params()),
+def _write_log(log: list[dict], path: Path) -> None:
+    if not log:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(log[-1]))
+    writer.writeheader()
+    writer.writerows(log)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def resolve_run(name_or_path: str | os.PathLike) -> Path:
+    """A run folder given as a path, or as a name under `runs_dir()`."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or path.is_absolute() or len(path.parts) > 1:
+        return path
+    return runs_dir() / str(name_or_path)
+
+
+def load_run_model(run: str | os.PathLike, which: str = BEST) -> nn.Module:
+    """The network of a run's `best.pt` (EMA weights of its best PublicTest epoch)."""
+    state = torch.load(resolve_run(run) / which, map_location="cpu", weights_only=False)
+    model = build_torch(Architecture.from_dict(state["arch"]))
+    model.load_state_dict(state["weights"])
+    return model.eval()
+
+
+def runs_summary(run: str | os.PathLike) -> dict:
+    """What a run's checkpoint says about it: recipe, progress, best epoch, time spent."""
+    folder = resolve_run(run)
+    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    log = state["log"]
+    return {
+        "run": folder.name,
+        "recipe": state["recipe"],
+        "architecture": state["arch"],
+        "epochs_done": state["epoch"],
+        "epochs": state["recipe"]["epochs"],
+        "best": state["best"],
+        "train_wall_seconds": round(sum(row["epoch_seconds"] for row in log), 1),
+        "last_epoch": log[-1] if log else None,
     }
-    (out / "train_info.json").write_text(json.dumps(info, indent=2))
-    return info
+
+
+class Teachers(nn.Module):
+    """Mean softened probabilities of one or more trained runs, for distillation."""
+
+    def __init__(self, runs: list[str], temperature: float):
+        super().__init__()
+        self.members = nn.ModuleList(load_run_model(run) for run in runs)
+        self.temperature = temperature
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [F.softmax(m(x).float() / self.temperature, 1) for m in self.members]
+        return torch.stack(probs).mean(0)
+
+
+def train(
+    recipe: Recipe | None,
+    run: str | os.PathLike,
+    data_path: str | None = None,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """Train `recipe` into the run folder `run`, or (resume=True) continue the run there.
+    Returns the run's summary (best PublicTest accuracy and epoch, log)."""
+    folder = resolve_run(run)
+    checkpoint_path = folder / CHECKPOINT
+    state = None
+    if resume:
+        if not checkpoint_path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume in {folder}")
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        recipe = Recipe(**state["recipe"])
+    elif checkpoint_path.exists():
+        raise FileExistsError(f"{folder} already holds a run: resume it or choose another name")
+    if recipe is None:
+        raise ValueError("a recipe is needed to start a run")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    threads = recipe.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    random.seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+
+    data = load_cached(data_path)
+    x_train = torch.from_numpy(data["Training"].images)
+    y_train = torch.from_numpy(data["Training"].labels)
+    if recipe.limit_train:
+        x_train, y_train = x_train[: recipe.limit_train], y_train[: recipe.limit_train]
+    public = data["PublicTest"]
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = _use_bf16(recipe.bf16, device)
+    spec = recipe.spec()
+    model = build_torch(spec).to(device, memory_format=torch.channels_last)
+    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    optimizer = _optimizer(model, recipe)
+    steps_per_epoch = len(x_train) // recipe.batch_size  # full batches only
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(recipe, steps_per_epoch))
+    teachers = (
+        Teachers(recipe.teachers, recipe.distill_temperature).to(
+            device, memory_format=torch.channels_last
+        )
+        if recipe.teachers
+        else None
+    )
+    aug = recipe.augmentation()
+    start_epoch, best, log = 0, {"accuracy": -1.0, "epoch": 0}, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        generator.set_state(state["rng"]["data"])
+        start_epoch, best, log = state["epoch"], state["best"], state["log"]
+        progress(f"resumed {folder} at epoch {start_epoch}/{recipe.epochs}")
+    else:
+        (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
+        progress(
+            f"run {folder}: {spec.name}, {parameter_count(model) / 1e6:.2f} M parameters, "
+            f"{recipe.epochs} epochs of {steps_per_epoch} steps, {threads} threads, "
+            f"{device.type}, bf16 {use_bf16}"
+        )
+
+    # SIGTERM (a time limit, `kill`) ends the epoch loop like Ctrl-C: the last checkpoint stays.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            started = time.time()
+            loss = _train_one_epoch(
+                model,
+                ema,
+                optimizer,
+                scheduler,
+                teachers,
+                x_train,
+                y_train,
+                recipe,
+                aug,
+                generator,
+                steps_per_epoch,
+                use_bf16,
+            )
+            train_seconds = time.time() - started
+            judged = ema.model if ema is not None else model
+            centre, mirror = predict_views(judged, public.images, "flip", bf16=use_bf16)
+            accuracy = float(((centre + mirror).argmax(1) == public.labels).mean())
+            row = {
+                "epoch": epoch + 1,
+                "loss": round(loss, 4),
+                "lr": round(scheduler.get_last_lr()[0], 5),
+                "public_flip": round(accuracy, 4),
+                "public_centre": round(float((centre.argmax(1) == public.labels).mean()), 4),
+                "train_seconds": round(train_seconds, 1),
+                "epoch_seconds": round(time.time() - started, 1),
+            }
+            log.append(row)
+            if accuracy > best["accuracy"]:
+                best = {"accuracy": accuracy, "epoch": epoch + 1}
+                _atomic_save(
+                    {
+                        "arch": spec.to_dict(),
+                        "recipe": asdict(recipe),
+                        "epoch": epoch + 1,
+                        "public_test_flip": accuracy,
+                        "weights": judged.state_dict(),
+                    },
+                    folder / BEST,
+                )
+            progress(
+                f"epoch {epoch + 1}/{recipe.epochs} loss {row['loss']:.4f} "
+                f"PublicTest {row['public_centre']:.4f} centre / {accuracy:.4f} flip "
+                f"(best {best['accuracy']:.4f} at {best['epoch']}) {row['epoch_seconds']:.0f} s"
+            )
+            done = epoch + 1
+            if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
+                _save_checkpoint(
+                    checkpoint_path,
+                    recipe,
+                    spec,
+                    done,
+                    model,
+                    ema,
+                    optimizer,
+                    scheduler,
+                    generator,
+                    best,
+                    log,
+                )
+                _write_log(log, folder / "log.csv")
+    except KeyboardInterrupt:
+        progress(
+            f"stopped during epoch {epoch + 1}; resume with: emotion-server train --resume {folder}"
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return {
+        "run": str(folder),
+        "epochs_done": len(log),
+        "best_epoch": best["epoch"],
+        "public_test_flip": best["accuracy"],
+        "log": log,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def _train_one_epoch(
+    model,
+    ema,
+    optimizer,
+    scheduler,
+    teachers,
+    x_train,
+    y_train,
+    recipe,
+    aug,
+    generator,
+    steps,
+    bf16,
+) -> float:
+    model.train()
+    device = next(model.parameters()).device
+    order = torch.randperm(len(x_train), generator=generator)
+    total = 0.0
+    for step in range(steps):
+        rows = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+        # Augmentation draws from the CPU generator, so a run is the same on any device.
+        images = augment(x_train[rows].unsqueeze(1).float().div_(255), aug, generator)
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        labels = y_train[rows].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+            soft = teachers(images) if teachers is not None else None
+        logits = logits.float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+        if soft is not None:
+            t = recipe.distill_temperature
+            kd = F.kl_div(F.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
+            loss = (1 - recipe.distill_weight) * loss + recipe.distill_weight * kd
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model, scheduler.last_epoch)
+        total += loss.item()
+    return total / max(1, steps)
+
+
+def _save_checkpoint(
+    path, recipe, spec, epoch, model, ema, optimizer, scheduler, generator, best, log
+) -> None:
+    _atomic_save(
+        {
+            "format": 1,
+            "recipe": asdict(recipe),
+            "arch": spec.to_dict(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "ema": ema.model.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "data": generator.get_state(),
+            },
+            "best": best,
+            "log": log,
+        },
+        path,
+    )
+
+
+def _to_toml(values: dict) -> str:
+    """A recipe as TOML (flat keys, one inline table), so `recipe.toml` reruns the run."""
+
+    def literal(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {literal(v)}" for k, v in value.items()) + " }"
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(literal(v) for v in value) + "]"
+        return repr(value)
+
+    return "".join(
+        f"{key} = {literal(value)}\n" for key, value in values.items() if value is not None
+    )
