@@ -2,7 +2,7 @@
 
 Flask's built-in server, and Keras `model.predict` (TensorFlow backend) on every request, on
 the same emotion_model.h5 the project ships: bytes -> greyscale 48x48 -> predict -> label.
-Needs the [train] extra (Keras + TensorFlow). Usage: python bench/baseline_server.py PORT [H5]
+Needs the [bench] extra (Keras + TensorFlow). Usage: python bench/baseline_server.py PORT [H5]
 """
 
 import io

@@ -1,6 +1,6 @@
 """Benchmark the server side by side with the original design and with its own ceiling.
 
-    .venv/bin/pip install -e ".[train,dev]" && apt-get install -y wrk
+    .venv/bin/pip install -e ".[bench,dev]" && apt-get install -y wrk
     .venv/bin/python bench/run.py [--duration 10] [--out bench/results]
 
 Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same run:

@@ -1,7 +1,7 @@
 """`emotion-server serve | classify | train | export | quantize | ensemble | evaluate`.
 
-Training commands import Keras lazily, so a serving install without it still runs `serve` and
-`classify`.
+Training commands import PyTorch and Keras lazily, so a serving install without them still
+runs `serve` and `classify`.
 """
 
 from __future__ import annotations
@@ -57,20 +57,44 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from emotion_server.training.train import load_recipe, train
+    from emotion_server.training.train import load_recipe, resolve_run, train
 
-    recipe = load_recipe(args.config, epochs=args.epochs, seed=args.seed)
-    info = train(recipe, args.output, data_path=args.data)
+    if args.resume:
+        run, recipe = args.resume, None
+    else:
+        recipe = load_recipe(args.config, epochs=args.epochs, seed=args.seed)
+        run = args.name or recipe.name
+    try:
+        summary = train(recipe, run, data_path=args.data, resume=bool(args.resume))
+    except (FileExistsError, FileNotFoundError) as exc:
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
     print(
-        f"best PublicTest accuracy {info['public_test_accuracy']:.4f} at epoch {info['best_epoch']}"
+        f"{summary['run']}: {summary['epochs_done']} epochs done, best PublicTest "
+        f"{summary['public_test_flip']:.4f} (flip) at epoch {summary['best_epoch']}"
     )
-    print(f"saved {args.output}/emotion_model.h5 and emotion_model.keras")
+    print(f"export it with: emotion-server export --run {resolve_run(run)}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from emotion_server.training.export import export_onnx
+    from emotion_server.training.export import export_onnx, export_run
 
+    if args.run:
+        if not args.output:
+            print("emotion-server: export --run needs --output (a .h5 file)", file=sys.stderr)
+            return 2
+        report = export_run(args.run, args.output, views=args.views)
+        print(
+            f"wrote {report['h5']} and {report['onnx']} (PyTorch vs .h5 max abs diff "
+            f"{report['torch_vs_keras']:.1e}, vs ONNX {report['torch_vs_onnx']:.1e}); "
+            f"score it with: emotion-server evaluate --model {report['onnx']} "
+            f"--train-info {report['train_info']}"
+        )
+        return 0
+    if not args.model:
+        print("emotion-server: export needs a Keras model file or --run", file=sys.stderr)
+        return 2
     output = export_onnx(args.model, args.output)
     print(f"wrote {output}")
     return 0
@@ -89,13 +113,16 @@ def _quantize(args: argparse.Namespace) -> int:
 def _ensemble(args: argparse.Namespace) -> int:
     from emotion_server.training.ensemble import build_ensemble
 
-    report = build_ensemble(args.members, args.output, data_path=args.data)
+    report = build_ensemble(args.runs, args.output, views=args.views, data_path=args.data)
     for member in report["members"]:
         print(
-            f"{member['model']}: PublicTest {member['public_test_accuracy']:.4f}, "
+            f"{member['run']}: PublicTest {member['public_test_accuracy']:.4f}, "
             f"weight {member['weight']}"
         )
-    print(f"ensemble PublicTest {report['public_test_accuracy']:.4f}; saved {args.output}")
+    print(
+        f"ensemble PublicTest {report['public_test_accuracy']:.4f} with {report['views']} "
+        f"views; saved {args.output}"
+    )
     return 0
 
 
@@ -174,17 +201,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.set_defaults(func=_classify)
 
-    train = commands.add_parser("train", help="train a model on FER2013 (needs the [train] extra)")
+    train = commands.add_parser(
+        "train",
+        help="train a network on FER2013 with PyTorch (needs the [train] extra); resumable",
+    )
     train.add_argument("--config", default="configs/default.toml", help="recipe TOML file")
-    train.add_argument("--output", default="runs/default", help="output folder")
+    train.add_argument(
+        "--name",
+        help="run name (default: the recipe's); the run folder is "
+        "$EMOTION_RUNS_DIR/NAME, by default ~/.cache/emotion-server/runs/NAME",
+    )
+    train.add_argument(
+        "--resume", metavar="RUN", help="continue a stopped run (its name or folder)"
+    )
     train.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
     train.add_argument("--epochs", type=int, help="override the recipe's epochs")
     train.add_argument("--seed", type=int, help="override the recipe's seed")
     train.set_defaults(func=_train)
 
-    export = commands.add_parser("export", help="convert a Keras .h5/.keras model to ONNX")
-    export.add_argument("model", help="Keras model file (input 48x48x1, 7 softmax outputs)")
-    export.add_argument("--output", help="ONNX file to write (default: next to the model)")
+    export = commands.add_parser(
+        "export",
+        help="a training run -> Keras .h5 + ONNX, or a Keras .h5/.keras model -> ONNX",
+    )
+    export.add_argument(
+        "model", nargs="?", help="Keras model file (input 48x48x1, 7 softmax outputs)"
+    )
+    export.add_argument("--run", help="a training run's name or folder (its best epoch)")
+    export.add_argument(
+        "--views",
+        choices=["centre", "flip", "tencrop"],
+        default="flip",
+        help="with --run: test-time views built into the model (default: flip)",
+    )
+    export.add_argument(
+        "--output", help="file to write (default: next to the model; with --run: required .h5)"
+    )
     export.set_defaults(func=_export)
 
     quantize = commands.add_parser(
@@ -200,10 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.set_defaults(func=_quantize)
 
     ensemble = commands.add_parser(
-        "ensemble", help="weight Keras models on PublicTest and save them as one model"
+        "ensemble", help="weight training runs on PublicTest and ship them as one model"
     )
-    ensemble.add_argument("members", nargs="+", help="Keras model files (.keras or .h5)")
-    ensemble.add_argument("--output", default="runs/ensemble.keras")
+    ensemble.add_argument("runs", nargs="+", help="training runs (names or folders)")
+    ensemble.add_argument("--output", required=True, help=".h5 file to write (and its .onnx)")
+    ensemble.add_argument(
+        "--views",
+        choices=["auto", "flip", "tencrop"],
+        default="auto",
+        help="test-time views of each member (auto: the better on PublicTest)",
+    )
     ensemble.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
     ensemble.set_defaults(func=_ensemble)
 

@@ -1,8 +1,9 @@
 """Ensembles chosen on PublicTest: greedy selection with replacement (Caruana et al., 2004).
 
-Members' probabilities on PublicTest (flip test-time augmentation, as served) decide the
-weights; the ensemble is built as one Keras model (`architectures.ensemble`) and exported like
-any other, so the serving contract does not change.
+Members are training runs. Their probabilities on PublicTest (with the test-time views the
+ensemble will ship with, themselves chosen on PublicTest) decide the weights; the ensemble is
+built as one Keras model (`keras_nets.ensemble`) and exported like any other, so the serving
+contract does not change.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from emotion_server.training.data import load_cached
-from emotion_server.training.export import load_keras_model
 
 
 def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, rounds: int = 25):
@@ -40,29 +40,73 @@ def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, rounds: 
 
 
 def build_ensemble(
-    members: list[str | os.PathLike], output: str | os.PathLike, data_path: str | None = None
+    runs: list[str | os.PathLike],
+    output: str | os.PathLike,
+    views: str = "auto",
+    data_path: str | None = None,
 ) -> dict:
-    """Fit weights on PublicTest, save the ensemble as .keras, return the report."""
-    from emotion_server.training.architectures import ensemble
+    """Weight the runs on PublicTest, save the ensemble as `output` (.h5) and its .onnx,
+    with `<stem>.train.json` describing members, weights and views; return that report."""
+    import keras
+    import onnxruntime as ort
+    import torch
+
+    from emotion_server.training import keras_nets
+    from emotion_server.training.export import (
+        check_parity,
+        export_onnx,
+        keras_predict,
+        sample_inputs,
+    )
+    from emotion_server.training.train import load_run_model, predict_proba, runs_summary
 
     data = load_cached(data_path)
-    x = (data["PublicTest"].images.astype(np.float32) / 255.0)[..., None]
-    labels = data["PublicTest"].labels
-    models, probabilities, report = [], [], {"members": []}
-    for path in members:
-        model = load_keras_model(path)
-        probs = (
-            np.asarray(model.predict(x, verbose=0))
-            + np.asarray(model.predict(x[:, :, ::-1], verbose=0))
-        ) / 2
-        models.append(model)
-        probabilities.append(probs)
-        accuracy = float((probs.argmax(1) == labels).mean())
-        report["members"].append({"model": str(path), "public_test_accuracy": round(accuracy, 4)})
-    weights, accuracy = greedy_weights(probabilities, labels)
-    for member, weight in zip(report["members"], weights, strict=True):
-        member["weight"] = weight
-    report["public_test_accuracy"] = round(accuracy, 4)
-    ensemble(models, weights).save(output)
-    Path(output).with_suffix(".ensemble.json").write_text(json.dumps(report, indent=2) + "\n")
+    public = data["PublicTest"]
+    nets = [load_run_model(run) for run in runs]
+    candidates = ("flip", "tencrop") if views == "auto" else (views,)
+    scores: dict[str, dict] = {}
+    for option in candidates:
+        probabilities = [predict_proba(net, public.images, option) for net in nets]
+        weights, accuracy = greedy_weights(probabilities, public.labels)
+        members = [float((p.argmax(1) == public.labels).mean()) for p in probabilities]
+        scores[option] = {"weights": weights, "accuracy": accuracy, "members": members}
+    # Ties go to the cheaper views (listed first).
+    chosen = max(candidates, key=lambda option: scores[option]["accuracy"])
+    weights = scores[chosen]["weights"]
+    model = keras_nets.ensemble([keras_nets.from_torch(net, chosen) for net in nets], weights)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(output)
+    onnx_path = export_onnx(output, output.with_suffix(".onnx"))
+
+    inputs = sample_inputs()
+    faces = np.round(inputs[..., 0] * 255).astype(np.uint8)
+    expected = sum(
+        w * predict_proba(net, faces, chosen) for net, w in zip(nets, weights, strict=True)
+    ) / sum(weights)
+    as_float = faces[..., None].astype(np.float32) / 255
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (served,) = session.run(None, {session.get_inputs()[0].name: as_float})
+    shipped = keras_predict(keras.saving.load_model(output, compile=False), as_float)
+    report = {
+        "members": [
+            {
+                **runs_summary(run),
+                "public_test_accuracy": round(scores[chosen]["members"][i], 4),
+                "weight": weights[i],
+            }
+            for i, run in enumerate(runs)
+        ],
+        "views": chosen,
+        "views_public_test_accuracy": {k: round(v["accuracy"], 4) for k, v in scores.items()},
+        "public_test_accuracy": round(scores[chosen]["accuracy"], 4),
+        "parameters": int(sum(sum(p.numel() for p in n.parameters()) for n in nets)),
+        "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
+        "shipped_as": f"Keras {keras.__version__} .h5",
+        "parity_max_abs_diff": {
+            "torch_vs_keras": check_parity("PyTorch members and the .h5", expected, shipped),
+            "torch_vs_onnx": check_parity("PyTorch members and the ONNX file", expected, served),
+        },
+    }
+    output.with_suffix(".train.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

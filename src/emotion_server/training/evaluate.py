@@ -205,6 +205,18 @@ def write_plots(metrics: dict, before: dict, folder: Path, stem: str) -> list[st
     return [str(path) for path in paths]
 
 
+def framework_text(info: dict, precision: str, runtime_version: str) -> str:
+    """What trained the model, what ships, what serves it: from the run's export info."""
+    served = ("quantized to INT8 and " if precision == "int8" else "") + (
+        f"served as ONNX by ONNX Runtime {runtime_version}"
+    )
+    if info.get("trained_with"):
+        return f"trained with {info['trained_with']}, shipped as {info['shipped_as']}, {served}"
+    if info.get("keras_version"):  # a model trained by Keras itself
+        return f"Keras {info['keras_version']} ({info['backend']} backend), {served}"
+    return f"ONNX, {served}"
+
+
 def evaluate(
     model_path: str | os.PathLike = "models/emotion_model.onnx",
     data_path: str | None = None,
@@ -264,13 +276,7 @@ def evaluate(
         "accuracy": metrics["PrivateTest"]["accuracy"],
         "classes": list(EMOTIONS),
         "dataset": "FER2013 (trained on Training, chosen on PublicTest, scored on PrivateTest)",
-        "framework": (
-            f"Keras {info['keras_version']} ({info['backend']} backend), "
-            + ("quantized to INT8 and " if precision == "int8" else "")
-            + f"served as ONNX by ONNX Runtime {onnxruntime.__version__}"
-            if info
-            else f"ONNX, served by ONNX Runtime {onnxruntime.__version__}"
-        ),
+        "framework": framework_text(info, precision, onnxruntime.__version__),
         "input_shape": list(INPUT_SHAPE),
         "output_shape": list(OUTPUT_SHAPE),
         "precision": precision,

@@ -1,17 +1,21 @@
-"""Keras (.h5 / .keras) -> ONNX, the serving format, checked against Keras on sample inputs.
+"""Models into the serving format, each step checked against the one before on sample inputs.
 
-Uses Keras 3's own exporter on the TensorFlow backend (tf2onnx underneath): it keeps the
-batch dimension dynamic, and ONNX Runtime runs the result faster than TensorFlow runs the
-original (README, "Why ONNX Runtime").
+- `export_run`: a training run's best PyTorch weights -> the shipped Keras `.h5` (built from
+  the same architecture description) -> ONNX; PyTorch, the `.h5` and ONNX must agree.
+- `export_onnx`: any Keras `.h5`/`.keras` of the contract's shape (a user's own model) -> ONNX.
+
+Keras runs on its PyTorch backend here (no TensorFlow in any install): Keras's own exporter
+hands the model to `torch.onnx`, keeping the batch dimension dynamic.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import tempfile
+import warnings
 from pathlib import Path
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
@@ -42,7 +46,7 @@ def load_keras_model(path: str | os.PathLike):
 
 
 def sample_inputs(count: int = 16, seed: int = 0) -> np.ndarray:
-    """Inputs to compare the two runtimes on: noise, flat grey, black, white, gradients."""
+    """Inputs to compare runtimes on: noise, flat grey, black, white, gradients."""
     rng = np.random.default_rng(seed)
     batch = rng.random((count, INPUT_SIZE, INPUT_SIZE, 1), dtype=np.float32)
     batch[1] = 0.5
@@ -50,6 +54,18 @@ def sample_inputs(count: int = 16, seed: int = 0) -> np.ndarray:
     batch[3] = 1.0
     batch[4, ..., 0] = np.linspace(0, 1, INPUT_SIZE)[None, :]
     return batch
+
+
+def keras_predict(model, inputs: np.ndarray) -> np.ndarray:
+    out = model(inputs, training=False)
+    return np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
+
+
+def check_parity(name: str, expected: np.ndarray, got: np.ndarray) -> float:
+    diff = float(np.max(np.abs(expected - got)))
+    if diff > MAX_ABS_DIFF or (expected.argmax(1) != got.argmax(1)).any():
+        raise RuntimeError(f"{name} differ (max abs diff {diff:.2e})")
+    return diff
 
 
 def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
@@ -62,12 +78,73 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike | None 
     with tempfile.TemporaryDirectory() as scratch:
         staged = Path(scratch) / "model.onnx"
         inputs = sample_inputs()
-        expected = np.asarray(model(inputs, training=False))  # also builds a loaded model
-        model.export(str(staged), format="onnx", verbose=False)
+        expected = keras_predict(model, inputs)  # also builds a loaded model
+        with warnings.catch_warnings():
+            # torch.onnx's tracer warns about every Python-level shape check in Keras's layers.
+            warnings.simplefilter("ignore")
+            model.export(str(staged), format="onnx", verbose=False)
         session = ort.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {session.get_inputs()[0].name: inputs})
-        diff = float(np.max(np.abs(expected - got)))
-        if diff > MAX_ABS_DIFF or (expected.argmax(1) != got.argmax(1)).any():
-            raise RuntimeError(f"ONNX export differs from Keras (max abs diff {diff:.2e})")
+        check_parity("ONNX export and Keras", expected, got)
         staged.replace(output)
     return output
+
+
+def export_run(
+    run: str | os.PathLike,
+    output: str | os.PathLike,
+    views: str = "flip",
+    logit_bias: list[float] | None = None,
+) -> dict:
+    """A run's best weights -> `output` (.h5) and the .onnx beside it, plus `<stem>.train.json`
+    (what trained it, for `evaluate --train-info`). PyTorch, Keras and ONNX must agree.
+
+    `logit_bias` is added to the final layer's bias (a post-hoc logit adjustment).
+    """
+    import keras
+    import onnxruntime as ort
+    import torch
+
+    from emotion_server.training import keras_nets
+    from emotion_server.training.train import BEST, load_run_model, resolve_run, runs_summary
+
+    folder = resolve_run(run)
+    net = load_run_model(folder)
+    if logit_bias is not None:
+        with torch.no_grad():
+            net.layers["probabilities"].bias += torch.tensor(logit_bias, dtype=torch.float32)
+    model = keras_nets.from_torch(net, views, name=Path(output).stem)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(output)
+    onnx_path = export_onnx(output, output.with_suffix(".onnx"))
+
+    # Three-way parity on sample inputs: the trained network, the shipped file, the served file.
+    from emotion_server.training.train import predict_proba
+
+    inputs = sample_inputs()
+    expected = predict_proba(net, np.round(inputs[..., 0] * 255).astype(np.uint8), views)
+    as_uint8 = np.round(inputs * 255).astype(np.uint8).astype(np.float32) / 255
+    shipped = keras_predict(keras.saving.load_model(output, compile=False), as_uint8)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (served,) = session.run(None, {session.get_inputs()[0].name: as_uint8})
+    report = {
+        "torch_vs_keras": check_parity("PyTorch and the .h5", expected, shipped),
+        "torch_vs_onnx": check_parity("PyTorch and the ONNX file", expected, served),
+    }
+    best = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+    info = {
+        **runs_summary(folder),
+        "best_epoch": best["epoch"],
+        "public_test_accuracy": round(float(best["public_test_flip"]), 4),
+        "views": views,
+        "logit_bias": logit_bias,
+        "parameters": int(sum(p.numel() for p in net.parameters())),
+        "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
+        "shipped_as": f"Keras {keras.__version__} .h5",
+        "parity_max_abs_diff": report,
+        "exported_on": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    info_path = output.with_suffix(".train.json")
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return {"h5": str(output), "onnx": str(onnx_path), "train_info": str(info_path), **report}
