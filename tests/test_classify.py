@@ -31,10 +31,10 @@ def folder(tmp_path_factory, astronaut):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    """The CLI in a fresh interpreter, which must not import Keras or TensorFlow to classify."""
+    """The CLI in a fresh interpreter, which must not import Keras, TensorFlow or PyTorch."""
     code = (
         "import sys; from emotion_server.cli import main; code = main(sys.argv[1:]); "
-        "heavy = [m for m in ('keras', 'tensorflow') if m in sys.modules]; "
+        "heavy = [m for m in ('keras', 'tensorflow', 'torch') if m in sys.modules]; "
         "assert not heavy, heavy; sys.exit(code)"
     )
     return subprocess.run(
