@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Train recipes on a lent GPU machine (../shared/docs/GPU.md): Keras wheels and FER2013 travel in
-# git-ignored folders of the checkout (.whl/, .data/fer2013.tar.gz); models come back in $OUT.
-#   here:  echo /.whl/ >> .git/info/exclude; pip download keras namex optree ... -d .whl
-#          mkdir -p .data && cp ../shared/data/fer2013.tar.gz .data/
+# Train recipes on a lent GPU machine (../shared/docs/GPU.md), which has PyTorch but not this
+# package: the training loop needs only PyTorch, numpy and Pillow, so src/ on PYTHONPATH is
+# enough. FER2013 travels in a git-ignored folder of the checkout (.data/fer2013.tar.gz); the
+# run folders come back in $OUT/runs (copy them into ~/.cache/emotion-server/runs here, then
+# `emotion-server export --run NAME ...` on the CPU).
+#   here:  mkdir -p .data && cp ../shared/data/fer2013.tar.gz .data/
 #   there: bash scripts/gpu_train.sh configs/gpu/vgg64.toml [more recipes...] (seeds: SEEDS="1 2")
+# A run whose checkpoint is already in $OUT/runs (carried there in the checkout) is resumed.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 KERAS_BACKEND=jax
-out=${OUT:-runs}
+export PYTHONPATH=src PYTHONUNBUFFERED=1 EMOTION_RUNS_DIR=${EMOTION_RUNS_DIR:-${OUT:-runs}/runs}
+mkdir -p "$EMOTION_RUNS_DIR"
 for recipe in "$@"; do
   for seed in ${SEEDS:-1}; do
     name=$(basename "$recipe" .toml)-s$seed
-    python3 -m emotion_server.cli train --config "$recipe" --seed "$seed" \
-      --data .data/fer2013.tar.gz --output "$out/$name" 2>&1 | tee "$out/$name.log"
-    rm -f "$out/$name/inference_best.keras"  # the .keras and .h5 copies remain
+    if [ -f "$EMOTION_RUNS_DIR/$name/checkpoint.pt" ]; then
+      args=(--resume "$name")
+    else
+      args=(--config "$recipe" --seed "$seed" --name "$name" --data .data/fer2013.tar.gz)
+    fi
+    python3 -m emotion_server.cli train "${args[@]}" 2>&1 | tee -a "$EMOTION_RUNS_DIR/$name.log"
   done
 done
