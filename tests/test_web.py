@@ -346,14 +346,15 @@ def test_docs_page_renders_offline(watched, server):
     page = tab.page
     page.goto(server.url + "/docs")
     operations = page.locator(".opblock")
-    operations.nth(6).wait_for()
-    assert operations.count() == 7
+    operations.nth(7).wait_for()
+    assert operations.count() == 8
     summaries = page.locator(".opblock-summary-path").all_inner_texts()
     assert sorted(s.strip() for s in summaries) == [
         "/",
         "/healthz",
         "/inference",
         "/inference/batch",
+        "/inference/video",
         "/metrics",
         "/readyz",
         "/summary",

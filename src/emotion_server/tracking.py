@@ -56,21 +56,30 @@ def _centre_distance(a: np.ndarray, b: np.ndarray) -> float:
 class IoUTracker:
     """Assigns stable 1-based track ids to face boxes, frame after frame."""
 
-    def __init__(self, min_iou: float = 0.2, max_distance: float = 0.75, max_gap_s: float = 1.5):
+    def __init__(
+        self,
+        min_iou: float = 0.2,
+        max_distance: float = 0.75,
+        first_step_distance: float = 1.5,
+        max_gap_s: float = 1.5,
+    ):
         self.min_iou = min_iou
-        self.max_distance = max_distance  # centre distance (in face sides) for a match
+        # Centre distance (in face sides) for a match: around the predicted box, or around the
+        # last box of a track seen once (whose speed is not known yet, so a wider gate).
+        self.max_distance = max_distance
+        self.first_step_distance = first_step_distance
         self.max_gap_s = max_gap_s
         self.tracks: list[_Track] = []
         self.next_id = 1
 
-    def _similarity(self, predicted: np.ndarray, detected: np.ndarray) -> float:
+    def _similarity(self, predicted: np.ndarray, detected: np.ndarray, gate: float) -> float:
         """IoU where it is enough; else a smaller score for a near centre; else 0 (no match)."""
         iou = _iou(predicted, detected)
         if iou >= self.min_iou:
             return iou
         distance = _centre_distance(predicted, detected)
-        if distance < self.max_distance:
-            return self.min_iou * (1 - distance / self.max_distance) * 0.99
+        if distance < gate:
+            return self.min_iou * (1 - distance / gate) * 0.99
         return 0.0
 
     def update(self, time: float, boxes: Sequence[FaceBox]) -> list[int]:
@@ -80,8 +89,9 @@ class IoUTracker:
         pairs = []
         for t_index, track in enumerate(self.tracks):
             predicted = track.predict(time)
+            gate = self.first_step_distance if track.seen == 1 else self.max_distance
             for d_index, corners in enumerate(detected):
-                score = self._similarity(predicted, corners)
+                score = self._similarity(predicted, corners, gate)
                 if score > 0:
                     pairs.append((score, t_index, d_index))
         ids: list[int | None] = [None] * len(boxes)
