@@ -90,6 +90,7 @@ class VideoReader:
         threads: int = 1,
     ):
         self.max_seconds = max_seconds
+        self.max_pixels = max_pixels
         if isinstance(source, bytes):
             if not source:
                 raise EmptyBody("The request body is empty: send the video bytes.")
@@ -193,6 +194,11 @@ class VideoReader:
                     raise VideoTooLong(f"The video runs past {self.max_seconds:g} s, the limit.")
                 if time + 1e-6 < next_time:
                     continue
+                if frame.width * frame.height > self.max_pixels:  # a size change mid-stream
+                    raise ImageTooLarge(
+                        f"Frame {index} is {frame.width}x{frame.height} pixels; the limit is "
+                        f"{self.max_pixels}."
+                    )
                 next_time = (int(time / interval + 1e-6) + 1) * interval
                 yield VideoFrame(index=index, time=round(time, 6), picture=frame.to_image())
         except av.error.FFmpegError as exc:
