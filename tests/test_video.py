@@ -10,6 +10,7 @@ import pytest
 import requests
 import videos
 from conftest import BUNDLED_MODEL, GunicornServer, encode
+from PIL import Image
 
 from emotion_server.api import create_app
 from emotion_server.classes import EMOTIONS
@@ -266,3 +267,24 @@ def test_stream_that_runs_out_of_time_ends_with_an_error_line(crossing):
     assert lines[-1]["type"] == "error" and lines[-1]["error"] == "video_too_long"
     plain = app.test_client().post(URL + "?fps=10", data=data, headers=RAW)
     assert plain.status_code == 413 and plain.get_json()["error"] == "video_too_long"
+
+
+def test_a_video_as_small_as_a_face_crop_is_one_face(server, astronaut):
+    """As with photos, a video of at most 96x96 pixels is taken as one face filling the frame."""
+    face = astronaut[40:200, 145:305]  # the face, square
+    small = np.asarray(Image.fromarray(face).resize((80, 80)))
+    data = videos.encode_video([small] * 5, fps=5)
+    response = _post(server, data, {"fps": 5}, headers={"Content-Type": "video/mp4"})
+    assert response.status_code == 200, response.text
+    (track,) = response.json()["tracks"]
+    assert len(track["frames"]) == 5
+    for frame in track["frames"]:
+        assert frame["box"] == {"x": 0, "y": 0, "width": 80, "height": 80}
+    whole = requests.post(
+        server.url + "/inference",
+        data=encode(videos.decode_frames(data)[0], "PNG"),
+        headers=RAW,
+        timeout=30,
+    ).json()
+    assert whole["whole_image_reason"] == "image_is_face_crop"
+    assert track["frames"][0]["probabilities"] == pytest.approx(whole["probabilities"], abs=1e-5)
