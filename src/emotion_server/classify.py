@@ -1,7 +1,9 @@
-"""`emotion-server classify`: image files and folders -> one row per face, as CSV or JSON lines.
+"""`emotion-server classify`: image and video files and folders -> one row per face, as CSV or
+JSON lines.
 
-Files go through the serving pipeline in batches (the faces of a batch in one model call). A file
-that cannot be read or decoded gets a row with its error code and message, and the run goes on.
+Images go through the serving pipeline in batches (the faces of a batch in one model call);
+videos frame by frame (classify_video.py), one row per face per sampled frame. A file that cannot
+be read or decoded gets a row with its error code and message, and the run goes on.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from emotion_server.classes import EMOTIONS
+from emotion_server.classify_video import VIDEO_SUFFIXES, VideoOptions, classify_video, is_video
 from emotion_server.errors import EmotionServerError, UnreadableFile
 from emotion_server.pipeline import InferenceResult, Pipeline
+from emotion_server.timeline import FrameResult
 
 # Suffixes picked up when walking a folder; files named on the command line are always tried.
 IMAGE_SUFFIXES = frozenset(
@@ -28,6 +32,9 @@ IMAGE_SUFFIXES = frozenset(
 FORMATS = ("csv", "jsonl")
 CSV_COLUMNS = (
     "file",
+    "frame",
+    "time",
+    "track",
     "face",
     "x",
     "y",
@@ -45,7 +52,7 @@ CSV_COLUMNS = (
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as named; folders walked recursively for image files, in sorted order."""
+    """Files as named; folders walked recursively for image and video files, in sorted order."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -53,7 +60,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 sorted(
                     p
                     for p in path.rglob("*")
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not p.is_dir()
                 )
             )
         else:
@@ -63,9 +70,13 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 @dataclass(frozen=True)
 class Row:
-    """One output row: a face, a whole image (no face found), or a file's error."""
+    """One output row: a face, a whole image (no face found), or a file's error; for a video,
+    a face (or the absence of any) in one sampled frame."""
 
     file: str
+    frame: int | None = None  # video: the frame's 0-based place in the decoded stream
+    time: float | None = None  # video: seconds since the first frame
+    track: int | None = None  # video: the face's track id, the same person across frames
     face: int | None = None  # 1-based, largest face first; None for a whole image or an error
     box: dict[str, int] | None = None
     face_score: float | None = None
@@ -80,6 +91,9 @@ class Row:
     def as_json(self) -> dict[str, Any]:
         return {
             "file": self.file,
+            "frame": self.frame,
+            "time": self.time,
+            "track": self.track,
             "face": self.face,
             "box": self.box,
             "face_score": self.face_score,
@@ -97,6 +111,9 @@ class Row:
         probabilities = self.probabilities or {}
         return {
             "file": self.file,
+            "frame": self.frame,
+            "time": self.time,
+            "track": self.track,
             "face": self.face,
             "x": box.get("x"),
             "y": box.get("y"),
@@ -148,6 +165,36 @@ def rows_for(file: str, outcome: InferenceResult | EmotionServerError) -> list[R
     ]
 
 
+def rows_for_frame(file: str, frame: FrameResult) -> list[Row]:
+    """A sampled video frame's rows: one per face (largest first), or one saying none was found."""
+    if not frame.faces:
+        return [
+            Row(
+                file=file,
+                frame=frame.index,
+                time=frame.time,
+                face_detected=False,
+                whole_image_reason="no_face_found",
+            )
+        ]
+    return [
+        Row(
+            file=file,
+            frame=frame.index,
+            time=frame.time,
+            track=f.track_id,
+            face=index,
+            box={"x": f.box.x, "y": f.box.y, "width": f.box.width, "height": f.box.height},
+            face_score=round(f.score, 4),
+            face_detected=True,
+            emotion=f.classification.prediction,
+            confidence=round(f.classification.confidence, 6),
+            probabilities=_round(f.classification.probabilities),
+        )
+        for index, f in enumerate(frame.faces, 1)
+    ]
+
+
 class RowWriter:
     """Writes rows as CSV (a header, then one line per row) or as JSON lines."""
 
@@ -175,17 +222,24 @@ class Summary:
     errors: int = 0
     faces: int = 0
     whole_images: int = 0
+    videos: int = 0
+    frames: int = 0  # sampled video frames
+    plots: int = 0
     emotions: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
     def add(self, rows: Sequence[Row]) -> None:
+        """One image file's rows."""
         self.files += 1
+        self.count(rows)
+
+    def count(self, rows: Sequence[Row]) -> None:
         for row in rows:
             if row.error:
                 self.errors += 1
             elif row.face_detected:
                 self.faces += 1
-            else:
+            elif row.frame is None:
                 self.whole_images += 1
             if row.emotion:
                 self.emotions[row.emotion] += 1
@@ -198,12 +252,29 @@ class Summary:
             f"images without a face: {self.whole_images}\n"
             f"emotions: {counts}\n"
             f"{rate:.1f} images/s ({self.seconds:.1f} s)"
+        ) + (
+            f"\nvideos: {self.videos}, sampled frames: {self.frames}, timeline plots: {self.plots}"
+            if self.videos
+            else ""
         )
 
 
-def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _runs(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    """Consecutive images in batches of at most `size`; each video on its own."""
+    batch: list[Path] = []
+    for path in items:
+        if is_video(path):
+            if batch:
+                yield batch
+                batch = []
+            yield [path]
+            continue
+        batch.append(path)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _read(path: Path) -> bytes | UnreadableFile:
@@ -213,34 +284,79 @@ def _read(path: Path) -> bytes | UnreadableFile:
         return UnreadableFile(f"{path}: {exc.strerror or exc}")
 
 
+def _classify_images(
+    pipeline: Pipeline, batch: Sequence[Path], writer: RowWriter, summary: Summary
+) -> None:
+    contents = [_read(path) for path in batch]
+    readable = [data for data in contents if isinstance(data, bytes)]
+    analyzed = iter(pipeline.analyze_batch(readable))
+    for path, data in zip(batch, contents, strict=True):
+        outcome = next(analyzed) if isinstance(data, bytes) else data
+        rows = rows_for(str(path), outcome)
+        for row in rows:
+            writer.write(row)
+        summary.add(rows)
+
+
+def _classify_video(
+    pipeline: Pipeline,
+    path: Path,
+    writer: RowWriter,
+    summary: Summary,
+    options: VideoOptions,
+    progress: bool | None,
+) -> None:
+    summary.files += 1
+    summary.videos += 1
+
+    def on_frame(frame: FrameResult) -> None:
+        rows = rows_for_frame(str(path), frame)
+        for row in rows:
+            writer.write(row)
+        summary.count(rows)
+        summary.frames += 1
+
+    try:
+        if not path.is_file():
+            raise UnreadableFile(f"{path}: not a readable file")
+        summary.plots += len(classify_video(pipeline, path, options, on_frame, progress))
+    except EmotionServerError as error:
+        rows = rows_for(str(path), error)
+        writer.write(rows[0])
+        summary.count(rows)
+    except OSError as exc:
+        rows = rows_for(str(path), UnreadableFile(f"{path}: {exc.strerror or exc}"))
+        writer.write(rows[0])
+        summary.count(rows)
+
+
 def classify_files(
     pipeline: Pipeline,
     files: Sequence[Path],
     writer: RowWriter,
     batch_size: int = 16,
     progress: bool | None = None,
+    video: VideoOptions | None = None,
 ) -> Summary:
-    """Classify `files` in batches, writing rows as they come; returns the run's summary.
+    """Classify `files` in order (images in batches, videos frame by frame), writing rows as
+    they come; returns the run's summary.
 
-    `progress`: True shows a bar on stderr, False hides it, None shows it on a terminal only.
+    `progress`: True shows a bar on stderr (files, and a video's frames), False hides it, None
+    shows it on a terminal only.
     """
     from tqdm import tqdm
 
+    options = video or VideoOptions(fps=pipeline.settings.video_fps)
     summary = Summary()
     started = time.perf_counter()
     # tqdm's disable=None: shown on a terminal only.
     disable = None if progress is None else not progress
-    with tqdm(total=len(files), unit="image", file=sys.stderr, disable=disable) as bar:
-        for batch in _batches(files, max(1, batch_size)):
-            contents = [_read(path) for path in batch]
-            readable = [data for data in contents if isinstance(data, bytes)]
-            analyzed = iter(pipeline.analyze_batch(readable))
-            for path, data in zip(batch, contents, strict=True):
-                outcome = next(analyzed) if isinstance(data, bytes) else data
-                rows = rows_for(str(path), outcome)
-                for row in rows:
-                    writer.write(row)
-                summary.add(rows)
-            bar.update(len(batch))
+    with tqdm(total=len(files), unit="file", file=sys.stderr, disable=disable) as bar:
+        for run in _runs(files, max(1, batch_size)):
+            if len(run) == 1 and is_video(run[0]):
+                _classify_video(pipeline, run[0], writer, summary, options, progress)
+            else:
+                _classify_images(pipeline, run, writer, summary)
+            bar.update(len(run))
     summary.seconds = time.perf_counter() - started
     return summary

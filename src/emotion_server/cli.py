@@ -142,29 +142,42 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from emotion_server.classify import RowWriter, classify_files, find_images
+    from emotion_server.classify_video import VideoOptions
     from emotion_server.config import Settings
-    from emotion_server.errors import ModelLoadError
+    from emotion_server.errors import InvalidParameter, ModelLoadError
     from emotion_server.pipeline import Pipeline
 
     overrides = {"model_path": args.model} if args.model else {}
     try:
-        pipeline = Pipeline.from_settings(Settings.from_env(**overrides))
-    except ModelLoadError as exc:
+        settings = Settings.from_env(**overrides)
+        video = VideoOptions(
+            fps=settings.video_fps if args.fps is None else args.fps,
+            smoothing=args.smoothing,
+            plots=Path(args.plots) if args.plots else None,
+        )
+        video.sampling()  # checked before the model loads
+        pipeline = Pipeline.from_settings(settings)
+    except (ModelLoadError, InvalidParameter) as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
     files = find_images(args.paths)
     if not files:
-        print("emotion-server: no image files found in " + " ".join(args.paths), file=sys.stderr)
+        print(
+            "emotion-server: no image files or videos found in " + " ".join(args.paths),
+            file=sys.stderr,
+        )
         return 1
     progress = False if args.no_progress else None
     if args.output:
         with open(args.output, "w", encoding="utf-8", newline="") as stream:
             writer = RowWriter(stream, args.format)
-            summary = classify_files(pipeline, files, writer, args.batch_size, progress)
+            summary = classify_files(pipeline, files, writer, args.batch_size, progress, video)
     else:
         writer = RowWriter(sys.stdout, args.format)
-        summary = classify_files(pipeline, files, writer, args.batch_size, progress)
+        summary = classify_files(pipeline, files, writer, args.batch_size, progress, video)
     print(summary.text(), file=sys.stderr)
     return 0
 
@@ -185,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser(
         "classify",
-        help="classify image files and folders (recursively): one CSV or JSON line per face",
+        help="classify image and video files and folders (recursively): one CSV or JSON line "
+        "per face (per sampled frame for videos)",
     )
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    classify.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image or video files, or folders"
+    )
     classify.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     classify.add_argument("--output", help="file to write (default: standard output)")
     classify.add_argument(
@@ -198,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: on a terminal)"
+    )
+    classify.add_argument(
+        "--fps",
+        type=float,
+        help="video frames analysed per second of video (default: $EMOTION_VIDEO_FPS or 2)",
+    )
+    classify.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.0,
+        help="videos: smoothing of each track's probabilities over time, 0 (off) to below 1",
+    )
+    classify.add_argument(
+        "--plots", metavar="DIR", help="videos: write a PNG emotion timeline per track to DIR"
     )
     classify.set_defaults(func=_classify)
 

@@ -35,6 +35,11 @@ class Settings:
     max_pixels: int = 40_000_000
     max_batch_images: int = 16  # files in one POST /inference/batch
     max_batch_bytes: int = 64 * 1024 * 1024  # the whole batch request; each file: max_upload_bytes
+    # POST /inference/video and `classify` on video files (video_reader.py, timeline.py).
+    video_max_bytes: int = 100 * 1024 * 1024  # the upload; raw body or multipart
+    video_max_seconds: float = 120.0  # longest video (by its timestamps)
+    video_fps: float = 2.0  # frames analysed per second of video, unless the request says
+    video_max_fps: float = 15.0  # the most a request may ask for
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0: the CPUs shared by the workers
     workers: int = 2
     worker_threads: int = 1  # gunicorn threads per worker (gthread worker when > 1)

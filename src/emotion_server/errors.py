@@ -67,6 +67,50 @@ class OriginNotAllowed(EmotionServerError):
     code, status = "origin_not_allowed", 403
 
 
+class InvalidParameter(EmotionServerError):
+    """A query parameter out of its documented range (e.g. /inference/video's `fps`)."""
+
+    code, status = "invalid_parameter", 400
+
+
+class InvalidVideo(EmotionServerError):
+    """Bytes that are not a video container we can read."""
+
+    code, status = "invalid_video", 400
+
+
+class CorruptVideo(EmotionServerError):
+    """A known video container whose data is truncated or corrupt."""
+
+    code, status = "corrupt_video", 400
+
+
+class NoVideoStream(EmotionServerError):
+    """A container with no video stream (for example audio only)."""
+
+    code, status = "no_video_stream", 400
+
+
+class EmptyVideo(EmotionServerError):
+    """A video stream without a single decodable frame."""
+
+    code, status = "empty_video", 400
+
+
+class UnsupportedVideoFormat(EmotionServerError):
+    code, status = "unsupported_video_format", 415
+
+
+class UnsupportedVideoCodec(EmotionServerError):
+    code, status = "unsupported_video_codec", 415
+
+
+class VideoTooLong(EmotionServerError):
+    """Over EMOTION_VIDEO_MAX_SECONDS, or more work than a worker may spend on one request."""
+
+    code, status = "video_too_long", 413
+
+
 class UnreadableFile(EmotionServerError):
     """A file the `classify` command could not open (missing, a folder, no permission)."""
 

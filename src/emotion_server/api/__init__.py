@@ -57,6 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         metrics,
         security,
         summary,
+        video,
         web,
     )
 
@@ -69,6 +70,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     auth.register(app)
     security.register(app)
     app.register_api(inference.bp)
+    app.register_api(video.bp)
     app.register_api(summary.bp)
     app.register_api(health.bp)
     app.register_api(metrics.bp)

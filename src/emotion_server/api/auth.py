@@ -3,7 +3,7 @@ them in `X-API-Key: <key>` or `Authorization: Bearer <key>`, else 401 `unauthori
 
 Open without a key: the probes (/healthz, /readyz), the demo page and its assets, and the API
 documentation (/docs, /openapi.json): none of them reveals data or runs the model. Everything
-else needs a key: /inference, /inference/batch, /summary and /metrics.
+else needs a key: /inference, /inference/batch, /inference/video, /summary and /metrics.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import flask_openapi3_swagger
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
 from emotion_server.api.auth import document_security
+from emotion_server.api.schemas import video_components
 from emotion_server.api.security import CONTENT_SECURITY_POLICY
 from emotion_server.api.web import WEB_DIR
 
@@ -28,10 +29,12 @@ bp = Blueprint(
 def openapi_document() -> dict:
     """The library's document of the routes, less two things it always writes: a null
     `securitySchemes` (invalid OpenAPI: it must be an object) and the schema of its request
-    validation errors, which our views never produce; plus the API keys' security schemes and
+    validation errors, which our views never produce; plus the video answers' schemas (two media
+    types, which the library cannot write from a model) and the API keys' security schemes and
     401 responses where EMOTION_API_KEYS is set."""
     document = current_app.api_doc  # generated once per app, then cached by the library
-    components = document.get("components", {})
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update(video_components())
     if components.get("securitySchemes", {}) is None:
         del components["securitySchemes"]
     schemas = components.get("schemas", {})

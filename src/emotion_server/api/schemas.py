@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from emotion_server.classes import EMOTIONS
 from emotion_server.errors import EmotionServerError
 from emotion_server.pipeline import Classification, InferenceResult
+from emotion_server.timeline import FrameResult, Sampling, TrackedFace, TrackSummary
+from emotion_server.video_reader import VideoInfo
 
 Emotion = Literal[EMOTIONS]  # FER2013's order: angry, disgust, fear, happy, sad, surprise, neutral
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -29,8 +31,10 @@ class ErrorBody(_Strict):
     error: str = Field(
         description="Stable code, e.g. empty_body, invalid_image, corrupt_image, "
         "unsupported_image_format, unsupported_media_type, missing_file, payload_too_large, "
-        "image_too_large, too_many_images, unauthorized, origin_not_allowed, not_found, "
-        "method_not_allowed, not_ready, internal_error",
+        "image_too_large, too_many_images, invalid_parameter, invalid_video, corrupt_video, "
+        "no_video_stream, empty_video, unsupported_video_format, unsupported_video_codec, "
+        "video_too_long, unauthorized, origin_not_allowed, not_found, method_not_allowed, "
+        "not_ready, internal_error",
         examples=["invalid_image"],
     )
     message: str = Field(description="What went wrong, for a person", min_length=1)
@@ -138,6 +142,160 @@ class BatchResponse(_Strict):
         return cls(results=entries)
 
 
+class VideoInfoModel(_Strict):
+    """The video stream as its container describes it."""
+
+    container: Literal["mp4", "matroska", "avi", "gif"] = Field(
+        description="mp4: the QuickTime family (MP4, MOV); matroska: Matroska and WebM"
+    )
+    codec: str = Field(description="FFmpeg's decoder name, e.g. h264, vp9, gif")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    frame_rate: float | None = Field(description="Average frames per second, where known")
+    duration: float | None = Field(description="Seconds, where the container says")
+
+    @classmethod
+    def from_info(cls, info: VideoInfo) -> VideoInfoModel:
+        return cls(**asdict(info))
+
+
+class SamplingModel(_Strict):
+    fps: float = Field(gt=0, description="Frames analysed per second of video")
+    smoothing: float = Field(
+        ge=0,
+        lt=1,
+        description="Weight of the past in each track's exponential moving average of "
+        "probabilities (p_t = s * p_(t-1) + (1 - s) * frame_t); 0: each frame on its own",
+    )
+    frames_analysed: int = Field(ge=0)
+
+    @classmethod
+    def build(cls, sampling: Sampling, frames_analysed: int) -> SamplingModel:
+        return cls(**asdict(sampling), frames_analysed=frames_analysed)
+
+
+class TrackFrame(_Strict):
+    """A face of one track in one sampled frame."""
+
+    frame: int = Field(ge=0, description="The frame's 0-based place in the decoded stream")
+    time: float = Field(ge=0, description="Seconds since the first frame")
+    box: BoxModel
+    score: float = Field(ge=0, le=1, description="The face detector's confidence")
+    prediction: Emotion
+    confidence: Probability
+    probabilities: Probabilities
+
+    @classmethod
+    def build(cls, frame: FrameResult, face: TrackedFace) -> TrackFrame:
+        return cls(frame=frame.index, time=frame.time, **_face(face))
+
+
+class TrackSummaryModel(_Strict):
+    track_id: int = Field(ge=1)
+    frames: int = Field(ge=1, description="Sampled frames where the face was seen")
+    first_seen: float = Field(ge=0, description="Seconds")
+    last_seen: float = Field(ge=0, description="Seconds")
+    dominant_emotion: Emotion = Field(description="The emotion predicted most often")
+    time_share: Probabilities = Field(
+        description="Share of the track's sampled frames (so of its time) with each prediction"
+    )
+    mean_probabilities: Probabilities
+
+    @classmethod
+    def from_summary(cls, summary: TrackSummary) -> TrackSummaryModel:
+        return cls(
+            track_id=summary.track_id,
+            frames=summary.frames,
+            first_seen=summary.first_seen,
+            last_seen=summary.last_seen,
+            dominant_emotion=summary.dominant,
+            time_share=_probabilities(summary.time_share),
+            mean_probabilities=_probabilities(summary.mean_probabilities),
+        )
+
+
+class VideoTrack(_Strict):
+    """One person: a stable id, every sampled frame where the face was seen, a summary."""
+
+    track_id: int = Field(ge=1)
+    frames: list[TrackFrame]
+    summary: TrackSummaryModel
+
+
+class VideoResponse(_Strict):
+    """/inference/video as one JSON document (the default)."""
+
+    video: VideoInfoModel
+    sampling: SamplingModel
+    tracks: list[VideoTrack] = Field(description="By track id, in order of first appearance")
+
+
+class FrameFace(_Strict):
+    track_id: int = Field(ge=1)
+    box: BoxModel
+    score: float = Field(ge=0, le=1, description="The face detector's confidence")
+    prediction: Emotion
+    confidence: Probability
+    probabilities: Probabilities
+
+
+class VideoFrameLine(_Strict):
+    """NDJSON: one line per sampled frame, as soon as it is analysed."""
+
+    type: Literal["frame"]
+    frame: int = Field(ge=0)
+    time: float = Field(ge=0)
+    faces: list[FrameFace] = Field(description="Largest first; empty where no face was found")
+
+    @classmethod
+    def build(cls, frame: FrameResult) -> VideoFrameLine:
+        faces = [FrameFace(track_id=f.track_id, **_face(f)) for f in frame.faces]
+        return cls(type="frame", frame=frame.index, time=frame.time, faces=faces)
+
+
+class VideoSummaryLine(_Strict):
+    """NDJSON: the last line of a stream that went through."""
+
+    type: Literal["summary"]
+    video: VideoInfoModel
+    sampling: SamplingModel
+    tracks: list[TrackSummaryModel]
+
+
+class VideoErrorLine(ErrorBody):
+    """NDJSON: the last line of a stream that failed after its first frame (the status was
+    already 200); failures before it get the usual error status and JSON body."""
+
+    type: Literal["error"]
+
+
+# The NDJSON lines; their schemas join the document's components in api/docs.py.
+STREAM_LINES = (VideoFrameLine, VideoSummaryLine, VideoErrorLine)
+
+
+def _face(face: TrackedFace) -> dict[str, Any]:
+    return {
+        "box": BoxModel(**asdict(face.box)),
+        "score": round(min(1.0, face.score), 4),
+        **_classification(face.classification),
+    }
+
+
+def _probabilities(values: dict[str, float]) -> Probabilities:
+    return Probabilities(**{k: round(v, 6) for k, v in values.items()})
+
+
+def video_components() -> dict[str, Any]:
+    """JSON Schemas of /inference/video's answers (both media types, and the models they use)
+    for the OpenAPI document: the route documents them by reference (VIDEO_OK)."""
+    schemas: dict[str, Any] = {}
+    for model in (VideoResponse, *STREAM_LINES):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
 class SummaryResponse(BaseModel):
     """The loaded model's metadata: from its model card, or derived from the model (else null).
 
@@ -204,6 +362,62 @@ INFERENCE_BODY = {
             "multipart/form-data": _form(ImageUpload),
         },
     }
+}
+
+
+class VideoUpload(BaseModel):
+    video: FileStorage = Field(description="The video file (MP4, MOV, WebM, AVI, animated GIF)")
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+VIDEO_REQUEST = {
+    "parameters": [
+        _query(
+            "fps",
+            "Frames analysed per second of video (default EMOTION_VIDEO_FPS, at most "
+            "EMOTION_VIDEO_MAX_FPS)",
+            {"type": "number", "exclusiveMinimum": 0},
+        ),
+        _query(
+            "smoothing",
+            "Temporal smoothing of each track's probabilities, 0 (off, the default) to below 1",
+            {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "The video as the raw body (application/octet-stream, video/*, "
+        "image/gif, or no Content-Type), or as the multipart field `video`.",
+        "content": {
+            "application/octet-stream": _binary_image(),
+            "video/*": _binary_image(),
+            "image/gif": _binary_image(),
+            "multipart/form-data": _form(VideoUpload),
+        },
+    },
+}
+
+VIDEO_OK = {
+    "description": "The timeline of every face: one JSON document, or with "
+    "`Accept: application/x-ndjson` one line per sampled frame as it is analysed, then a summary "
+    "line (or an error line where the video fails part-way)",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/VideoResponse"}},
+        "application/x-ndjson": {
+            "schema": {
+                "oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in STREAM_LINES]
+            }
+        },
+    },
 }
 
 BATCH_BODY = {

@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import Flask, Response
 
 # Scripts, styles, images, fetches and the camera stream: this origin only, nothing inline.
+# The page plays a chosen video from a blob: URL of the user's own file (media only).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; base-uri 'none'; object-src 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
+    "default-src 'self'; media-src 'self' blob:; base-uri 'none'; object-src 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
 )
 
 HEADERS = {

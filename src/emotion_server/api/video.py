@@ -1,0 +1,213 @@
+"""POST /inference/video: a video (raw body or multipart field `video`) -> an emotion timeline
+per tracked face, as one JSON document or streamed as NDJSON (`Accept: application/x-ndjson`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from flask import Response, current_app, jsonify, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+
+from emotion_server.api.schemas import (
+    COMMON_RESPONSES,
+    VIDEO_OK,
+    VIDEO_REQUEST,
+    SamplingModel,
+    TrackFrame,
+    TrackSummaryModel,
+    VideoErrorLine,
+    VideoFrameLine,
+    VideoInfoModel,
+    VideoResponse,
+    VideoSummaryLine,
+    VideoTrack,
+    error_response,
+)
+from emotion_server.config import Settings
+from emotion_server.errors import (
+    EmotionServerError,
+    EmptyVideo,
+    InvalidParameter,
+    MissingFile,
+    UnsupportedMediaType,
+)
+from emotion_server.pipeline import Pipeline
+from emotion_server.timeline import FrameResult, VideoTimeline, check_sampling
+from emotion_server.video_reader import VideoReader
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint(
+    "video",
+    __name__,
+    abp_tags=[Tag(name="video", description="Emotion timelines of the faces in videos")],
+    abp_responses=COMMON_RESPONSES,
+)
+
+RAW_TYPES = ("application/octet-stream", "video/", "image/gif")
+NDJSON = "application/x-ndjson"
+# A sync gunicorn worker that is busy past its timeout is killed: a video stops short of it.
+TIME_BUDGET_SHARE = 0.8
+
+
+def read_video(settings: Settings) -> BinaryIO:
+    """The uploaded video as a seekable file: the raw body (in memory, within the limit) or the
+    multipart field `video` (Werkzeug spools a large one to an unnamed temporary file, which
+    is gone when the request ends)."""
+    request.max_content_length = settings.video_max_bytes
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        files = request.files.getlist("video")
+        if not files:
+            raise MissingFile(
+                "The multipart body has no file in the field 'video' "
+                "(for example: curl -F video=@clip.mp4)."
+            )
+        if len(files) > 1:
+            raise MissingFile("Send one file in the field 'video'.")
+        return files[0].stream
+    if not mimetype or mimetype.startswith(RAW_TYPES):
+        return io.BytesIO(request.get_data(cache=False))
+    raise UnsupportedMediaType(
+        f"Content-Type {mimetype!r} is not accepted: send the video bytes as "
+        "application/octet-stream (or video/*), or multipart/form-data with a field 'video'."
+    )
+
+
+def _number(name: str, default: float) -> float:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be a number; it was {value!r}.") from None
+
+
+def _wants_ndjson() -> bool:
+    """NDJSON only where the client prefers it to JSON (`*/*` and no Accept get JSON)."""
+    accepted = request.accept_mimetypes
+    return accepted[NDJSON] > accepted["application/json"]
+
+
+@bp.post(
+    "/inference/video",
+    operation_id="inference_video",
+    summary="An emotion timeline per face in a video",
+    description="Frames are sampled at `fps` per second of video and each goes through the "
+    "same pipeline as /inference; faces are followed from frame to frame, each person keeping "
+    "one `track_id`. Every track lists the frames where its face was seen and a summary (share "
+    "of time per emotion, dominant emotion, mean probabilities). With `Accept: "
+    "application/x-ndjson` the answer is streamed: one line per sampled frame as it is "
+    "analysed, then a summary line. Videos are limited by EMOTION_VIDEO_MAX_BYTES and "
+    "EMOTION_VIDEO_MAX_SECONDS, and by the worker's time for one request.",
+    responses={
+        200: VIDEO_OK,
+        400: error_response(
+            "empty_body, missing_file, invalid_parameter, invalid_video, corrupt_video, "
+            "no_video_stream or empty_video"
+        ),
+        413: error_response(
+            "payload_too_large (the body), image_too_large (a frame's pixels) or "
+            "video_too_long (its duration, or the work it takes)"
+        ),
+        415: error_response(
+            "unsupported_media_type, unsupported_video_format or unsupported_video_codec"
+        ),
+    },
+    openapi_extensions=VIDEO_REQUEST,
+)
+def inference_video():
+    settings: Settings = current_app.config["SETTINGS"]
+    pipeline: Pipeline = current_app.extensions["pipeline"]
+    sampling = check_sampling(
+        _number("fps", settings.video_fps),
+        _number("smoothing", 0.0),
+        settings.video_max_fps,
+    )
+    source = read_video(settings)
+    reader = VideoReader(
+        source,
+        max_seconds=settings.video_max_seconds,
+        max_pixels=settings.max_pixels,
+        threads=settings.intra_op_threads,
+    )
+    try:
+        timeline = VideoTimeline(
+            pipeline, reader, sampling, time_budget_s=settings.timeout * TIME_BUDGET_SHARE
+        )
+        frames = timeline.frames()
+        if not _wants_ndjson():
+            body = _document(timeline, frames)
+            reader.close()
+            return jsonify(body)
+        # The first frame is analysed before the answer starts, so a file that cannot be
+        # decoded at all still gets its error status.
+        first = next(frames, None)
+        if first is None:
+            raise EmptyVideo("The video stream has no frame that can be decoded.")
+    except BaseException:
+        reader.close()
+        raise
+    stream = stream_with_context(_lines(timeline, first, frames, reader))
+    return Response(stream, mimetype=NDJSON, headers={"X-Accel-Buffering": "no"})
+
+
+def _document(timeline: VideoTimeline, frames: Iterator[FrameResult]) -> dict:
+    """The whole answer as one JSON document; each track's frames gathered in order."""
+    per_track: dict[int, list[TrackFrame]] = {}
+    for frame in frames:
+        for face in frame.faces:
+            per_track.setdefault(face.track_id, []).append(TrackFrame.build(frame, face))
+    tracks = [
+        VideoTrack(
+            track_id=summary.track_id,
+            frames=per_track[summary.track_id],
+            summary=TrackSummaryModel.from_summary(summary),
+        )
+        for summary in timeline.tracks()
+    ]
+    return VideoResponse(
+        video=VideoInfoModel.from_info(timeline.info),
+        sampling=SamplingModel.build(timeline.sampling, timeline.frames_analysed),
+        tracks=tracks,
+    ).model_dump()
+
+
+def _line(model) -> str:
+    return json.dumps(model.model_dump(), separators=(",", ":")) + "\n"
+
+
+def _lines(
+    timeline: VideoTimeline, first: FrameResult, frames: Iterator[FrameResult], reader
+) -> Iterator[str]:
+    """NDJSON: the frames as they come, then the summary; a failure part-way ends the stream
+    with an error line (the status line has gone already)."""
+    try:
+        yield _line(VideoFrameLine.build(first))
+        for frame in frames:
+            yield _line(VideoFrameLine.build(frame))
+        yield _line(
+            VideoSummaryLine(
+                type="summary",
+                video=VideoInfoModel.from_info(timeline.info),
+                sampling=SamplingModel.build(timeline.sampling, timeline.frames_analysed),
+                tracks=[TrackSummaryModel.from_summary(s) for s in timeline.tracks()],
+            )
+        )
+    except EmotionServerError as error:
+        yield _line(VideoErrorLine(type="error", error=error.code, message=error.message))
+    except Exception:
+        log.exception("unhandled error while streaming a video")
+        yield _line(
+            VideoErrorLine(
+                type="error", error="internal_error", message="The server failed on this video."
+            )
+        )
+    finally:
+        reader.close()

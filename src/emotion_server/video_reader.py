@@ -1,0 +1,221 @@
+"""Video bytes or a file -> what the video is, and its frames sampled at a steady rate.
+
+PyAV (FFmpeg inside its wheel) reads the container and decodes; frames come one at a time and
+only the sampled ones are turned into pictures, so memory does not grow with the video's length.
+Every failure a file can cause becomes one of the errors in `errors.py`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import av.error
+from PIL import Image
+
+from emotion_server.errors import (
+    CorruptVideo,
+    EmptyBody,
+    EmptyVideo,
+    ImageTooLarge,
+    InvalidVideo,
+    NoVideoStream,
+    UnsupportedVideoCodec,
+    UnsupportedVideoFormat,
+    VideoTooLong,
+)
+
+# Containers and codecs we accept. FFmpeg reads many more, but each demuxer and decoder is code
+# that an upload can reach: only the ones people record and share videos with are let in.
+CONTAINERS = {"mov": "mp4", "matroska": "matroska", "avi": "avi", "gif": "gif"}
+CODECS = frozenset(
+    {"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "gif", "mpeg1video", "mpeg2video"}
+)
+FORMATS_TEXT = "MP4, MOV, WebM, Matroska, AVI or animated GIF"
+CODECS_TEXT = "H.264, H.265, VP8, VP9, AV1, MPEG-4 Part 2, MPEG-1/2, Motion JPEG or GIF"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """The video stream as the container describes it."""
+
+    container: str  # "mp4" (QuickTime's family: MP4, MOV), "matroska" (WebM too), "avi", "gif"
+    codec: str  # FFmpeg's decoder name, e.g. "h264", "vp9"
+    width: int
+    height: int
+    frame_rate: float | None  # the stream's average frames per second, where known
+    duration: float | None  # seconds, where the container says
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One sampled frame: its place in the decoded stream, its time and its RGB picture."""
+
+    index: int  # 0-based among all decoded frames (the same as FFmpeg's decode order)
+    time: float  # seconds since the first frame
+    picture: Image.Image  # mode "RGB"
+
+
+def _looks_like_video(head: bytes) -> bool:
+    """The signature of a container we accept: a failure to open it means a damaged file."""
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+        or head[:4] == b"\x1a\x45\xdf\xa3"  # EBML: Matroska, WebM
+        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        or head[:6] in (b"GIF87a", b"GIF89a")
+    )
+
+
+def _container_name(format_name: str) -> str | None:
+    """FFmpeg's demuxer names ("mov,mp4,m4a,...") -> the one we accept, or None."""
+    for name in format_name.split(","):
+        if name in CONTAINERS:
+            return CONTAINERS[name]
+    return None
+
+
+class VideoReader:
+    """An open, validated video; `frames(fps)` yields its sampled frames. Use it as a context
+    manager (or call `close`) so FFmpeg's buffers are freed when the request ends."""
+
+    def __init__(
+        self,
+        source: bytes | str | Path | BinaryIO,
+        max_seconds: float,
+        max_pixels: int,
+        threads: int = 1,
+    ):
+        self.max_seconds = max_seconds
+        self.max_pixels = max_pixels
+        if isinstance(source, bytes):
+            if not source:
+                raise EmptyBody("The request body is empty: send the video bytes.")
+            head = source[:16]
+            source = io.BytesIO(source)
+        elif isinstance(source, str | Path):
+            with open(source, "rb") as file:
+                head = file.read(16)
+            source = str(source)
+        else:
+            head = source.read(16)
+            source.seek(0)
+            if not head:
+                raise EmptyBody("The file is empty: send the video bytes.")
+        try:
+            self.container = av.open(source, mode="r")
+        except av.error.FFmpegError as exc:
+            if _looks_like_video(head):
+                raise CorruptVideo(
+                    f"The video is truncated or corrupt ({exc.strerror or exc})."
+                ) from None
+            raise InvalidVideo(
+                f"The body is not a video we can read: send {FORMATS_TEXT} ({CODECS_TEXT})."
+            ) from None
+        try:
+            self.info = self._validate(max_pixels, threads)
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _validate(self, max_pixels: int, threads: int) -> VideoInfo:
+        container = self.container
+        if not container.streams.video:
+            kinds = sorted({stream.type for stream in container.streams}) or ["no"]
+            raise NoVideoStream(
+                f"The file has no video stream (it has {' and '.join(kinds)} streams): "
+                "send a video with a picture track."
+            )
+        name = _container_name(container.format.name)
+        if name is None:
+            raise UnsupportedVideoFormat(
+                f"The {container.format.long_name or container.format.name} format is not "
+                f"supported: send {FORMATS_TEXT}."
+            )
+        self.stream = container.streams.video[0]
+        codec = self.stream.codec_context.name if self.stream.codec_context else None
+        if codec not in CODECS:
+            raise UnsupportedVideoCodec(
+                f"The video codec {codec or 'unknown'!r} is not supported: send {CODECS_TEXT}."
+            )
+        width, height = self.stream.codec_context.width, self.stream.codec_context.height
+        if width < 1 or height < 1:
+            raise CorruptVideo("The video stream does not say its picture size.")
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"The video's frames are {width}x{height} = {width * height} pixels; "
+                f"the limit is {max_pixels}."
+            )
+        duration = None
+        if container.duration is not None and container.duration > 0:
+            duration = container.duration / av.time_base
+        elif self.stream.duration and self.stream.time_base:
+            duration = float(self.stream.duration * self.stream.time_base)
+        if duration is not None and duration > self.max_seconds:
+            raise VideoTooLong(
+                f"The video lasts {duration:.1f} s; the limit is {self.max_seconds:g} s."
+            )
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.stream.thread_type = "AUTO"
+        self.stream.codec_context.thread_count = max(1, threads)
+        return VideoInfo(
+            container=name,
+            codec=codec,
+            width=width,
+            height=height,
+            frame_rate=float(rate) if rate else None,
+            duration=duration,
+        )
+
+    def frames(self, fps: float) -> Iterator[VideoFrame]:
+        """The first frame at or after each multiple of 1/fps seconds, in order.
+
+        Raises CorruptVideo where decoding fails, EmptyVideo where no frame decodes at all, and
+        VideoTooLong at the first frame past the limit (for containers that state no duration).
+        """
+        interval = 1.0 / fps
+        next_time = 0.0
+        start: float | None = None
+        index = -1
+        try:
+            for frame in self.container.decode(self.stream):
+                index += 1
+                if frame.time is None:  # no timestamp: fall back on the frame rate
+                    stamp = index / (self.info.frame_rate or fps)
+                else:
+                    stamp = float(frame.time)
+                if start is None:
+                    start = stamp
+                time = stamp - start
+                if time > self.max_seconds:
+                    raise VideoTooLong(f"The video runs past {self.max_seconds:g} s, the limit.")
+                if time + 1e-6 < next_time:
+                    continue
+                if frame.width * frame.height > self.max_pixels:  # a size change mid-stream
+                    raise ImageTooLarge(
+                        f"Frame {index} is {frame.width}x{frame.height} pixels; the limit is "
+                        f"{self.max_pixels}."
+                    )
+                next_time = (int(time / interval + 1e-6) + 1) * interval
+                yield VideoFrame(index=index, time=round(time, 6), picture=frame.to_image())
+        except av.error.FFmpegError as exc:
+            raise CorruptVideo(
+                f"The video could not be decoded after {index + 1} frames ({exc.strerror or exc})."
+            ) from None
+        if index < 0:
+            raise EmptyVideo(
+                "The video stream has no frame that can be decoded (a file with no frame, or "
+                "one cut short before its first)."
+            )
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,118 @@
+"""`emotion-server classify` on videos: per-frame rows, a progress bar over frames, a PNG
+timeline per track; the video made here with PyAV."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import videos
+from conftest import BUNDLED_MODEL, encode
+from PIL import Image
+from test_classify import _run
+
+from emotion_server.classes import EMOTIONS
+from emotion_server.classify import RowWriter, classify_files
+from emotion_server.classify_video import VideoOptions, plot_name
+from emotion_server.config import Settings
+from emotion_server.pipeline import Pipeline
+from emotion_server.timeline_plot import COLORS
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL)))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, astronaut):
+    """clip.mp4 (two faces crossing, 2 s at 10 fps), astronaut.jpg, broken.webm (text)."""
+    root = tmp_path_factory.mktemp("media")
+    top = videos.actor(astronaut, 200, (0, 60), (440, 60))
+    bottom = videos.actor(astronaut, 200, (440, 140), (0, 140), mirrored=True)
+    (root / "clip.mp4").write_bytes(videos.encode_video(videos.scene([top, bottom], 20)))
+    (root / "astronaut.jpg").write_bytes(encode(astronaut))
+    (root / "broken.webm").write_text("not a video\n")
+    return root
+
+
+def test_classify_video_rows_and_plots(folder, tmp_path, pipeline):
+    output, plots = tmp_path / "out.jsonl", tmp_path / "plots"
+    done = _run(
+        str(folder),
+        "--format",
+        "jsonl",
+        "--output",
+        str(output),
+        "--fps",
+        "5",
+        "--plots",
+        str(plots),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    by_file: dict[str, list[dict]] = {}
+    for row in rows:
+        by_file.setdefault(row["file"].rsplit("/", 1)[-1], []).append(row)
+    assert list(by_file) == ["astronaut.jpg", "broken.webm", "clip.mp4"]
+    assert by_file["astronaut.jpg"][0]["frame"] is None  # images keep their rows
+    (broken,) = by_file["broken.webm"]
+    assert broken["error"] == "invalid_video" and broken["message"]
+
+    clip = by_file["clip.mp4"]
+    assert [row["frame"] for row in clip] == [f for f in range(0, 20, 2) for _ in (1, 2)]
+    assert {row["track"] for row in clip} == {1, 2}
+    # Each frame's rows are what the pipeline gives for that decoded picture.
+    decoded = videos.decode_frames((folder / "clip.mp4").read_bytes())
+    for index in (0, 10, 18):
+        expected = pipeline.analyze(encode(decoded[index], "PNG"))
+        got = [row for row in clip if row["frame"] == index]
+        assert [row["box"] for row in got] == [
+            {"x": f.box.x, "y": f.box.y, "width": f.box.width, "height": f.box.height}
+            for f in expected.faces
+        ]
+        for row, face in zip(got, expected.faces, strict=True):
+            assert row["probabilities"] == pytest.approx(
+                face.classification.probabilities, abs=1e-5
+            )
+    # The same person keeps the same track: track 1's box moves one way only.
+    for track in (1, 2):
+        xs = [row["box"]["x"] for row in clip if row["track"] == track]
+        assert len(xs) == 10 and (xs == sorted(xs) or xs == sorted(xs, reverse=True))
+
+    assert "videos: 2, sampled frames: 10, timeline plots: 2" in done.stderr
+    for track in (1, 2):
+        png = plots / plot_name(folder / "clip.mp4", track)
+        picture = np.asarray(Image.open(png).convert("RGB"))
+        assert picture.shape == (400, 960, 3)
+        colours = {tuple(c) for c in picture.reshape(-1, 3)}
+        for emotion in EMOTIONS:  # every emotion's line (or its legend) is drawn
+            rgb = tuple(int(COLORS[emotion][i : i + 2], 16) for i in (1, 3, 5))
+            assert rgb in colours, emotion
+
+
+def test_csv_has_the_video_columns(folder, tmp_path):
+    output = tmp_path / "out.csv"
+    done = _run(str(folder / "clip.mp4"), "--output", str(output), "--fps", "1")
+    assert done.returncode == 0, done.stderr
+    header, first, *_ = output.read_text().splitlines()
+    assert header.split(",")[:5] == ["file", "frame", "time", "track", "face"]
+    assert first.split(",")[1:5] == ["0", "0.0", "1", "1"]
+
+
+def test_progress_bar_counts_frames(folder, pipeline, capsys):
+    stream = io.StringIO()
+    options = VideoOptions(fps=5)
+    summary = classify_files(
+        pipeline, [folder / "clip.mp4"], RowWriter(stream, "jsonl"), progress=True, video=options
+    )
+    assert summary.frames == 10 and summary.faces == 20
+    bars = capsys.readouterr().err
+    assert "10/10" in bars and "frame" in bars
+
+
+def test_bad_fps_is_refused_before_loading(folder):
+    done = _run(str(folder / "clip.mp4"), "--fps", "0")
+    assert done.returncode == 2 and "fps" in done.stderr
