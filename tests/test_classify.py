@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import BUNDLED_MODEL, ROOT, encode
 
-from emotion_server.classes import EMOTIONS
 from emotion_server.classify import CSV_COLUMNS, find_images
 from emotion_server.config import Settings
+from emotion_server.contract import EMOTIONS
 from emotion_server.pipeline import Pipeline
 
 

@@ -13,10 +13,10 @@ from conftest import BUNDLED_MODEL, encode
 from PIL import Image
 from test_classify import _run
 
-from emotion_server.classes import EMOTIONS
 from emotion_server.classify import RowWriter, classify_files
 from emotion_server.classify_video import VideoOptions, plot_name
 from emotion_server.config import Settings
+from emotion_server.contract import EMOTIONS
 from emotion_server.pipeline import Pipeline
 from emotion_server.timeline_plot import COLORS
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 
 from emotion_server.api import create_app
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 
 OPERATIONS = [
     ("GET", "/"),

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, encode
 
-from emotion_server.classes import EMOTIONS
 from emotion_server.config import Settings
+from emotion_server.contract import EMOTIONS
 from emotion_server.faces import FaceBox
 from emotion_server.pipeline import Pipeline, square_crop, to_model_input
 
@@ -89,7 +89,7 @@ def test_unknown_tta_is_refused():
 
 
 def test_temperature_scaling_keeps_the_ranking_and_softens():
-    from emotion_server.pipeline import apply_temperature
+    from emotion_server.contract import apply_temperature
 
     probabilities = np.array([[0.7, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03]], np.float32)
     softer = apply_temperature(probabilities, 2.0)
@@ -131,7 +131,7 @@ def test_boxes_of_a_drafted_jpeg_are_in_the_files_pixels(pipeline, astronaut):
 
 
 def test_calibration_from_the_card_is_applied_after_tta():
-    from emotion_server.pipeline import apply_temperature
+    from emotion_server.contract import apply_temperature
 
     settings = Settings(model_path=str(BUNDLED_MODEL), tta="flip", detector="none")
     pipeline = Pipeline.from_settings(settings)

@@ -16,7 +16,7 @@ import requests
 from conftest import ROOT, GunicornServer, encode
 
 import emotion_server.training  # noqa: F401  (selects Keras's PyTorch backend)
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 from emotion_server.training.data import load_fer2013
 
 torch = pytest.importorskip("torch", reason="the [train] extra (PyTorch, Keras) is missing")

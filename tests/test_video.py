@@ -13,7 +13,7 @@ from conftest import BUNDLED_MODEL, GunicornServer, encode
 from PIL import Image
 
 from emotion_server.api import create_app
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 
 pytestmark = pytest.mark.e2e
 RAW = {"Content-Type": "application/octet-stream"}

@@ -18,7 +18,7 @@ from conftest import ROOT, encode
 from PIL import Image
 
 from emotion_server.api.web import WEB_DIR
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

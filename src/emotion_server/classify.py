@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from emotion_server.classes import EMOTIONS
 from emotion_server.classify_video import VIDEO_SUFFIXES, VideoOptions, classify_video, is_video
+from emotion_server.contract import EMOTIONS
 from emotion_server.errors import EmotionServerError, UnreadableFile
 from emotion_server.pipeline import InferenceResult, Pipeline
 from emotion_server.timeline import FrameResult

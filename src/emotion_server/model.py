@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from emotion_server import metrics
-from emotion_server.classes import EMOTIONS, INPUT_SIZE
+from emotion_server.contract import EMOTIONS, INPUT_SIZE
 from emotion_server.errors import ModelLoadError
 from emotion_server.runtime import session_options
 

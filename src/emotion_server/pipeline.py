@@ -9,8 +9,14 @@ import numpy as np
 from PIL import Image
 
 from emotion_server.batching import InFlight, MicroBatcher
-from emotion_server.classes import EMOTIONS, INPUT_SIZE
 from emotion_server.config import Settings
+from emotion_server.contract import (
+    EMOTIONS,
+    INPUT_SIZE,
+    apply_temperature,
+    mirror_average,
+    scale,
+)
 from emotion_server.errors import EmotionServerError
 from emotion_server.faces import FaceBox, FaceDetector, make_detector
 from emotion_server.imaging import DecodedImage, decode_image
@@ -63,16 +69,6 @@ class InferenceResult:
     image_height: int
 
 
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Temperature scaling of softmax outputs: softmax(log(p) / T); T > 1 softens them."""
-    if temperature == 1.0:
-        return probabilities
-    logits = np.log(np.clip(probabilities, 1e-12, None)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def resize_to_input(crop: np.ndarray) -> np.ndarray:
     """A greyscale uint8 crop of any size -> uint8 48x48 (unchanged if it already is)."""
     if crop.shape == (INPUT_SIZE, INPUT_SIZE):
@@ -84,11 +80,10 @@ def resize_to_input(crop: np.ndarray) -> np.ndarray:
 
 def to_model_input(gray_crops: list[np.ndarray]) -> np.ndarray:
     """Greyscale uint8 crops of any size -> float32 [N,48,48,1] in [0,1]."""
-    batch = np.empty((len(gray_crops), INPUT_SIZE, INPUT_SIZE, 1), np.float32)
+    faces = np.empty((len(gray_crops), INPUT_SIZE, INPUT_SIZE), np.uint8)
     for index, crop in enumerate(gray_crops):
-        batch[index, ..., 0] = resize_to_input(crop)
-    batch /= 255.0
-    return batch
+        faces[index] = resize_to_input(crop)
+    return scale(faces)
 
 
 def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
@@ -166,8 +161,7 @@ class Pipeline:
         batch = to_model_input(gray_crops)
         predict = self.batcher.predict if self.batcher and len(batch) else self.model.predict
         if self.tta == "flip" and len(batch):
-            both = predict(np.concatenate([batch, batch[:, :, ::-1]]))
-            probabilities = (both[: len(batch)] + both[len(batch) :]) / 2
+            probabilities = mirror_average(predict, batch)
         else:
             probabilities = predict(batch)
         return apply_temperature(probabilities, self.temperature)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 from emotion_server.errors import InvalidParameter, VideoTooLong
 from emotion_server.faces import FaceBox
 from emotion_server.imaging import DecodedImage

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 
 # The demo page's colours (web/app.js), one per emotion.
 COLORS = {

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from flask_openapi3 import FileStorage
 from pydantic import BaseModel, ConfigDict, Field
 
-from emotion_server.classes import EMOTIONS
+from emotion_server.contract import EMOTIONS
 from emotion_server.errors import EmotionServerError
 from emotion_server.pipeline import Classification, InferenceResult
 from emotion_server.timeline import FrameResult, Sampling, TrackedFace, TrackSummary

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from emotion_server.classes import EMOTIONS, INPUT_SIZE
+from emotion_server.contract import EMOTIONS, INPUT_SIZE
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Load FER2013 from the Kaggle folder layout (folder or .tar.gz) or the original fer2013.csv.
 
 Every source yields the same `Fer2013` arrays: uint8 images [N, 48, 48] and int labels in
-FER2013's order (see `emotion_server.classes.EMOTIONS`), split into Training, PublicTest and
+FER2013's order (see `emotion_server.contract.EMOTIONS`), split into Training, PublicTest and
 PrivateTest by the file-name prefix (folders) or the `Usage` column (csv).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emotion_server.classes import EMOTIONS, INPUT_SIZE
+from emotion_server.contract import EMOTIONS, INPUT_SIZE
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
 DATA_ENV = "FER2013_PATH"

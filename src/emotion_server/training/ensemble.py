@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emotion_server.contract import scale
 from emotion_server.training.data import load_cached
 
 
@@ -84,7 +85,7 @@ def build_ensemble(
     expected = sum(
         w * predict_proba(net, faces, chosen) for net, w in zip(nets, weights, strict=True)
     ) / sum(weights)
-    as_float = faces[..., None].astype(np.float32) / 255
+    as_float = scale(faces)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (served,) = session.run(None, {session.get_inputs()[0].name: as_float})
     shipped = keras_predict(keras.saving.load_model(output, compile=False), as_float)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from emotion_server import __version__
-from emotion_server.classes import EMOTIONS, INPUT_SHAPE, OUTPUT_SHAPE
 from emotion_server.config import Settings
+from emotion_server.contract import EMOTIONS, INPUT_SHAPE, OUTPUT_SHAPE, apply_temperature
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
-from emotion_server.pipeline import TTA_MODES, Pipeline, apply_temperature
+from emotion_server.pipeline import TTA_MODES, Pipeline
 from emotion_server.training.data import load_cached
 
 ECE_BINS = 15

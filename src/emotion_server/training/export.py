@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_server.classes import EMOTIONS, INPUT_SIZE
+from emotion_server.contract import EMOTIONS, INPUT_SIZE, scale
 
 MAX_ABS_DIFF = 1e-4
 
@@ -124,7 +124,7 @@ def export_run(
 
     inputs = sample_inputs()
     expected = predict_proba(net, np.round(inputs[..., 0] * 255).astype(np.uint8), views)
-    as_uint8 = np.round(inputs * 255).astype(np.uint8).astype(np.float32) / 255
+    as_uint8 = scale(np.round(inputs[..., 0] * 255).astype(np.uint8))
     shipped = keras_predict(keras.saving.load_model(output, compile=False), as_uint8)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (served,) = session.run(None, {session.get_inputs()[0].name: as_uint8})

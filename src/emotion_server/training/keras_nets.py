@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from emotion_server.classes import EMOTIONS, INPUT_SIZE
+from emotion_server.contract import EMOTIONS, INPUT_SIZE
 from emotion_server.training.architectures import Architecture, view_offsets
 from emotion_server.training.torch_nets import conv_names
 

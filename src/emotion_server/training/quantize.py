@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_server.classes import INPUT_SIZE
+from emotion_server.contract import mirror, scale
 
 PRECISION_KEY = "precision"  # ONNX metadata property, read by emotion_server.model
 CALIBRATION_IMAGES = 1000
@@ -47,8 +47,8 @@ def stratified_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarr
 
 def calibration_batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> list[np.ndarray]:
     """uint8 [N,48,48] crops -> model inputs with their mirror images, in batches."""
-    inputs = (images.astype(np.float32) / 255.0).reshape(-1, INPUT_SIZE, INPUT_SIZE, 1)
-    inputs = np.concatenate([inputs, inputs[:, :, ::-1]])
+    inputs = scale(images)
+    inputs = np.concatenate([inputs, mirror(inputs)])
     return [np.ascontiguousarray(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
 
 

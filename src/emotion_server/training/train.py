@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from emotion_server.contract import scale
 from emotion_server.training.architectures import Architecture, build_spec, view_offsets
 from emotion_server.training.augment import Augmentation, augment
 from emotion_server.training.data import load_cached
@@ -99,8 +100,8 @@ def load_recipe(path: str | os.PathLike | None, **overrides) -> Recipe:
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 48, 48] -> float [N, 1, 48, 48] in [0, 1] (the contract's scaling)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).unsqueeze(1)
+    """uint8 [N, 48, 48] -> the contract's input, channels first: float [N, 1, 48, 48]."""
+    return torch.from_numpy(scale(images)).permute(0, 3, 1, 2)
 
 
 def bf16_is_fast() -> bool:
@@ -438,7 +439,7 @@ def _train_one_epoch(
     for step in range(steps):
         rows = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
         # Augmentation draws from the CPU generator, so a run is the same on any device.
-        images = augment(x_train[rows].unsqueeze(1).float().div_(255), aug, generator)
+        images = augment(to_tensor(x_train[rows].numpy()), aug, generator)
         images = images.to(device).contiguous(memory_format=torch.channels_last)
         labels = y_train[rows].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
