@@ -310,6 +310,7 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     info = json.loads(h5.with_suffix(".train.json").read_text())
     assert info["epochs_done"] == 2 and 1 <= info["best_epoch"] <= 2
     assert info["parity_max_abs_diff"]["torch_vs_onnx"] <= 1e-4
+    assert info["balance"]["tau"] >= 0 and len(info["balance"]["bias"]) == 7
     result = subprocess.run(
         [
             *CLI,
@@ -370,6 +371,36 @@ def test_distillation_moves_the_student_towards_its_teacher(fer):
     plain = train(base, "plain", data_path=str(fer), progress=lambda _: None)
     # Same seed and data: only the teacher's targets differ, so the losses must differ.
     assert summary["log"][-1]["loss"] != plain["log"][-1]["loss"]
+
+
+def test_logit_adjustment_lifts_the_rare_class_and_is_what_the_bias_shift_computes():
+    from emotion_server.training.balance import adjust, class_prior, fit_balance
+
+    rng = np.random.default_rng(0)
+    counts = np.array([300, 20, 150, 400, 200, 150, 300])
+    labels = np.repeat(np.arange(7), counts)
+    prior = class_prior(labels)
+    # A network that learned the prior: its logits lean towards the frequent classes.
+    logits = 1.5 * np.eye(7)[labels] + rng.normal(0, 1, (len(labels), 7)) + np.log(prior)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    chosen = fit_balance([probs, probs], labels, prior, max_accuracy_drop=0.01)
+    before, after = chosen.public_test["unadjusted"], chosen.public_test["chosen"]
+    assert chosen.tau > 0 and after["recall"]["disgust"] > before["recall"]["disgust"]
+    assert after["macro_f1"] > before["macro_f1"]
+    assert after["accuracy"] >= before["accuracy"] - 0.01
+    assert np.allclose(chosen.bias, -chosen.tau * np.log(prior), atol=1e-5)
+
+    # adjust() on each view's probabilities equals the network with its bias shifted.
+    torch.manual_seed(0)
+    net = build_torch(tiny())
+    _randomise(net)
+    faces = _asymmetric_faces(8)
+    from emotion_server.training.train import predict_views
+
+    expected = adjust(predict_views(net, faces, "flip"), prior, 0.7)
+    with torch.no_grad():
+        net.layers["probabilities"].bias -= torch.tensor(0.7 * np.log(prior), dtype=torch.float32)
+    assert np.abs(predict_proba(net, faces, "flip") - expected).max() < 1e-5
 
 
 def test_greedy_weights_prefer_the_better_member():

@@ -84,7 +84,9 @@ def _export(args: argparse.Namespace) -> int:
         if not args.output:
             print("emotion-server: export --run needs --output (a .h5 file)", file=sys.stderr)
             return 2
-        report = export_run(args.run, args.output, views=args.views)
+        report = export_run(
+            args.run, args.output, views=args.views, balance=args.balance, data_path=args.data
+        )
         print(
             f"wrote {report['h5']} and {report['onnx']} (PyTorch vs .h5 max abs diff "
             f"{report['torch_vs_keras']:.1e}, vs ONNX {report['torch_vs_onnx']:.1e}); "
@@ -263,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="flip",
         help="with --run: test-time views built into the model (default: flip)",
     )
+    export.add_argument(
+        "--balance",
+        choices=["auto", "none"],
+        default="auto",
+        help="with --run: fit a logit adjustment for the rare classes on PublicTest "
+        "(auto; it may choose none) or leave the network as trained",
+    )
+    export.add_argument("--data", help="with --run: FER2013 .tar.gz, Kaggle folder or csv")
     export.add_argument(
         "--output", help="file to write (default: next to the model; with --run: required .h5)"
     )

@@ -94,25 +94,46 @@ def export_run(
     run: str | os.PathLike,
     output: str | os.PathLike,
     views: str = "flip",
-    logit_bias: list[float] | None = None,
+    balance: str = "none",
+    data_path: str | None = None,
 ) -> dict:
     """A run's best weights -> `output` (.h5) and the .onnx beside it, plus `<stem>.train.json`
     (what trained it, for `evaluate --train-info`). PyTorch, Keras and ONNX must agree.
 
-    `logit_bias` is added to the final layer's bias (a post-hoc logit adjustment).
+    `balance="auto"` fits a logit adjustment for the rare classes on PublicTest
+    (`training.balance`) and builds it into the final layer's bias.
     """
     import keras
     import onnxruntime as ort
     import torch
 
     from emotion_server.training import keras_nets
-    from emotion_server.training.train import BEST, load_run_model, resolve_run, runs_summary
+    from emotion_server.training.train import (
+        BEST,
+        load_run_model,
+        predict_views,
+        resolve_run,
+        runs_summary,
+    )
 
     folder = resolve_run(run)
     net = load_run_model(folder)
-    if logit_bias is not None:
+    balanced = None
+    if balance == "auto":
+        from emotion_server.training.balance import class_prior, fit_balance
+        from emotion_server.training.data import load_cached
+
+        data = load_cached(data_path)
+        public = data["PublicTest"]
+        balanced = fit_balance(
+            predict_views(net, public.images, views),
+            public.labels,
+            class_prior(data["Training"].labels),
+        )
         with torch.no_grad():
-            net.layers["probabilities"].bias += torch.tensor(logit_bias, dtype=torch.float32)
+            net.layers["probabilities"].bias += torch.tensor(balanced.bias, dtype=torch.float32)
+    elif balance != "none":
+        raise ValueError(f"balance must be 'auto' or 'none', got {balance!r}")
     model = keras_nets.from_torch(net, views, name=Path(output).stem)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +159,7 @@ def export_run(
         "best_epoch": best["epoch"],
         "public_test_accuracy": round(float(best["public_test_flip"]), 4),
         "views": views,
-        "logit_bias": logit_bias,
+        "balance": balanced.to_dict() if balanced else None,
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
         "shipped_as": f"Keras {keras.__version__} .h5",
