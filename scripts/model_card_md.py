@@ -1,4 +1,6 @@
-"""Print a model card (the JSON `emotion-server evaluate` writes) as the README's markdown.
+"""Print a model card (the JSON `emotion-server evaluate` writes) as markdown tables.
+
+scripts/docs.py writes docs/model.md's table with `render`.
 
 python scripts/model_card_md.py [models/emotion_model.int8.json]
 """

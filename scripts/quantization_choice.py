@@ -1,4 +1,4 @@
-"""Compare INT8 quantization recipes on PublicTest (never PrivateTest), as the README reports.
+"""Compare INT8 quantization recipes on PublicTest (never PrivateTest), as docs/model.md reports.
 
     python scripts/quantization_choice.py [models/emotion_model.onnx]
 

@@ -1,4 +1,4 @@
-"""The README's promises: the two commands first, and numbers that match what was measured."""
+"""The README's promises: two screens, the two commands first, and figures that match the card."""
 
 import json
 import re
@@ -20,8 +20,22 @@ def test_first_block_starts_with_serve_then_test_commands():
     assert "README.md" in ci  # .ci/run executes the README's second line itself
 
 
-def test_readme_quotes_the_measured_accuracy():
+def test_readme_is_two_screens():
+    assert len(README.splitlines()) <= 150
+
+
+def test_readme_and_model_page_quote_the_measured_accuracy():
     card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
     percent = f"{card['accuracy'] * 100:.2f}%"
-    assert percent in README, f"README should state the card's PrivateTest accuracy {percent}"
+    for page in (README, (ROOT / "docs" / "model.md").read_text()):
+        assert percent in page, f"the card's PrivateTest accuracy {percent} should be quoted"
     assert not re.search(r"MODEL_SECTION|DETECTOR_TABLE", README)
+
+
+def test_curl_example_names_a_sample_that_ships():
+    """The curl in the README works as pasted from the repository root: its file is here."""
+    uploads = re.findall(r"curl .*?@(\S+)", README)
+    assert uploads
+    for name in uploads:
+        assert (ROOT / name).is_file(), name
+    assert (ROOT / "samples" / "astronaut.jpg").stat().st_size < 30_000

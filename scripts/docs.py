@@ -1,0 +1,158 @@
+"""Regenerate the figures in README.md and docs/*.md from their sources, in place.
+
+    python scripts/docs.py           # rewrite every generated region
+    python scripts/docs.py --check   # exit 1 and print a diff where a page is out of date
+
+A generated region sits between `<!-- generated: NAME begin -->` and
+`<!-- generated: NAME end -->`; everything outside the markers is written by hand and left
+alone. Each NAME has one renderer below, fed from a file the project already writes:
+the served model's card (`emotion-server evaluate`) and `bench/results/` (`bench/run.py`,
+`bench/video.py`). So a figure on a page is the figure in its source, never a copy that drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVED_CARD = ROOT / "models" / "emotion_model.int8.json"
+FLOAT32_CARD = ROOT / "models" / "emotion_model.json"
+BENCH_RESULTS = ROOT / "bench" / "results" / "results.json"
+VIDEO_RESULTS = ROOT / "bench" / "results" / "video.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+REGION = re.compile(
+    r"(?P<begin><!-- generated: (?P<name>[\w-]+) begin -->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<end><!-- generated: (?P=name) end -->)",
+    re.DOTALL,
+)
+
+
+def _load(path: Path) -> ModuleType:
+    """Import a script by its path (scripts/ and bench/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _card(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def model_card() -> str:
+    """The served model's card as tables (scripts/model_card_md.py renders it)."""
+    return _load(ROOT / "scripts" / "model_card_md.py").render(_card(SERVED_CARD))
+
+
+def float32_card() -> str:
+    """One sentence on the float32 model the served one was quantized from."""
+    card = _card(FLOAT32_CARD)
+    public = card["metrics"]["PublicTest"]["accuracy"]
+    f1 = card["metrics"]["PrivateTest"]["macro_f1"]
+    return (
+        f"The float32 model it was quantized from scores {card['accuracy'] * 100:.2f}% on "
+        f"PrivateTest ({public * 100:.2f}% on PublicTest, macro-F1 {f1:.4f}; "
+        f"`models/{FLOAT32_CARD.name}`).\n"
+    )
+
+
+def accuracy() -> str:
+    """The README's one line of measured accuracy, from the served model's card."""
+    card = _card(SERVED_CARD)
+    return (
+        f"The served model classifies FER2013's PrivateTest faces with "
+        f"**{card['accuracy'] * 100:.2f}%** accuracy (its card: [docs/model.md](docs/model.md)).\n"
+    )
+
+
+def bench_results() -> str:
+    """The server benchmark's tables, as bench/run.py writes them from results.json."""
+    return _load(ROOT / "bench" / "run.py").to_markdown(json.loads(BENCH_RESULTS.read_text()))
+
+
+def video_bench() -> str:
+    """The video benchmark's opening line and table (its notes stay in bench/results/video.md)."""
+    lines = VIDEO_RESULTS.read_text().splitlines()
+    table_start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table_end = next(
+        (i for i in range(table_start, len(lines)) if not lines[i].startswith("|")), len(lines)
+    )
+    return "\n".join(lines[:table_end]) + "\n"
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "model-card": model_card,
+    "float32-card": float32_card,
+    "accuracy": accuracy,
+    "bench-results": bench_results,
+    "video-bench": video_bench,
+}
+
+
+def regenerate(text: str, renderers: dict[str, Callable[[], str]] = RENDERERS) -> str:
+    """`text` with every generated region's body replaced by what its renderer writes now."""
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        if name not in renderers:
+            raise KeyError(f"no renderer for generated region {name!r}")
+        return match["begin"] + renderers[name]() + match["end"]
+
+    result, regions = REGION.subn(replace, text)
+    if text.count("<!-- generated:") != 2 * regions:
+        raise ValueError("a generated region's begin or end marker is missing or misspelt")
+    return result
+
+
+def stale(pages: list[Path] = PAGES) -> dict[Path, str]:
+    """Pages whose text differs from what they would be regenerated to, with a unified diff."""
+    diffs = {}
+    for page in pages:
+        current = page.read_text()
+        wanted = regenerate(current)
+        if wanted != current:
+            name = str(page.relative_to(ROOT) if page.is_relative_to(ROOT) else page)
+            diffs[page] = "".join(
+                difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    wanted.splitlines(keepends=True),
+                    fromfile=f"{name} (on disk)",
+                    tofile=f"{name} (generated)",
+                )
+            )
+    return diffs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 with a diff if out of date"
+    )
+    parser.add_argument(
+        "pages", nargs="*", type=Path, help="pages to look at (default: README.md, docs/*.md)"
+    )
+    args = parser.parse_args()
+    diffs = stale([page.resolve() for page in args.pages] or PAGES)
+    if args.check:
+        for diff in diffs.values():
+            sys.stdout.write(diff)
+        if diffs:
+            print(f"{len(diffs)} page(s) out of date: run python scripts/docs.py", file=sys.stderr)
+        return 1 if diffs else 0
+    for page in diffs:
+        page.write_text(regenerate(page.read_text()))
+        print(f"rewrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The docs pages: figures as their sources say (scripts/docs.py), and links that lead somewhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from conftest import BUNDLED_MODEL, ROOT
+
+SCRIPT = ROOT / "scripts" / "docs.py"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+
+
+def _docs_script() -> ModuleType:
+    """scripts/docs.py, imported by its path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("docs_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def docs() -> ModuleType:
+    return _docs_script()
+
+
+def test_every_page_is_what_scripts_docs_generates(docs):
+    diffs = docs.stale()
+    assert not diffs, "run python scripts/docs.py:\n" + "\n".join(diffs.values())
+
+
+def test_the_generated_regions_are_where_the_figures_are(docs):
+    """The model table, both benchmark tables and the README's accuracy line are generated."""
+    expected = {
+        "README.md": {"accuracy"},
+        "docs/model.md": {"model-card", "float32-card"},
+        "docs/performance.md": {"bench-results", "video-bench"},
+    }
+    for page, names in expected.items():
+        found = {m["name"] for m in docs.REGION.finditer((ROOT / page).read_text())}
+        assert found == names, page
+
+
+def test_a_figure_edited_by_hand_is_put_back(docs):
+    """A changed figure inside a region is a difference, and regenerating restores the page."""
+    page = (ROOT / "docs" / "model.md").read_text()
+    card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    quoted = f"**{card['accuracy'] * 100:.2f}%**"
+    assert quoted in page
+    edited = page.replace(quoted, "**99.99%**")
+    assert docs.regenerate(edited) == page
+
+
+def test_check_fails_with_a_diff_on_a_stale_page(tmp_path):
+    stale_page = tmp_path / "performance.md"
+    text = (ROOT / "docs" / "performance.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| ours | face crop"))
+    stale_page.write_text(text.replace(row, row.replace("| ours |", "| ours (edited) |")))
+    run = [sys.executable, str(SCRIPT), "--check"]
+    stale = subprocess.run([*run, str(stale_page)], capture_output=True, text=True, timeout=120)
+    assert stale.returncode == 1
+    assert "-| ours (edited) | face crop" in stale.stdout and "+" + row in stale.stdout
+    fresh = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+
+
+def test_a_region_without_its_end_marker_is_an_error(docs):
+    with pytest.raises(ValueError):
+        docs.regenerate("<!-- generated: model-card begin -->\n| stale |\n")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = FENCE.sub("", page.read_text())
+    return {_slug(m[1]) for m in re.finditer(r"^#+ (.+)$", text, re.MULTILINE)}
+
+
+def _relative_links(page: Path) -> list[str]:
+    text = FENCE.sub("", page.read_text())
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_leads_to_a_file_and_heading(page):
+    links = _relative_links(page)
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{page.name}: {link} points at a missing file"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"{page.name}: {link} names no heading"
+
+
+def test_the_link_checker_sees_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Top\n\n[gone](missing.md) [here](#top) [web](https://example.org)\n")
+    assert _relative_links(page) == ["missing.md", "#top"]
+    assert not (tmp_path / "missing.md").exists() and "top" in _anchors(page)
