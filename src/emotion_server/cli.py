@@ -18,7 +18,7 @@ def use_huge_pages_for_large_buffers(environ: MutableMapping[str, str]) -> None:
     """Ask glibc (read when gunicorn starts) to back large allocations with transparent huge
     pages. The detector hands its ~110 MB of activations back after each photo; mapping them
     again in 2 MB pages instead of 4 kB ones makes that free (66 -> 46 ms per 640x480 photo,
-    README "Performance"). Kernels or C libraries without the feature ignore it."""
+    docs/performance.md). Kernels or C libraries without the feature ignore it."""
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" not in tunables:
         environ["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))

@@ -1,6 +1,6 @@
 """All settings, read from environment variables with defaults, in one place.
 
-The README's configuration table lists the same variables; `Settings.from_env()` is the only
+The README's settings table lists the same variables; `Settings.from_env()` is the only
 reader of the environment in the serving code.
 """
 

@@ -101,7 +101,7 @@ class CenterFaceDetector:
         )
         # A 640x480 photo takes about 100 MB of activations. ONNX Runtime's arena would keep that
         # peak resident in every worker for good; shrinking it after each detection hands it
-        # back (README, "Performance": resident memory against photo latency).
+        # back (docs/performance.md: resident memory against photo latency).
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input_name = self.session.get_inputs()[0].name

@@ -3,7 +3,7 @@
 The served model's convolutions and dense layers run in INT8 (ONNX Runtime's QLinearConv and
 QGemm, VNNI where the CPU has it), about three times faster than float32 on one core; the model
 contract is unchanged ([N,48,48,1] float32 in [0,1] -> [N,7] probabilities). Recipe, chosen on
-PublicTest (README, "INT8 model"): QDQ format, uint8 activations, int8 per-channel weights,
+PublicTest (docs/model.md, "INT8 model"): QDQ format, uint8 activations, int8 per-channel weights,
 min-max ranges over a class-stratified sample of Training images and their mirror images (the
 flip test-time augmentation feeds the model both), and the final Softmax kept in float32 so
 probabilities are not rounded to steps of 1/255. `emotion-server evaluate` then scores the file
