@@ -154,9 +154,13 @@ def test_pytorch_keras_and_onnx_agree(tmp_path, arch, views):
     keras_nets.from_torch(net, views).save(path)
     shipped = keras_predict(keras.saving.load_model(path, compile=False), inputs)
     from emotion_server.model import EmotionModel
+    from emotion_server.training.export import export_torch_onnx
 
-    served = EmotionModel(export_onnx(path)).predict(inputs)
-    for got in (shipped, served):
+    # What a user's .h5 goes through (Keras's exporter), and what a run's export serves
+    # (straight from PyTorch): both must match the trained network.
+    from_keras = EmotionModel(export_onnx(path)).predict(inputs)
+    served = EmotionModel(export_torch_onnx([net], views, tmp_path / "served.onnx")).predict(inputs)
+    for got in (shipped, from_keras, served):
         assert np.abs(expected - got).max() <= 1e-4
         assert (expected.argmax(1) == got.argmax(1)).all()
 

@@ -55,7 +55,7 @@ def build_ensemble(
     from emotion_server.training import keras_nets
     from emotion_server.training.export import (
         check_parity,
-        export_onnx,
+        export_torch_onnx,
         keras_predict,
         sample_inputs,
     )
@@ -78,7 +78,7 @@ def build_ensemble(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
-    onnx_path = export_onnx(output, output.with_suffix(".onnx"))
+    onnx_path = export_torch_onnx(nets, chosen, output.with_suffix(".onnx"), weights)
 
     inputs = sample_inputs()
     faces = np.round(inputs[..., 0] * 255).astype(np.uint8)

@@ -1,7 +1,8 @@
 """Models into the serving format, each step checked against the one before on sample inputs.
 
 - `export_run`: a training run's best PyTorch weights -> the shipped Keras `.h5` (built from
-  the same architecture description) -> ONNX; PyTorch, the `.h5` and ONNX must agree.
+  the same architecture description) and the served ONNX (straight from PyTorch, a plainer and
+  faster graph than Keras's); PyTorch, the `.h5` and ONNX must agree.
 - `export_onnx`: any Keras `.h5`/`.keras` of the contract's shape (a user's own model) -> ONNX.
 
 Keras runs on its PyTorch backend here (no TensorFlow in any install): Keras's own exporter
@@ -90,6 +91,32 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike | None 
     return output
 
 
+def export_torch_onnx(
+    nets: list, views: str, output: Path, weights: list[float] | None = None
+) -> Path:
+    """The served ONNX file straight from PyTorch (`torch_nets.Served`: the networks, their
+    views, their weights), batch dimension dynamic; callers check it against the .h5."""
+    import torch
+
+    from emotion_server.training.torch_nets import Served
+
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        staged = Path(scratch) / "model.onnx"
+        torch.onnx.export(
+            Served(nets, views, weights),
+            (torch.zeros(1, INPUT_SIZE, INPUT_SIZE, 1),),
+            str(staged),
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        staged.replace(output)
+    return output
+
+
 def export_run(
     run: str | os.PathLike,
     output: str | os.PathLike,
@@ -138,7 +165,7 @@ def export_run(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
-    onnx_path = export_onnx(output, output.with_suffix(".onnx"))
+    onnx_path = export_torch_onnx([net], views, output.with_suffix(".onnx"))
 
     # Three-way parity on sample inputs: the trained network, the shipped file, the served file.
     from emotion_server.training.train import predict_proba

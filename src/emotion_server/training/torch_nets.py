@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emotion_server.training.architectures import Architecture
+from emotion_server.training.architectures import Architecture, view_offsets
 
 
 def conv_names(arch: Architecture) -> list[list[str]]:
@@ -84,6 +84,36 @@ class Net(nn.Module):
 
 def build_torch(arch: Architecture) -> Net:
     return Net(arch)
+
+
+class Served(nn.Module):
+    """The contract around trained `Net`s: float [N, 48, 48, 1] in [0, 1] -> the weighted mean
+    of the members' softmax probabilities, each averaged over the test-time views
+    (`architectures.view_offsets`). Exported to ONNX straight from PyTorch: a plainer graph
+    than the Keras file's, which ONNX Runtime runs faster (no layout transposes)."""
+
+    def __init__(self, members: list[Net], views: str, weights: list[float] | None = None):
+        super().__init__()
+        self.members = nn.ModuleList(member.eval() for member in members)
+        weights = weights or [1.0] * len(members)
+        self.weights = [w / sum(weights) for w in weights]
+        self.views = views
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2)
+        total = 0
+        for member, weight in zip(self.members, self.weights, strict=True):
+            if not weight:
+                continue
+            crop = member.arch.crop
+            offsets = view_offsets(crop, self.views)
+            views = [
+                F.softmax(member(v.flip(-1) if mirrored else v), 1)
+                for top, left, mirrored in offsets
+                for v in [x[..., top : top + crop, left : left + crop]]
+            ]
+            total = total + weight * torch.stack(views).mean(0)
+        return total
 
 
 def parameter_count(model: nn.Module) -> int:
