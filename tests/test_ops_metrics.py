@@ -267,8 +267,8 @@ def test_serve_makes_a_fresh_metrics_folder(astronaut):
             try:
                 if requests.get(url + "/readyz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still warming up on a busy machine
             time.sleep(0.3)
         # `serve` execs gunicorn in the same process: its environment names the folder.
         environ = dict(
