@@ -17,10 +17,10 @@ from emotion_server.training.architectures import build_spec
 from emotion_server.training.torch_nets import build_torch, parameter_count
 from emotion_server.training.train import (
     EMA,
+    Fit,
     Recipe,
     _optimizer,
     _schedule,
-    _train_one_epoch,
     _use_bf16,
 )
 
@@ -89,39 +89,21 @@ def main() -> None:
         rng.integers(0, 256, (args.batch * (args.steps + 3), 48, 48), np.uint8)
     )
     labels = torch.from_numpy(rng.integers(0, 7, len(images)))
-    ema = EMA(model, recipe.ema_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(recipe, args.steps))
-    generator = torch.Generator().manual_seed(0)
-    aug = recipe.augmentation()
-    _train_one_epoch(
-        model,
-        ema,
-        optimizer,
-        scheduler,
-        None,
-        images[: 3 * args.batch],
-        labels[: 3 * args.batch],
-        recipe,
-        aug,
-        generator,
-        3,
-        use_bf16,
+    fit = Fit(
+        recipe=recipe,
+        model=model,
+        ema=EMA(model, recipe.ema_decay),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=torch.Generator().manual_seed(0),
+        teachers=None,
+        aug=recipe.augmentation(),
+        bf16=use_bf16,
     )
+    fit.train_one_epoch(images[: 3 * args.batch], labels[: 3 * args.batch], 3)  # warm-up
     started = time.perf_counter()
-    _train_one_epoch(
-        model,
-        ema,
-        optimizer,
-        scheduler,
-        None,
-        images,
-        labels,
-        recipe,
-        aug,
-        generator,
-        args.steps,
-        use_bf16,
-    )
+    fit.train_one_epoch(images, labels, args.steps)
     loop = (time.perf_counter() - started) / args.steps
     print(f"bare forward/backward: {bare * per_epoch:6.1f} s per epoch ({bare * 1000:.0f} ms/step)")
     print(f"training loop:         {loop * per_epoch:6.1f} s per epoch ({loop * 1000:.0f} ms/step)")

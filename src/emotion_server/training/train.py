@@ -313,7 +313,17 @@ def train(
         if recipe.teachers
         else None
     )
-    aug = recipe.augmentation()
+    fit = Fit(
+        recipe=recipe,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        teachers=teachers,
+        aug=recipe.augmentation(),
+        bf16=use_bf16,
+    )
     start_epoch, best, log = 0, {"accuracy": -1.0, "epoch": 0}, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -341,20 +351,7 @@ def train(
     try:
         for epoch in range(start_epoch, recipe.epochs):
             started = time.time()
-            loss = _train_one_epoch(
-                model,
-                ema,
-                optimizer,
-                scheduler,
-                teachers,
-                x_train,
-                y_train,
-                recipe,
-                aug,
-                generator,
-                steps_per_epoch,
-                use_bf16,
-            )
+            loss = fit.train_one_epoch(x_train, y_train, steps_per_epoch)
             train_seconds = time.time() - started
             judged = ema.model if ema is not None else model
             centre, mirror = predict_views(judged, public.images, "flip", bf16=use_bf16)
@@ -388,19 +385,7 @@ def train(
             )
             done = epoch + 1
             if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
-                _save_checkpoint(
-                    checkpoint_path,
-                    recipe,
-                    spec,
-                    done,
-                    model,
-                    ema,
-                    optimizer,
-                    scheduler,
-                    generator,
-                    best,
-                    log,
-                )
+                _atomic_save(fit.checkpoint(spec, done, best, log), checkpoint_path)
                 _write_log(log, folder / "log.csv")
     except KeyboardInterrupt:
         progress(
@@ -418,73 +403,70 @@ def train(
     }
 
 
-def _train_one_epoch(
-    model,
-    ema,
-    optimizer,
-    scheduler,
-    teachers,
-    x_train,
-    y_train,
-    recipe,
-    aug,
-    generator,
-    steps,
-    bf16,
-) -> float:
-    model.train()
-    device = next(model.parameters()).device
-    order = torch.randperm(len(x_train), generator=generator)
-    total = 0.0
-    for step in range(steps):
-        rows = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-        # Augmentation draws from the CPU generator, so a run is the same on any device.
-        images = augment(to_tensor(x_train[rows].numpy()), aug, generator)
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        labels = y_train[rows].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(images)
-            soft = teachers(images) if teachers is not None else None
-        logits = logits.float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
-        if soft is not None:
-            t = recipe.distill_temperature
-            kd = F.kl_div(F.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
-            loss = (1 - recipe.distill_weight) * loss + recipe.distill_weight * kd
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(model, scheduler.last_epoch)
-        total += loss.item()
-    return total / max(1, steps)
+@dataclass
+class Fit:
+    """Everything a run changes as it trains, and what its checkpoint saves."""
 
+    recipe: Recipe
+    model: nn.Module
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # shuffling and augmentation
+    teachers: Teachers | None
+    aug: Augmentation
+    bf16: bool
 
-def _save_checkpoint(
-    path, recipe, spec, epoch, model, ema, optimizer, scheduler, generator, best, log
-) -> None:
-    _atomic_save(
-        {
+    def train_one_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor, steps: int) -> float:
+        """`steps` full batches in a fresh shuffled order; returns the mean loss."""
+        recipe, model = self.recipe, self.model
+        model.train()
+        device = next(model.parameters()).device
+        order = torch.randperm(len(x_train), generator=self.generator)
+        total = 0.0
+        for step in range(steps):
+            rows = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            # Augmentation draws from the CPU generator, so a run is the same on any device.
+            images = augment(to_tensor(x_train[rows].numpy()), self.aug, self.generator)
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            labels = y_train[rows].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = model(images)
+                soft = self.teachers(images) if self.teachers is not None else None
+            logits = logits.float()
+            loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+            if soft is not None:
+                t = recipe.distill_temperature
+                kd = F.kl_div(F.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
+                loss = (1 - recipe.distill_weight) * loss + recipe.distill_weight * kd
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(model, self.scheduler.last_epoch)
+            total += loss.item()
+        return total / max(1, steps)
+
+    def checkpoint(self, spec: Architecture, epoch: int, best: dict, log: list[dict]) -> dict:
+        return {
             "format": 1,
-            "recipe": asdict(recipe),
+            "recipe": asdict(self.recipe),
             "arch": spec.to_dict(),
             "epoch": epoch,
-            "model": model.state_dict(),
-            "ema": ema.model.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
-                "data": generator.get_state(),
+                "data": self.generator.get_state(),
             },
             "best": best,
             "log": log,
-        },
-        path,
-    )
+        }
 
 
 def _to_toml(values: dict) -> str:
