@@ -154,15 +154,23 @@ def rows_for(file: str, outcome: InferenceResult | EmotionServerError) -> list[R
         Row(
             file=file,
             face=index,
-            box={"x": f.box.x, "y": f.box.y, "width": f.box.width, "height": f.box.height},
-            face_score=round(f.score, 4),
-            face_detected=True,
-            emotion=f.classification.prediction,
-            confidence=round(f.classification.confidence, 6),
-            probabilities=_round(f.classification.probabilities),
+            **_face_fields(f),
         )
         for index, f in enumerate(outcome.faces, 1)
     ]
+
+
+def _face_fields(face) -> dict:
+    """The columns one detected face fills, in an image's rows and a video frame's alike."""
+    box = face.box
+    return {
+        "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
+        "face_score": round(face.score, 4),
+        "face_detected": True,
+        "emotion": face.classification.prediction,
+        "confidence": round(face.classification.confidence, 6),
+        "probabilities": _round(face.classification.probabilities),
+    }
 
 
 def rows_for_frame(file: str, frame: FrameResult) -> list[Row]:
@@ -184,12 +192,7 @@ def rows_for_frame(file: str, frame: FrameResult) -> list[Row]:
             time=frame.time,
             track=f.track_id,
             face=index,
-            box={"x": f.box.x, "y": f.box.y, "width": f.box.width, "height": f.box.height},
-            face_score=round(f.score, 4),
-            face_detected=True,
-            emotion=f.classification.prediction,
-            confidence=round(f.classification.confidence, 6),
-            probabilities=_round(f.classification.probabilities),
+            **_face_fields(f),
         )
         for index, f in enumerate(frame.faces, 1)
     ]
