@@ -9,7 +9,7 @@ from conftest import BUNDLED_MODEL
 from emotion_server.config import Settings
 from emotion_server.pipeline import Pipeline
 
-pytestmark = pytest.mark.dataset
+pytestmark = [pytest.mark.dataset, pytest.mark.e2e]
 
 # A floor that any working model clears and a broken one (wrong label order, wrong scaling,
 # ~15-25%) does not. The foundation issue's goal is 66.0% (above the `fer` package's 65.87%);

@@ -141,6 +141,7 @@ def test_mutated_files(pipeline, data):
     analyze(pipeline, data)
 
 
+@pytest.mark.e2e
 def test_atheris_harness_runs_clean(tmp_path):
     """scripts/fuzz.py for a few seconds: coverage-guided inputs, no uncaught exception."""
     pytest.importorskip("atheris", reason="atheris is not installed (Linux x86_64, [dev] extra)")

@@ -92,6 +92,7 @@ def test_bundled_int8_model_agrees_with_its_float32_original_on_a_real_face(astr
 
 
 @pytest.mark.dataset
+@pytest.mark.e2e
 def test_bundled_int8_model_matches_float32_on_public_test(fer_dataset):
     """The quantization was chosen on PublicTest: within half a point, same answers mostly."""
     split = fer_dataset["PublicTest"]

@@ -222,6 +222,7 @@ def test_api_keys_on_gunicorn():
 # --- dependency audit ----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_audit_script_of_the_serving_dependencies():
     if shutil.which("pip-audit") is None and not (ROOT / ".venv" / "bin" / "pip-audit").exists():
         pytest.skip("pip-audit is not installed (it is in the [dev] extra)")

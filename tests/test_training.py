@@ -141,6 +141,7 @@ def _asymmetric_faces(count: int) -> np.ndarray:
     [(tiny(), "centre"), (vgg(8, dense=16), "flip"), (resnet(8, crop=36), "tencrop")],
     ids=["tiny-centre", "vgg8-flip", "resnet8-tencrop"],
 )
+@pytest.mark.e2e
 def test_pytorch_keras_and_onnx_agree(tmp_path, arch, views):
     """One description, two builds: PyTorch (trains), the .h5 (ships), its ONNX (serves)."""
     torch.manual_seed(0)
@@ -230,6 +231,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.e2e
 def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
     """SIGTERM a real training process mid-run, resume it, and end where an uninterrupted
     run ends: same weights, same EMA weights, same per-epoch log."""
@@ -284,6 +286,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+@pytest.mark.e2e
 def test_train_export_evaluate_end_to_end(fer, tmp_path):
     """`train`, `export --run` and `evaluate` through the CLI on a tiny synthetic FER2013."""
     env = {**os.environ}
@@ -345,6 +348,7 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     assert card["parameters"] == info["parameters"] > 0
 
 
+@pytest.mark.e2e
 def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
     from emotion_server.model import EmotionModel
     from emotion_server.training.ensemble import build_ensemble
@@ -365,6 +369,7 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
     assert np.abs(served - expected).max() <= 1e-4
 
 
+@pytest.mark.e2e
 def test_distillation_moves_the_student_towards_its_teacher(fer):
     from emotion_server.training.train import load_recipe, train
 
@@ -426,6 +431,7 @@ def test_export_refuses_a_model_of_another_shape(tmp_path):
         export_onnx(path)
 
 
+@pytest.mark.e2e
 def test_users_own_h5_is_served_after_one_export(tmp_path):
     """A user's Keras .h5: `emotion-server export` once, then served; HTTP returns its output."""
     model = keras_nets.tiny_keras()
