@@ -8,6 +8,7 @@ import pytest
 from conftest import BUNDLED_MODEL, encode
 
 from emotion_server.api import create_app
+from emotion_server.api.state import state_of
 
 SUMMARY_FIELDS = {
     "name",
@@ -136,8 +137,8 @@ def test_multipart_with_two_images(client):
     _assert_error(response, 400, "missing_file")
 
 
-def test_body_over_the_limit_is_413():
-    small = create_app({"model_path": str(BUNDLED_MODEL), "max_upload_bytes": 1000})
+def test_body_over_the_limit_is_413(app):
+    small = create_app({"max_upload_bytes": 1000}, pipeline=state_of(app).pipeline)
     client = small.test_client()
     _assert_error(
         client.post("/inference", data=b"\xff" * 5000, content_type="application/octet-stream"),
@@ -150,6 +151,27 @@ def test_body_over_the_limit_is_413():
         413,
         "payload_too_large",
     )
+
+
+def test_each_endpoint_has_its_own_body_limit(app):
+    shared = state_of(app).pipeline
+    limits = {"max_upload_bytes": 1000, "max_batch_bytes": 20_000}
+    small = create_app(limits, pipeline=shared)
+    assert state_of(small).pipeline is shared  # given, not loaded again
+    client = small.test_client()
+    junk = b"\xff" * 5000
+    single = client.post("/inference", data=junk, content_type="application/octet-stream")
+    _assert_error(single, 413, "payload_too_large")
+    assert "1000 bytes" in single.get_json()["message"]
+    # The same 5,000 bytes fit the batch's own limit: only the file is over the per-file one.
+    form = {"images": [(io.BytesIO(junk), "big.jpg")]}
+    batch = client.post("/inference/batch", data=form, content_type="multipart/form-data")
+    assert batch.status_code == 200, batch.get_data(as_text=True)
+    assert batch.get_json()["results"][0]["error"] == "payload_too_large"
+    form = {"images": [(io.BytesIO(junk), f"{n}.jpg") for n in range(5)]}
+    over = client.post("/inference/batch", data=form, content_type="multipart/form-data")
+    _assert_error(over, 413, "payload_too_large")
+    assert "20000 bytes" in over.get_json()["message"]
 
 
 def test_too_many_pixels_is_413():

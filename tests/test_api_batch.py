@@ -11,6 +11,7 @@ from conftest import BUNDLED_MODEL, ROOT, encode
 from PIL import Image
 
 from emotion_server.api import create_app
+from emotion_server.api.state import state_of
 from emotion_server.config import Settings
 
 RAW = {"Content-Type": "application/octet-stream"}
@@ -34,7 +35,7 @@ class CountingModel:
 @pytest.fixture(scope="module")
 def counted_app():
     app = create_app({"model_path": str(BUNDLED_MODEL), "max_batch_images": 5})
-    pipeline = app.extensions["pipeline"]
+    pipeline = state_of(app).pipeline
     pipeline.model = CountingModel(pipeline.model)
     return app
 
@@ -78,7 +79,7 @@ def _assert_close(batch, single, path="body"):
 
 def test_batch_equals_single_inference_in_one_model_call(counted_app, images):
     client = counted_app.test_client()
-    model = counted_app.extensions["pipeline"].model
+    model = state_of(counted_app).pipeline.model
     singles = {
         name: client.post("/inference", data=data, headers=RAW) for name, data in images.items()
     }
@@ -93,7 +94,7 @@ def test_batch_equals_single_inference_in_one_model_call(counted_app, images):
     assert [r["filename"] for r in results] == list(images)
     # Every face of every image went through the model in ONE call: 1 + 1 + 2 + 1 crops
     # (and as many mirror images where the model's test-time augmentation is flip).
-    copies = 2 if counted_app.extensions["pipeline"].tta == "flip" else 1
+    copies = 2 if state_of(counted_app).pipeline.tta == "flip" else 1
     assert model.calls == [5 * copies]
     for result, (name, single) in zip(results, singles.items(), strict=True):
         expected = single.get_json()

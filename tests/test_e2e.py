@@ -12,6 +12,8 @@ import requests
 from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode, free_port
 from test_imaging import _png_header_only
 
+from emotion_server.api.state import state_of
+
 pytestmark = pytest.mark.e2e
 RAW = {"Content-Type": "application/octet-stream"}
 
@@ -41,7 +43,7 @@ def test_astronaut_photo(server, astronaut):
 
 def test_fer_private_test_crops(server, fer_private_jpegs, app):
     """FER2013 48x48 crops are classified whole, exactly as the pipeline does in-process."""
-    pipeline = app.extensions["pipeline"]
+    pipeline = state_of(app).pipeline
     for _label, data in fer_private_jpegs:
         body = requests.post(server.url + "/inference", data=data, headers=RAW, timeout=30).json()
         assert body["face_detected"] is False

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emotion_server import metrics
 from emotion_server.api import create_app
+from emotion_server.api.state import state_of
 
 RAW = {"Content-Type": "application/octet-stream"}
 
@@ -55,7 +56,7 @@ def test_healthz_and_readyz(client):
 
 def test_readyz_is_503_json_until_warmed_up():
     app = create_app({"model_path": str(BUNDLED_MODEL)})
-    readiness = app.extensions["readiness"]
+    readiness = state_of(app).readiness
     assert readiness.ready  # create_app returns only after the warm-up inference
     readiness.warm_up_seconds = None  # as it is between loading and the warm-up
     response = app.test_client().get("/readyz")

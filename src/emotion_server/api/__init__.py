@@ -9,15 +9,19 @@ from flask import Flask
 from flask_openapi3 import Info, OpenAPI
 
 from emotion_server import __version__
+from emotion_server.api.state import AppState, attach
 from emotion_server.config import Settings
 from emotion_server.pipeline import Pipeline
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(
+    test_config: Mapping[str, Any] | None = None, *, pipeline: Pipeline | None = None
+) -> Flask:
     """Build the app; settings come from the environment, overridden by `test_config`.
 
     The model and the face detector are loaded here, once per process, never per request,
-    and warmed up with one inference on a synthetic image.
+    unless a ready `pipeline` is given (tests share one between apps); either way it is
+    warmed up with one inference on a synthetic image before the app is returned.
     """
     settings = Settings.from_env(**dict(test_config or {}))
     # An OpenAPI app is a Flask app that also writes the OpenAPI 3.1 document of its routes.
@@ -38,14 +42,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         validation_error_status=500,
         static_folder=None,  # the page's assets are the `web` blueprint's
     )
-    app.config.from_mapping(
-        SETTINGS=settings,
-        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
-        # Multipart bodies are limited by MAX_CONTENT_LENGTH; form fields by these.
-        MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
-    )
-    pipeline = Pipeline.from_settings(settings)
-    app.extensions["pipeline"] = pipeline
+    if pipeline is None:
+        pipeline = Pipeline.from_settings(settings)
 
     from emotion_server.api import (
         auth,
@@ -54,6 +52,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         errors,
         health,
         inference,
+        limits,
         metrics,
         security,
         summary,
@@ -62,8 +61,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     readiness = health.Readiness()
-    app.extensions["readiness"] = readiness
+    attach(app, AppState(settings=settings, pipeline=pipeline, readiness=readiness))
     errors.register(app)
+    limits.register(app, settings)
     # Request hooks run in this order: count and time, answer CORS preflights, check the key.
     metrics.register(app)
     cors.register(app)

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask, request
 
+from emotion_server.api.state import state_of
 from emotion_server.errors import Unauthorized
 
 OPEN_ENDPOINTS = frozenset(
@@ -63,7 +64,7 @@ def needs_key(endpoint: str | None) -> bool:
 
 
 def register(app: Flask) -> None:
-    keys = app.config["SETTINGS"].api_key_list
+    keys = state_of(app).settings.api_key_list
     if not keys:
         return
 
@@ -84,7 +85,7 @@ def register(app: Flask) -> None:
 
 def document_security(app: Flask, document: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document with the key's security schemes and 401s, where keys are set."""
-    if not app.config["SETTINGS"].api_key_list:
+    if not state_of(app).settings.api_key_list:
         return document
     document = copy.deepcopy(document)
     components = document.setdefault("components", {})

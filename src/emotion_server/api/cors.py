@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from emotion_server.api.state import state_of
 from emotion_server.errors import OriginNotAllowed
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
@@ -16,7 +17,7 @@ MAX_AGE_SECONDS = "600"
 
 
 def register(app: Flask) -> None:
-    origins = frozenset(app.config["SETTINGS"].cors_origin_list)
+    origins = frozenset(state_of(app).settings.cors_origin_list)
     any_origin = "*" in origins
 
     def allowed(origin: str | None) -> bool:

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from emotion_server.errors import EmotionServerError
+from emotion_server.errors import EmotionServerError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
-        limit = request.max_content_length  # the app's, or the view's own (a batch)
-        return error_response(
-            "payload_too_large", f"The request body is over the limit of {limit} bytes.", 413
-        )
+        # Werkzeug stopped reading at the endpoint's body limit (api/limits.py): answered as
+        # our one exception type for it.
+        limit = request.max_content_length
+        return _ours(PayloadTooLarge(f"The request body is over the limit of {limit} bytes."))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flask import current_app, jsonify
+from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from PIL import Image
 
@@ -20,6 +20,7 @@ from emotion_server.api.schemas import (
     ReadyResponse,
     error_response,
 )
+from emotion_server.api.state import app_state
 from emotion_server.imaging import decode_image
 from emotion_server.pipeline import Pipeline
 
@@ -86,12 +87,13 @@ def healthz():
     responses={200: ReadyResponse, 503: error_response("not_ready")},
 )
 def readyz():
-    readiness: Readiness = current_app.extensions["readiness"]
+    state = app_state()
+    readiness = state.readiness
     if not readiness.ready:
         return error_json(
             "not_ready", "The model is not loaded and warmed up yet: try again shortly.", 503
         )
-    pipeline: Pipeline = current_app.extensions["pipeline"]
+    pipeline = state.pipeline
     return jsonify(
         ReadyResponse(
             status="ready",

@@ -4,7 +4,7 @@ POST /inference/batch: several images (repeated multipart field `images`) -> one
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+from flask import jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from werkzeug.datastructures import FileStorage
 
@@ -17,6 +17,7 @@ from emotion_server.api.schemas import (
     InferenceResponse,
     error_response,
 )
+from emotion_server.api.state import app_state
 from emotion_server.config import Settings
 from emotion_server.errors import (
     EmotionServerError,
@@ -25,7 +26,7 @@ from emotion_server.errors import (
     TooManyImages,
     UnsupportedMediaType,
 )
-from emotion_server.pipeline import InferenceResult, Pipeline
+from emotion_server.pipeline import InferenceResult
 
 bp = APIBlueprint(
     "inference",
@@ -82,7 +83,7 @@ def result_json(result: InferenceResult) -> dict:
 def inference():
     data = read_image_bytes()
     try:
-        result = current_app.extensions["pipeline"].analyze(data)
+        result = app_state().pipeline.analyze(data)
     except EmotionServerError as error:
         observe_result(error)
         raise
@@ -97,8 +98,6 @@ def _read_batch_files(settings: Settings) -> list[FileStorage]:
             "multipart/form-data with the images in the repeated field 'images' "
             "(for example: curl -F images=@a.jpg -F images=@b.jpg)."
         )
-    # The whole batch has its own body limit; each file still obeys the single-image one.
-    request.max_content_length = settings.max_batch_bytes
     files = request.files.getlist("images")
     if not files:
         raise MissingFile(
@@ -135,8 +134,8 @@ def _read_file(file: FileStorage, limit: int) -> bytes | PayloadTooLarge:
     openapi_extensions=BATCH_BODY,
 )
 def inference_batch():
-    settings: Settings = current_app.config["SETTINGS"]
-    pipeline: Pipeline = current_app.extensions["pipeline"]
+    state = app_state()
+    settings, pipeline = state.settings, state.pipeline
     files = _read_batch_files(settings)
     contents = [_read_file(file, settings.max_upload_bytes) for file in files]
     readable = [data for data in contents if isinstance(data, bytes)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import current_app, jsonify
+from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from emotion_server.api.schemas import COMMON_RESPONSES, SummaryResponse
+from emotion_server.api.state import app_state
 
 bp = APIBlueprint(
     "summary",
@@ -26,7 +27,7 @@ bp = APIBlueprint(
     responses={200: SummaryResponse},
 )
 def summary():
-    pipeline = current_app.extensions["pipeline"]
+    pipeline = app_state().pipeline
     info = asdict(pipeline.model.info())
     card = info.pop("card")
     info.update(

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from flask import Response, current_app, jsonify, request, stream_with_context
+from flask import Response, jsonify, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
 from emotion_server.api.schemas import (
@@ -28,6 +28,7 @@ from emotion_server.api.schemas import (
     VideoTrack,
     error_response,
 )
+from emotion_server.api.state import app_state
 from emotion_server.config import Settings
 from emotion_server.errors import (
     EmotionServerError,
@@ -36,7 +37,6 @@ from emotion_server.errors import (
     MissingFile,
     UnsupportedMediaType,
 )
-from emotion_server.pipeline import Pipeline
 from emotion_server.timeline import FrameResult, VideoTimeline, check_sampling
 from emotion_server.video_reader import VideoReader
 
@@ -59,7 +59,6 @@ def read_video(settings: Settings) -> BinaryIO:
     """The uploaded video as a seekable file: the raw body (in memory, within the limit) or the
     multipart field `video` (Werkzeug spools a large one to an unnamed temporary file, which
     is gone when the request ends)."""
-    request.max_content_length = settings.video_max_bytes
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = request.files.getlist("video")
@@ -123,8 +122,8 @@ def _wants_ndjson() -> bool:
     openapi_extensions=VIDEO_REQUEST,
 )
 def inference_video():
-    settings: Settings = current_app.config["SETTINGS"]
-    pipeline: Pipeline = current_app.extensions["pipeline"]
+    state = app_state()
+    settings, pipeline = state.settings, state.pipeline
     sampling = check_sampling(
         _number("fps", settings.video_fps),
         _number("smoothing", 0.0),

@@ -1,0 +1,30 @@
+"""The request-body limit: one per endpoint, in one table, enforced by one mechanism.
+
+Werkzeug's `max_content_length` stops reading a body (raw, chunked or multipart) at the limit
+and raises RequestEntityTooLarge, which api/errors.py answers as our PayloadTooLarge (413
+`payload_too_large`). The limit is the single-image one (EMOTION_MAX_UPLOAD_BYTES) unless the
+endpoint has its own: a batch of images, a video. Each file inside a batch also obeys the
+single-image limit (api/inference.py, per file, in the batch's answer).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+
+from emotion_server.config import Settings
+
+# endpoint -> the Settings field that bounds its whole body
+OWN_LIMITS = {
+    "inference.inference_batch": "max_batch_bytes",
+    "video.inference_video": "video_max_bytes",
+}
+
+
+def body_limit(settings: Settings, endpoint: str | None) -> int:
+    return getattr(settings, OWN_LIMITS.get(endpoint or "", "max_upload_bytes"))
+
+
+def register(app: Flask, settings: Settings) -> None:
+    @app.before_request
+    def _limit_the_body():
+        request.max_content_length = body_limit(settings, request.endpoint)
