@@ -199,11 +199,13 @@ def ceiling(env: dict[str, str], seconds: float = 5.0) -> dict:
     from emotion_server.config import Settings
     from emotion_server.faces import NoDetector
     from emotion_server.model import EmotionModel
-    from emotion_server.pipeline import Pipeline
+    from emotion_server.pipeline import Pipeline, PipelineOptions
 
     settings = Settings.from_env(env, threads=os.cpu_count() or 1, detector="none")
     pipeline = Pipeline(
-        settings, EmotionModel(settings.model_path, threads=settings.threads), NoDetector()
+        EmotionModel(settings.model_path, threads=settings.threads),
+        NoDetector(),
+        PipelineOptions.from_settings(settings),
     )
     crops = list(np.random.default_rng(0).integers(0, 256, (256, 48, 48), dtype=np.uint8))
     pipeline.classify_crops(crops)

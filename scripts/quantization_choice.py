@@ -13,10 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from emotion_server.config import Settings
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
-from emotion_server.pipeline import Pipeline
+from emotion_server.pipeline import Pipeline, PipelineOptions
 from emotion_server.training.data import load_cached
 from emotion_server.training.evaluate import classify_split, ms_per_face
 from emotion_server.training.quantize import quantize_model
@@ -36,7 +35,7 @@ def scores(model: EmotionModel, public) -> list[float]:
     """ms per face (batch 1, no test-time augmentation), then PublicTest accuracy per TTA."""
     row = []
     for tta in TTA:
-        pipeline = Pipeline(Settings(tta=tta, detector="none"), model, NoDetector())
+        pipeline = Pipeline(model, NoDetector(), PipelineOptions(tta=tta))
         pipeline.temperature = 1.0
         if tta == "none":
             row.append(ms_per_face(pipeline))

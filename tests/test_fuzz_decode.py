@@ -16,7 +16,8 @@ from PIL import Image
 
 from emotion_server.config import Settings
 from emotion_server.errors import EmotionServerError
-from emotion_server.pipeline import InferenceResult, Pipeline
+from emotion_server.pipeline import Pipeline
+from emotion_server.results import InferenceResult
 
 # Bounded: a few seconds each on a shared 2-core machine; derandomized, so CI is repeatable.
 # EMOTION_FUZZ_EXAMPLES=2000 explores further, with fresh random examples each run.

@@ -4,8 +4,9 @@ from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, encode
 
 from emotion_server.config import Settings
 from emotion_server.contract import EMOTIONS
+from emotion_server.crops import square_crop, to_model_input
 from emotion_server.faces import FaceBox
-from emotion_server.pipeline import Pipeline, square_crop, to_model_input
+from emotion_server.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import pytest
 from conftest import BUNDLED_MODEL, encode
 
 from emotion_server.config import Settings
-from emotion_server.errors import CorruptImage, EmptyBody, InvalidImage
+from emotion_server.crops import square_crop, to_model_input
+from emotion_server.errors import CorruptImage, EmptyBody, InvalidImage, UnreadableFile
 from emotion_server.model import EmotionModel
-from emotion_server.pipeline import Pipeline, square_crop, to_model_input
+from emotion_server.pipeline import Pipeline
 
 
 class CountingModel(EmotionModel):
@@ -24,7 +25,7 @@ class CountingModel(EmotionModel):
 
 def _pipeline(**settings) -> Pipeline:
     base = Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL), **settings))
-    return Pipeline(base.settings, CountingModel(BUNDLED_MODEL), base.detector)
+    return Pipeline(CountingModel(BUNDLED_MODEL), base.detector, base.options)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,18 @@ def test_batch_matches_one_by_one_with_one_model_call(pipeline, astronaut):
         _same(results[index], pipeline.analyze(images[index]))
     assert results[0].face_detected and results[1].whole_image_reason == "image_is_face_crop"
     assert results[3].whole_image_reason == "no_face_found"
+
+
+def test_items_that_failed_before_keep_their_place(pipeline, astronaut):
+    """A caller's own failures (an unreadable file, one over a limit) pass through in place."""
+    unreadable = UnreadableFile("missing.jpg: No such file or directory")
+    images = [encode(astronaut, "JPEG"), unreadable, encode(astronaut, "PNG")]
+    pipeline.model.calls.clear()
+    results = pipeline.analyze_batch(images)
+    assert pipeline.model.calls == [2]
+    assert results[1] is unreadable
+    _same(results[0], pipeline.analyze(images[0]))
+    _same(results[2], pipeline.analyze(images[2]))
 
 
 def test_flip_tta_batch_is_still_one_call(astronaut):

@@ -6,10 +6,9 @@ import onnx
 import pytest
 from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, FLOAT32_MODEL
 
-from emotion_server.config import Settings
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
-from emotion_server.pipeline import Pipeline
+from emotion_server.pipeline import Pipeline, PipelineOptions
 from emotion_server.training.evaluate import classify_split
 from emotion_server.training.quantize import (
     calibration_batches,
@@ -76,8 +75,7 @@ def test_quantized_graph_runs_convolutions_in_int8_and_softmax_in_float32(quanti
 
 
 def _flip_pipeline(path) -> Pipeline:
-    settings = Settings(model_path=str(path), tta="flip", detector="none")
-    pipeline = Pipeline(settings, EmotionModel(path), NoDetector())
+    pipeline = Pipeline(EmotionModel(path), NoDetector(), PipelineOptions(tta="flip"))
     pipeline.temperature = 1.0
     return pipeline
 

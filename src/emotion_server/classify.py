@@ -22,7 +22,8 @@ from typing import IO, Any
 from emotion_server.classify_video import VIDEO_SUFFIXES, VideoOptions, classify_video, is_video
 from emotion_server.contract import EMOTIONS
 from emotion_server.errors import EmotionServerError, UnreadableFile
-from emotion_server.pipeline import InferenceResult, Pipeline
+from emotion_server.pipeline import Pipeline
+from emotion_server.results import InferenceResult
 from emotion_server.timeline import FrameResult
 
 # Suffixes picked up when walking a folder; files named on the command line are always tried.
@@ -290,11 +291,8 @@ def _read(path: Path) -> bytes | UnreadableFile:
 def _classify_images(
     pipeline: Pipeline, batch: Sequence[Path], writer: RowWriter, summary: Summary
 ) -> None:
-    contents = [_read(path) for path in batch]
-    readable = [data for data in contents if isinstance(data, bytes)]
-    analyzed = iter(pipeline.analyze_batch(readable))
-    for path, data in zip(batch, contents, strict=True):
-        outcome = next(analyzed) if isinstance(data, bytes) else data
+    outcomes = pipeline.analyze_batch([_read(path) for path in batch])
+    for path, outcome in zip(batch, outcomes, strict=True):
         rows = rows_for(str(path), outcome)
         for row in rows:
             writer.write(row)
@@ -349,7 +347,7 @@ def classify_files(
     """
     from tqdm import tqdm
 
-    options = video or VideoOptions(fps=pipeline.settings.video_fps)
+    options = video or VideoOptions()
     summary = Summary()
     started = time.perf_counter()
     # tqdm's disable=None: shown on a terminal only.

@@ -65,7 +65,7 @@ def classify_video(
 
     sampling = options.sampling()
     series: dict[int, _Series] = {}
-    with VideoReader(path, max_seconds=math.inf, max_pixels=pipeline.settings.max_pixels) as reader:
+    with VideoReader(path, max_seconds=math.inf, max_pixels=pipeline.options.max_pixels) as reader:
         timeline = VideoTimeline(pipeline, reader, sampling)
         duration = reader.info.duration
         total = max(1, math.ceil(duration * sampling.fps - 1e-6)) if duration else None

@@ -1,102 +1,58 @@
-"""One image through the house: decode, find faces, crop, classify, assemble the result."""
+"""One image through the house: decode, find faces, crop, classify, assemble the result.
+
+The pipeline orchestrates; the steps live beside it: imaging.py decodes, faces.py detects,
+crops.py cuts the model's input, model.py runs it, contract.py holds the model's maths
+(mirror averaging, temperature), results.py the result types. It is configured by its own
+`PipelineOptions`, which `Pipeline.from_settings` derives from the server's settings.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image
 
 from emotion_server.batching import InFlight, MicroBatcher
 from emotion_server.config import Settings
-from emotion_server.contract import (
-    EMOTIONS,
-    INPUT_SIZE,
-    apply_temperature,
-    mirror_average,
-    scale,
-)
+from emotion_server.contract import apply_temperature, mirror_average
+from emotion_server.crops import resize_to_input, square_crop, to_model_input
 from emotion_server.errors import EmotionServerError
 from emotion_server.faces import FaceBox, FaceDetector, make_detector
 from emotion_server.imaging import DecodedImage, decode_image
 from emotion_server.model import EmotionModel
+from emotion_server.results import Classification, FaceResult, InferenceResult
 
-# Square crops are taken a little wider than the detector's box: FER2013's faces include the
-# whole head outline (brow to chin), the detector's boxes are tighter.
-CROP_MARGIN = 1.15
 TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    width: int
-    height: int
+class PipelineOptions:
+    """How the pipeline treats an image; the defaults are the server's."""
 
-
-@dataclass(frozen=True)
-class Classification:
-    prediction: str
-    confidence: float
-    probabilities: dict[str, float]
+    tta: str = "auto"  # test-time augmentation; "auto": what the model card was evaluated with
+    max_faces: int = 20  # the largest faces kept per image
+    crop_size_limit: int = 96  # images no larger than this are taken as a face crop
+    max_pixels: int = 40_000_000  # decoded images larger than this are refused
+    decode_side: int = 800  # JPEGs are decoded at reduced size near this (the detector's input)
+    # Micro-batching of concurrent callers' crops into shared model calls; 0 ms: off.
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 0.0
 
     @classmethod
-    def from_vector(cls, vector: np.ndarray) -> Classification:
-        best = int(np.argmax(vector))
+    def from_settings(cls, settings: Settings) -> PipelineOptions:
+        # Concurrent requests reach one pipeline only through gunicorn's threads: micro-batching
+        # pays there and nowhere else.
+        concurrent = settings.worker_threads > 1
         return cls(
-            prediction=EMOTIONS[best],
-            confidence=float(vector[best]),
-            probabilities={name: float(p) for name, p in zip(EMOTIONS, vector, strict=True)},
+            tta=settings.tta,
+            max_faces=settings.max_faces,
+            crop_size_limit=settings.crop_size_limit,
+            max_pixels=settings.max_pixels,
+            decode_side=settings.detect_max_side,
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait_ms=settings.batch_max_wait_ms if concurrent else 0.0,
         )
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    box: Box
-    score: float
-    classification: Classification
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    classification: Classification  # the largest face's, or the whole image's
-    faces: list[FaceResult]
-    face_detected: bool
-    whole_image_reason: str | None  # why the whole image was classified, if it was
-    image_width: int
-    image_height: int
-
-
-def resize_to_input(crop: np.ndarray) -> np.ndarray:
-    """A greyscale uint8 crop of any size -> uint8 48x48 (unchanged if it already is)."""
-    if crop.shape == (INPUT_SIZE, INPUT_SIZE):
-        return crop
-    return np.asarray(
-        Image.fromarray(crop).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
-    )
-
-
-def to_model_input(gray_crops: list[np.ndarray]) -> np.ndarray:
-    """Greyscale uint8 crops of any size -> float32 [N,48,48,1] in [0,1]."""
-    faces = np.empty((len(gray_crops), INPUT_SIZE, INPUT_SIZE), np.uint8)
-    for index, crop in enumerate(gray_crops):
-        faces[index] = resize_to_input(crop)
-    return scale(faces)
-
-
-def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
-    """A square around the face box, `margin` times its longer side; edges replicated."""
-    side = max(1, int(round(max(face.width, face.height) * margin)))
-    cx, cy = face.x + face.width / 2, face.y + face.height / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    height, width = gray.shape
-    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
-    if pad:
-        gray = np.pad(gray, pad, mode="edge")
-        x0, y0 = x0 + pad, y0 + pad
-    return gray[y0 : y0 + side, x0 : x0 + side]
 
 
 @dataclass(frozen=True)
@@ -117,28 +73,33 @@ class LocatedFaces:
 class Pipeline:
     """Holds the loaded model and detector (once per worker) and classifies images."""
 
-    def __init__(self, settings: Settings, model: EmotionModel, detector: FaceDetector):
-        self.settings = settings
+    def __init__(
+        self,
+        model: EmotionModel,
+        detector: FaceDetector,
+        options: PipelineOptions | None = None,
+    ):
+        options = options or PipelineOptions()
         self.model = model
         self.detector = detector
-        tta = settings.tta
+        tta = options.tta
         if tta == "auto":
             tta = model.card.get("tta", "none")
         if tta not in TTA_MODES:
             raise ValueError(f"unknown test-time augmentation {tta!r}: use one of {TTA_MODES}")
         self.tta = tta
+        self.options = replace(options, tta=tta)
         # Fitted on PublicTest by `evaluate` and stored in the card; 1.0 leaves outputs as-is.
         self.temperature = float(model.card.get("temperature", 1.0))
-        # Micro-batching pays only where one worker serves several requests at once (threads).
         self.in_flight = InFlight()
         self.batcher = (
             MicroBatcher(
                 lambda rows: self.model.predict(rows),
-                max_rows=settings.batch_max_size,
-                max_wait_s=settings.batch_max_wait_ms / 1000,
+                max_rows=options.batch_max_size,
+                max_wait_s=options.batch_max_wait_ms / 1000,
                 in_flight=self.in_flight,
             )
-            if settings.worker_threads > 1 and settings.batch_max_wait_ms > 0
+            if options.batch_max_wait_ms > 0
             else None
         )
 
@@ -151,7 +112,7 @@ class Pipeline:
             max_side=settings.detect_max_side,
             threads=settings.intra_op_threads,
         )
-        return cls(settings, model, detector)
+        return cls(model, detector, PipelineOptions.from_settings(settings))
 
     def classify_crops(self, gray_crops: list[np.ndarray]) -> np.ndarray:
         """Greyscale face crops -> [N,7] probabilities, with TTA and calibration applied.
@@ -167,7 +128,7 @@ class Pipeline:
         return apply_temperature(probabilities, self.temperature)
 
     def _is_face_crop(self, image: DecodedImage) -> bool:
-        limit = self.settings.crop_size_limit
+        limit = self.options.crop_size_limit
         return image.width <= limit and image.height <= limit
 
     def analyze(self, data: bytes) -> InferenceResult:
@@ -180,16 +141,21 @@ class Pipeline:
         located = self.locate_faces(image)
         return self.assemble(located, self.classify_crops(located.crops))
 
-    def analyze_batch(self, images: Sequence[bytes]) -> list[InferenceResult | EmotionServerError]:
+    def analyze_batch(
+        self, images: Sequence[bytes | EmotionServerError]
+    ) -> list[InferenceResult | EmotionServerError]:
         """Several images -> one result each, in order; the faces of all go through ONE model call.
 
-        An image that cannot be decoded gets its error in its place; the others are unaffected.
+        An item that already failed (an unreadable file, one over a limit) and an image that
+        cannot be decoded keep their error in their place; the others are unaffected.
         """
         located: list[LocatedFaces | EmotionServerError] = []
-        for data in images:
+        for item in images:
+            if isinstance(item, EmotionServerError):
+                located.append(item)
+                continue
             try:
-                image = self.decode(data)
-                located.append(self.locate_faces(image))
+                located.append(self.locate_faces(self.decode(item)))
             except EmotionServerError as error:
                 located.append(error)
         crops = [crop for item in located if isinstance(item, LocatedFaces) for crop in item.crops]
@@ -209,7 +175,7 @@ class Pipeline:
     def decode(self, data: bytes) -> DecodedImage:
         """Bytes -> image; big JPEGs are decoded at reduced size, near the detector's input."""
         return decode_image(
-            data, max_pixels=self.settings.max_pixels, draft_side=self.settings.detect_max_side
+            data, max_pixels=self.options.max_pixels, draft_side=self.options.decode_side
         )
 
     def locate_faces(self, image: DecodedImage) -> LocatedFaces:
@@ -220,7 +186,7 @@ class Pipeline:
             reason = "image_is_face_crop"
         else:
             faces = self.detector.detect(image.rgb)
-            faces = sorted(faces, key=lambda f: f.area, reverse=True)[: self.settings.max_faces]
+            faces = sorted(faces, key=lambda f: f.area, reverse=True)[: self.options.max_faces]
             if not faces:
                 reason = "no_face_found"
         crops = [square_crop(image.gray, face) for face in faces] if faces else [image.gray]
@@ -260,11 +226,7 @@ class Pipeline:
                 image_height=located.image_height,
             )
         results = [
-            FaceResult(
-                box=Box(face.x, face.y, face.width, face.height),
-                score=face.score,
-                classification=Classification.from_vector(vector),
-            )
+            FaceResult(box=face, classification=Classification.from_vector(vector))
             for face, vector in zip(located.faces, vectors, strict=True)
         ]
         return InferenceResult(

@@ -19,7 +19,8 @@ from emotion_server.contract import EMOTIONS
 from emotion_server.errors import InvalidParameter, VideoTooLong
 from emotion_server.faces import FaceBox
 from emotion_server.imaging import DecodedImage
-from emotion_server.pipeline import Box, Classification, Pipeline
+from emotion_server.pipeline import Pipeline
+from emotion_server.results import Classification
 from emotion_server.tracking import IoUTracker
 from emotion_server.video_reader import VideoInfo, VideoReader
 
@@ -36,9 +37,12 @@ class Sampling:
 @dataclass(frozen=True)
 class TrackedFace:
     track_id: int
-    box: Box
-    score: float  # the detector's confidence
+    box: FaceBox  # with the detector's confidence
     classification: Classification
+
+    @property
+    def score(self) -> float:
+        return self.box.score
 
 
 @dataclass(frozen=True)
@@ -115,18 +119,16 @@ class VideoTimeline:
             with self.pipeline.in_flight:
                 result = self.pipeline.analyze_image(image)
             if result.faces:
-                boxes = [(f.box, f.score, f.classification) for f in result.faces]
+                found = [(f.box, f.classification) for f in result.faces]
             elif result.whole_image_reason == "image_is_face_crop":
                 # A video as small as a face crop is one face filling the frame, as a photo is.
-                boxes = [(Box(0, 0, width, height), 1.0, result.classification)]
+                found = [(FaceBox(0, 0, width, height, 1.0), result.classification)]
             else:
-                boxes = []
-            ids = self.tracker.update(
-                frame.time, [FaceBox(b.x, b.y, b.width, b.height, s) for b, s, _ in boxes]
-            )
+                found = []
+            ids = self.tracker.update(frame.time, [box for box, _ in found])
             faces = [
-                TrackedFace(track_id, box, score, self._record(track_id, frame.time, c))
-                for track_id, (box, score, c) in zip(ids, boxes, strict=True)
+                TrackedFace(track_id, box, self._record(track_id, frame.time, c))
+                for track_id, (box, c) in zip(ids, found, strict=True)
             ]
             self.frames_analysed += 1
             yield FrameResult(index=frame.index, time=frame.time, faces=faces)

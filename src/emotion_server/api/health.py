@@ -97,7 +97,7 @@ def readyz():
     return jsonify(
         ReadyResponse(
             status="ready",
-            model=Path(pipeline.settings.model_path).name,
+            model=Path(state.settings.model_path).name,
             detector=pipeline.detector.name,
             warm_up_ms=round(readiness.warm_up_seconds * 1000, 3),
         ).model_dump()

@@ -26,7 +26,7 @@ from emotion_server.errors import (
     TooManyImages,
     UnsupportedMediaType,
 )
-from emotion_server.pipeline import InferenceResult
+from emotion_server.results import InferenceResult
 
 bp = APIBlueprint(
     "inference",
@@ -138,9 +138,7 @@ def inference_batch():
     settings, pipeline = state.settings, state.pipeline
     files = _read_batch_files(settings)
     contents = [_read_file(file, settings.max_upload_bytes) for file in files]
-    readable = [data for data in contents if isinstance(data, bytes)]
-    analyzed = iter(pipeline.analyze_batch(readable))
-    results = [next(analyzed) if isinstance(data, bytes) else data for data in contents]
+    results = pipeline.analyze_batch(contents)  # a file over the limit keeps its error in place
     for result in results:
         observe_result(result)
     names = [file.filename or None for file in files]

@@ -13,7 +13,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from emotion_server import metrics
 from emotion_server.api.schemas import COMMON_RESPONSES, METRICS_TEXT
 from emotion_server.errors import EmotionServerError
-from emotion_server.pipeline import InferenceResult
+from emotion_server.results import InferenceResult
 
 bp = APIBlueprint(
     "metrics",

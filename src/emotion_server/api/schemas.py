@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emotion_server.contract import EMOTIONS
 from emotion_server.errors import EmotionServerError
-from emotion_server.pipeline import Classification, InferenceResult
+from emotion_server.faces import FaceBox
+from emotion_server.results import Classification, InferenceResult
 from emotion_server.timeline import FrameResult, Sampling, TrackedFace, TrackSummary
 from emotion_server.video_reader import VideoInfo
 
@@ -60,6 +61,10 @@ class BoxModel(_Strict):
     width: int = Field(ge=1)
     height: int = Field(ge=1)
 
+    @classmethod
+    def of(cls, box: FaceBox) -> BoxModel:
+        return cls(x=box.x, y=box.y, width=box.width, height=box.height)
+
 
 class FaceModel(_Strict):
     box: BoxModel
@@ -95,7 +100,7 @@ class InferenceResponse(_Strict):
             whole_image_reason=result.whole_image_reason,
             faces=[
                 FaceModel(
-                    box=BoxModel(**asdict(face.box)),
+                    box=BoxModel.of(face.box),
                     score=round(face.score, 4),
                     **_classification(face.classification),
                 )
@@ -275,7 +280,7 @@ STREAM_LINES = (VideoFrameLine, VideoSummaryLine, VideoErrorLine)
 
 def _face(face: TrackedFace) -> dict[str, Any]:
     return {
-        "box": BoxModel(**asdict(face.box)),
+        "box": BoxModel.of(face.box),
         "score": round(min(1.0, face.score), 4),
         **_classification(face.classification),
     }

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from emotion_server import __version__
-from emotion_server.config import Settings
 from emotion_server.contract import EMOTIONS, INPUT_SHAPE, OUTPUT_SHAPE, apply_temperature
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
-from emotion_server.pipeline import TTA_MODES, Pipeline
+from emotion_server.pipeline import TTA_MODES, Pipeline, PipelineOptions
 from emotion_server.training.data import load_cached
 
 ECE_BINS = 15
@@ -236,14 +235,13 @@ def evaluate(
     if tta == "auto":
         # Test-time augmentation is a hyper-parameter: chosen on PublicTest, like the rest.
         for mode in TTA_MODES:
-            chooser = Pipeline(Settings(tta=mode, detector="none"), model, NoDetector())
+            chooser = Pipeline(model, NoDetector(), PipelineOptions(tta=mode))
             chooser.temperature = 1.0
             predicted = classify_split(chooser, public.images).argmax(1)
             tta_scores[mode] = round(float((predicted == public.labels).mean()), 4)
         tta = max(TTA_MODES, key=lambda mode: tta_scores[mode])  # ties: the cheaper "none"
         print(f"test-time augmentation on PublicTest: {tta_scores}; chosen: {tta}")
-    settings = Settings(model_path=str(model_path), tta=tta, detector="none")
-    pipeline = Pipeline(settings, model, NoDetector())
+    pipeline = Pipeline(model, NoDetector(), PipelineOptions(tta=tta))
     pipeline.temperature = 1.0  # score the raw outputs first; calibration is fitted below
     raw = {}
     for split in ("PrivateTest", "PublicTest"):
