@@ -287,6 +287,41 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
 
 
 @pytest.mark.e2e
+def test_a_resumed_run_can_be_given_a_new_length(fer):
+    """`train --resume RUN --epochs N` lengthens (or shortens) a run: the cosine schedule is
+    stretched from where it stands, and a length the run has already passed is refused."""
+    from emotion_server.training.train import CHECKPOINT, runs_dir
+
+    base = [*CLI, "train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
+    subprocess.run([*base, "--name", "longer"], check=True, capture_output=True, timeout=300)
+    first = torch.load(runs_dir() / "longer" / CHECKPOINT, weights_only=False)
+    assert first["epoch"] == 2 and first["log"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+    result = subprocess.run(
+        [*CLI, "train", "--resume", "longer", "--epochs", "4"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"resumed {runs_dir() / 'longer'} at epoch 2/4" in result.stdout
+    state = torch.load(runs_dir() / "longer" / CHECKPOINT, weights_only=False)
+    assert state["epoch"] == 4 and state["recipe"]["epochs"] == 4
+    rates = [row["lr"] for row in state["log"]]
+    # At 2 of 4 epochs the stretched schedule is back above zero, then decays to it again.
+    assert rates[2] > rates[3] >= 0 and rates[2] > rates[1]
+    assert "epochs = 4" in (runs_dir() / "longer" / "recipe.toml").read_text()
+
+    refused = subprocess.run(
+        [*CLI, "train", "--resume", "longer", "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "has done 4 epochs already" in refused.stderr
+
+
+@pytest.mark.e2e
 def test_train_export_evaluate_end_to_end(fer, tmp_path):
     """`train`, `export --run` and `evaluate` through the CLI on a tiny synthetic FER2013."""
     env = {**os.environ}

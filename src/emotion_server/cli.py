@@ -65,8 +65,14 @@ def _train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.config, epochs=args.epochs, seed=args.seed)
         run = args.name or recipe.name
     try:
-        summary = train(recipe, run, data_path=args.data, resume=bool(args.resume))
-    except (FileExistsError, FileNotFoundError) as exc:
+        summary = train(
+            recipe,
+            run,
+            data_path=args.data,
+            resume=bool(args.resume),
+            epochs=args.epochs if args.resume else None,
+        )
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
     print(
@@ -247,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN", help="continue a stopped run (its name or folder)"
     )
     train.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
-    train.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    train.add_argument(
+        "--epochs",
+        type=int,
+        help="override the recipe's epochs; with --resume, a new length for the run (the "
+        "cosine schedule follows it from where it is)",
+    )
     train.add_argument("--seed", type=int, help="override the recipe's seed")
     train.set_defaults(func=_train)
 

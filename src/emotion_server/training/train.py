@@ -23,7 +23,7 @@ import signal
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -267,8 +267,10 @@ def train(
     data_path: str | None = None,
     resume: bool = False,
     progress: Callable[[str], None] = print,
+    epochs: int | None = None,
 ) -> dict:
-    """Train `recipe` into the run folder `run`, or (resume=True) continue the run there.
+    """Train `recipe` into the run folder `run`, or (resume=True) continue the run there,
+    `epochs` long if given: the cosine schedule follows the new length from where it is.
     Returns the run's summary (best PublicTest accuracy and epoch, log)."""
     folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
@@ -278,6 +280,13 @@ def train(
             raise FileNotFoundError(f"no checkpoint to resume in {folder}")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         recipe = Recipe(**state["recipe"])
+        if epochs is not None and epochs != recipe.epochs:
+            if epochs <= state["epoch"]:
+                raise ValueError(
+                    f"{folder} has done {state['epoch']} epochs already: give it more than that"
+                )
+            recipe = replace(recipe, epochs=epochs)
+            (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
     elif checkpoint_path.exists():
         raise FileExistsError(f"{folder} already holds a run: resume it or choose another name")
     if recipe is None:
