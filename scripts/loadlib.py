@@ -6,14 +6,10 @@ Traffic goes to loopback addresses only: `check_loopback` refuses any other URL.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import ipaddress
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +19,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
+
+from emotion_server import launcher
+from emotion_server.launcher import free_port  # noqa: F401  (the scripts' import)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "python:emotion_server.gunicorn_conf"
@@ -47,12 +46,6 @@ def check_loopback(url: str) -> tuple[str, int]:
         if not loopback:
             raise SystemExit(f"refusing to send load to {host!r}: loopback addresses only")
     return host, parts.port or 80
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def synthetic_face_photo(seed: int = 0) -> bytes:
@@ -200,92 +193,14 @@ def run_load(
     return report
 
 
-class Server:
-    """gunicorn with the app factory on 127.0.0.1:<free port>, started and stopped by a script."""
+class Server(launcher.Server):
+    """`emotion-server serve` on 127.0.0.1:<free port> (emotion_server.launcher), ready once
+    every worker is up and /readyz answers 200; `stop()` sends SIGTERM."""
 
     def __init__(
         self,
         workers: int = 2,
-        config: str = DEFAULT_CONFIG,
         env: dict[str, str] | None = None,
         log_path: str | os.PathLike | None = None,
     ):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-            "WEB_CONCURRENCY": str(workers),
-            **(env or {}),
-        }
-        self.log = open(log_path or os.devnull, "w")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--config",
-                config,
-                "emotion_server.api:create_app()",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.workers = workers
-        self.wait_ready()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        """Until every worker is up and /readyz answers 200."""
-        deadline = time.monotonic() + timeout
-        host, port = check_loopback(self.url)
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
-            if len(self.worker_pids()) >= self.workers:
-                connection = http.client.HTTPConnection(host, port, timeout=2)
-                try:
-                    connection.request("GET", "/readyz")
-                    if connection.getresponse().status == 200:
-                        return
-                except OSError:
-                    pass
-                finally:
-                    connection.close()
-            time.sleep(0.2)
-        raise RuntimeError("gunicorn did not become ready")
-
-    def worker_pids(self) -> list[int]:
-        import psutil
-
-        try:
-            return sorted(child.pid for child in psutil.Process(self.pid).children())
-        except psutil.NoSuchProcess:
-            return []
-
-    def worker_rss(self) -> dict[int, int]:
-        """Resident memory of each worker, bytes."""
-        import psutil
-
-        sizes = {}
-        for pid in self.worker_pids():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                sizes[pid] = psutil.Process(pid).memory_info().rss
-        return sizes
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        return self.process.returncode
+        super().__init__(env=env, workers=workers, log_path=log_path, cwd=ROOT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from emotion_server import launcher
 from emotion_server.api import create_app
+from emotion_server.launcher import free_port  # noqa: F401  (imported by tests)
 from emotion_server.training.data import find_dataset
-
-# The load scripts' gunicorn helper (scripts/loadlib.py) is shared with the tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import loadlib
-from loadlib import free_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = ROOT / "models" / "emotion_model.int8.onnx"  # what the server serves
@@ -85,30 +81,18 @@ def client(app):
     return app.test_client()
 
 
-class GunicornServer(loadlib.Server):
-    """The scripts' gunicorn on 127.0.0.1:<free port> (ready once /readyz answers), serving the
-    bundled model unless told otherwise, with its log kept in .pytest_cache for failures."""
+class GunicornServer(launcher.Server):
+    """`emotion-server serve` on 127.0.0.1:<free port> (emotion_server.launcher), ready once
+    /readyz answers, serving the bundled model unless told otherwise, with its log kept in
+    .pytest_cache for failures."""
 
-    def __init__(
-        self,
-        env: dict[str, str] | None = None,
-        workers: int = 1,
-        config: str = loadlib.DEFAULT_CONFIG,
-    ):
+    def __init__(self, env: dict[str, str | None] | None = None, workers: int = 1, **options):
         env = dict(env or {})
         if "EMOTION_MODEL_PATH" not in env and "EMOTION_MODEL_PATH" not in os.environ:
             env["EMOTION_MODEL_PATH"] = str(BUNDLED_MODEL)
         (ROOT / ".pytest_cache").mkdir(exist_ok=True)
-        self.log_path = ROOT / ".pytest_cache" / f"gunicorn-{os.getpid()}-{id(self)}.log"
-        try:
-            super().__init__(workers=workers, config=config, env=env, log_path=self.log_path)
-        except RuntimeError as exc:
-            if hasattr(self, "process"):
-                self.stop()
-            raise RuntimeError(f"{exc}: {self.output()}") from None
-
-    def output(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        log_path = ROOT / ".pytest_cache" / f"gunicorn-{os.getpid()}-{id(self)}.log"
+        super().__init__(env=env, workers=workers, log_path=log_path, cwd=ROOT, **options)
 
 
 @pytest.fixture(scope="session")
