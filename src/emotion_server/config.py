@@ -46,6 +46,10 @@ class Settings:
     batch_max_size: int = 32  # micro-batching: most crops in one model call
     batch_max_wait_ms: float = 2.0  # micro-batching: longest wait for more crops (0: off)
     timeout: int = 30
+    # Slow clients (workers.py): a request must arrive whole within read_timeout_s seconds,
+    # plus 1 s per read_min_rate bytes received, or it is answered 408 and closed.
+    read_timeout_s: float = 10.0
+    read_min_rate: float = 100_000.0
     # Access control (api/auth.py, api/cors.py): comma-separated lists; empty turns them off.
     api_keys: str = field(default="", repr=False)  # keys accepted in X-API-Key or Bearer
     cors_origins: str = ""  # origins given Access-Control-Allow-Origin; "*" for any

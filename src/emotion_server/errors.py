@@ -34,6 +34,12 @@ class UnsupportedImageFormat(EmotionServerError):
     code, status = "unsupported_image_format", 415
 
 
+class ReadTimeout(EmotionServerError):
+    """The request did not arrive whole within EMOTION_READ_TIMEOUT_S (workers.py)."""
+
+    code, status = "read_timeout", 408
+
+
 class UnsupportedMediaType(EmotionServerError):
     code, status = "unsupported_media_type", 415
 

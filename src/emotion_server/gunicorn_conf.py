@@ -6,9 +6,14 @@ _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# With threads > 1 gunicorn uses its gthread worker, and the pipeline micro-batches the
-# concurrent requests' faces into shared model calls (EMOTION_WORKER_THREADS).
+# gevent: one greenlet per connection, so slow clients cost no thread or process; each
+# request must arrive within EMOTION_READ_TIMEOUT_S or gets a 408 (workers.py; why gevent:
+# docs/operations.md). With threads > 1, gthread with the same deadline, and the pipeline
+# micro-batches the concurrent requests' faces into shared model calls.
 threads = _settings.worker_threads
+worker_class = (
+    "emotion_server.workers.ThreadWorker" if threads > 1 else "emotion_server.workers.GeventWorker"
+)
 timeout = _settings.timeout
 graceful_timeout = 20
 accesslog = "-"

@@ -1,0 +1,170 @@
+"""The front end under misbehaving clients (workers.py, slowclients.py): the real server on a
+loopback port, raw sockets. Slow clients are cut off after EMOTION_READ_TIMEOUT_S (2 s here)
+with a 408 JSON error where part of a request arrived; /healthz answers meanwhile; keep-alive
+connections are spread over the workers; a thousand connections at once all get an answer."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import time
+from collections import Counter
+
+import psutil
+import pytest
+from conftest import GunicornServer
+
+from emotion_server.slowclients import SlowClients, burst, healthz_seconds, summarize
+
+pytestmark = pytest.mark.e2e
+READ_TIMEOUT_S = 2
+# Generous: a server that lets slow clients hold its workers blocks for the whole trickle.
+BOUND_S = 10
+
+
+@pytest.fixture(scope="module")
+def server():
+    running = GunicornServer(env={"EMOTION_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}, workers=2)
+    yield running
+    running.stop()
+
+
+def _connect(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S)
+    return sock
+
+
+def _answer(sock: socket.socket, trickle: bytes = b"", every_s: float = 0.25) -> bytes:
+    """Send `trickle` a byte at a time until the server answers or closes; what it sent."""
+    for byte in trickle:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            break  # the server closed the connection
+        ready, _, _ = select.select([sock], [], [], every_s)
+        if ready:
+            break
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _status_and_body(data: bytes) -> tuple[int, dict]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_header_trickle_is_answered_408_json(server):
+    sock = _connect(server)
+    started = time.monotonic()
+    sock.sendall(b"POST /inference HTTP/1.1\r\nHost: localhost\r\n")
+    data = _answer(sock, b"X-Slow: " + b"a" * 200)
+    elapsed = time.monotonic() - started
+    status, body = _status_and_body(data)
+    assert status == 408 and body["error"] == "read_timeout" and body["message"]
+    assert READ_TIMEOUT_S - 0.1 <= elapsed < BOUND_S
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])
+def test_body_trickle_is_answered_408_json(server, multipart):
+    if multipart:
+        head = (
+            b"Content-Type: multipart/form-data; boundary=xyz\r\n"
+            b'Content-Length: 5000\r\n\r\n--xyz\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        )
+    else:
+        head = b"Content-Type: application/octet-stream\r\nContent-Length: 5000\r\n\r\n"
+    sock = _connect(server)
+    sock.sendall(b"POST /inference HTTP/1.1\r\nHost: localhost\r\n" + head)
+    data = _answer(sock, b"\xff" * 200)
+    status, body = _status_and_body(data)
+    assert status == 408 and body["error"] == "read_timeout" and body["message"]
+    assert b"connection: close" in data.lower()
+
+
+def test_silent_connection_is_closed_without_an_answer(server):
+    sock = _connect(server)
+    started = time.monotonic()
+    assert sock.recv(1024) == b""  # closed, nothing sent: no request arrived to answer
+    assert READ_TIMEOUT_S - 0.1 <= time.monotonic() - started < BOUND_S
+
+
+def test_a_large_upload_at_a_fair_rate_is_not_cut_off(server):
+    """The deadline grows by 1 s per EMOTION_READ_MIN_RATE bytes (100 kB): 400 kB sent over
+    ~4 s (twice the read timeout) arrives whole and gets its answer (not an image: 400)."""
+    body = b"\x00" * 400_000
+    sock = _connect(server)
+    sock.sendall(
+        b"POST /inference HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 400000\r\n\r\n"
+    )
+    for start in range(0, len(body), 25_000):
+        sock.sendall(body[start : start + 25_000])
+        time.sleep(0.25)
+    status, answer = _status_and_body(_answer(sock))
+    assert status == 400 and answer["error"] == "invalid_image"
+
+
+def test_healthz_answers_while_64_slow_clients_are_connected(server):
+    clients = SlowClients(server.url, count=64, cap=READ_TIMEOUT_S + BOUND_S).start()
+    latencies = [healthz_seconds(server.url, timeout=BOUND_S) for _ in range(5)]
+    results = clients.wait()
+    assert all(seconds is not None and seconds < 2 for seconds in latencies), latencies
+    summary = summarize(results)
+    assert len(results) == 64
+    for kind in ("headers", "body"):
+        assert summary[kind]["answers"] == {"answered 408 read_timeout": summary[kind]["clients"]}
+    assert summary["silent"]["answers"] == {"closed": summary["silent"]["clients"]}
+    assert all(result.seconds < BOUND_S for result in results), summary
+
+
+def _holder(workers: list[int], local_port: int) -> int | None:
+    """The worker process whose socket is the server end of this client's connection."""
+    for pid in workers:
+        for connection in psutil.Process(pid).net_connections("tcp"):
+            if connection.raddr and connection.raddr.port == local_port:
+                return pid
+    return None
+
+
+def test_keep_alive_connections_are_spread_over_the_workers(server):
+    connections = []
+    try:
+        for _ in range(16):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=BOUND_S)
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200 and not response.will_close
+            connections.append(connection)
+        workers = server.worker_pids()
+        holders = Counter(_holder(workers, c.sock.getsockname()[1]) for c in connections)
+    finally:
+        for connection in connections:
+            connection.close()
+    assert set(holders) == set(workers), holders  # every worker holds some, none holds all
+
+
+def test_a_thousand_connections_at_once_get_answers_or_refusal(server):
+    report = burst(server.url, connections=1000, timeout=60)
+    assert sum(report["answers"].values()) == 1000
+    assert set(report["answers"]) <= {"200", "503", "refused"}, report
+    assert healthz_seconds(server.url, timeout=BOUND_S) is not None  # still serving
+
+
+def test_gthread_worker_has_the_same_deadline():
+    """EMOTION_WORKER_THREADS > 1 (micro-batching) runs gthread with the same read deadline."""
+    env = {"EMOTION_READ_TIMEOUT_S": str(READ_TIMEOUT_S), "EMOTION_WORKER_THREADS": "2"}
+    threaded = GunicornServer(env=env, workers=1)
+    try:
+        sock = _connect(threaded)
+        sock.sendall(b"POST /inference HTTP/1.1\r\nHost: localhost\r\n")
+        status, body = _status_and_body(_answer(sock, b"X-Slow: " + b"a" * 200))
+        assert status == 408 and body["error"] == "read_timeout"
+        assert "ThreadWorker" in threaded.output()
+    finally:
+        threaded.stop()
