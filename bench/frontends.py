@@ -43,12 +43,12 @@ from pathlib import Path
 
 import psutil
 
-# bench/run.py, beside this file (python puts bench/ on the path when it runs this script).
-from run import ROOT, ceiling, cpu_seconds, machine, make_workloads, run_wrk
-
 from emotion_server.launcher import Server, free_port
 from emotion_server.slowclients import SlowClients, burst, healthz_seconds, summarize
 
+# bench/run.py's helpers are imported where used (python puts bench/ on the path when it runs
+# this script), so scripts/docs.py can load this file for to_markdown() alone.
+ROOT = Path(__file__).resolve().parents[1]
 READ_TIMEOUT_S = 10
 SLOW_CLIENTS = 64
 SLOW_CAP_S = 25.0
@@ -162,6 +162,8 @@ def cpu_of(processes: list[psutil.Process]) -> dict[int, float]:
 
 
 def measure(name: str, options: dict, workloads: dict[str, Path], duration: int) -> dict:
+    from run import cpu_seconds, run_wrk
+
     crop = workloads["face crop 48x48"]
     server = Server(cwd=ROOT, ready_timeout=120, **{"workers": 2, **options})
     try:
@@ -216,6 +218,8 @@ def measure(name: str, options: dict, workloads: dict[str, Path], duration: int)
 
 def baseline(workloads: dict[str, Path], duration: int) -> dict:
     """The original design (bench/baseline_server.py: Flask's server, Keras per request)."""
+    from run import run_wrk
+
     server = Server(
         command=[sys.executable, str(ROOT / "bench" / "baseline_server.py"), "{port}"],
         workers=None,
@@ -332,6 +336,8 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run the original design")
     parser.add_argument("--nginx-front", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from run import ceiling, machine, make_workloads
+
     if args.nginx_front:
         sys.exit(nginx_front(args.nginx_front))
     for tool in ("wrk", "nginx"):

@@ -41,6 +41,8 @@ import numpy as np
 import requests
 from PIL import Image
 
+from emotion_server.launcher import Server
+
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
 FLOOR = "http-floor"
@@ -57,14 +59,6 @@ def make_workloads(folder: Path) -> dict[str, Path]:
     crop.save(paths["face crop 48x48"], quality=95)
     photo.save(paths["photo 640x480"], quality=90)
     return paths
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -93,32 +87,26 @@ def cpu_seconds(pids: list[int]) -> float:
 class Contender:
     def __init__(self, name: str, command: list[str], env: dict[str, str], body: bytes):
         self.name = name
-        self.port = int(env["PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Cold start: process start to the first 200 answer to an inference request.
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{name} exited during start-up")
+
+        def first_inference(server: Server) -> bool:
             try:
                 response = requests.post(
-                    self.url + "/inference",
+                    server.url + "/inference",
                     data=body,
                     timeout=30,
                     headers={"Content-Type": "application/octet-stream"},
                 )
-                if response.status_code == 200:
-                    break
             except requests.ConnectionError:
-                time.sleep(0.02)
-        self.cold_start_s = time.perf_counter() - started
+                return False
+            return response.status_code == 200
+
+        # Cold start: process start to the first 200 answer to an inference request.
+        self.server = Server(
+            env=env, command=command, workers=None, ready=first_inference, cwd=ROOT
+        )
+        self.process = self.server.process
+        self.url = self.server.url
+        self.cold_start_s = self.server.ready_s
 
     def pids(self) -> list[int]:
         return [self.process.pid, *children(self.process.pid)]
@@ -149,11 +137,7 @@ class Contender:
         return [round(rss_mb(pid, field), 1) for pid in workers]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.server.stop()
 
 
 def run_wrk(url: str, body_path: Path, connections: int, duration: int) -> dict:
@@ -356,9 +340,7 @@ def main() -> None:
         "contenders": {},
     }
     for name, (command, env) in contenders.items():
-        port = str(free_port())
-        command = [part.format(port=port) for part in command]
-        contender = Contender(name, command, {**env, "PORT": port, "HOST": "127.0.0.1"}, crop_body)
+        contender = Contender(name, command, env, crop_body)
         try:
             entry = {"cold_start_s": round(contender.cold_start_s, 2), "workloads": {}}
             for workload, path in workloads.items():

@@ -4,6 +4,7 @@
 #
 #   sudo bash scripts/container.sh setup   # once: podman, its configuration, the local base
 #   sudo bash scripts/container.sh check   # build, run read-only, /healthz /summary /inference, non-root,
+#                                          # 64 slow clients cut off while /healthz answers,
 #                                          # `podman stop` ends it cleanly; exit 0 if all held
 #
 # `setup` installs podman, buildah, debootstrap and runc from apt, writes
@@ -100,6 +101,9 @@ check() {
     inference=$(curl -fsS -H "Content-Type: application/octet-stream" --data-binary "@$image" "$url/inference")
     rm -f "$image"
     metrics=$(curl -fsS "$url/metrics")
+    # 64 slow clients (trickled headers, trickled bodies, silent): /healthz answers meanwhile
+    # and each is cut off after EMOTION_READ_TIMEOUT_S (10 s), with a 408 where it sent a part.
+    slow=$("$PYTHON" -m emotion_server.slowclients "$url" --clients 64 --cap 25)
     healthcheck=$(podman healthcheck run "$NAME" >/dev/null 2>&1 && echo healthy || echo unhealthy)
     uid=$(podman exec "$NAME" id -u)
     started=$(date +%s)
@@ -109,12 +113,15 @@ check() {
     logs=$(podman logs "$NAME" 2>&1 | tail -5)
 
     HEALTH=$health SUMMARY=$summary INFERENCE=$inference USER_ID=$uid EXIT_CODE=$exit_code \
-    STOP_SECONDS=$stop_seconds LOGS=$logs METRICS=$metrics HEALTHCHECK=$healthcheck \
+    STOP_SECONDS=$stop_seconds LOGS=$logs METRICS=$metrics HEALTHCHECK=$healthcheck SLOW=$slow \
     "$PYTHON" - <<'PY'
 import json, os, re
 
+slow = json.loads(os.environ["SLOW"])
 report = {
     "healthz": json.loads(os.environ["HEALTH"]),
+    "slow_clients": slow["slow_clients"],
+    "healthz_s_with_slow_clients": slow["healthz_s"],
     "summary_input_shape": json.loads(os.environ["SUMMARY"])["input_shape"],
     "inference_prediction": json.loads(os.environ["INFERENCE"])["prediction"],
     "user_id": int(os.environ["USER_ID"]),
@@ -135,6 +142,13 @@ checks = {
     "image HEALTHCHECK passes": report["image_healthcheck"] == "healthy",
     "non-root (uid 10001)": report["user_id"] == 10001,
     "podman stop: exit 0, graceful": report["stop_exit_code"] == 0 and report["shutdown_logged"],
+    "healthz < 1 s with 64 slow clients": all(
+        s is not None and s < 1 for s in report["healthz_s_with_slow_clients"]
+    ),
+    "slow clients cut off (408 read_timeout, silent: closed)": all(
+        set(kind["answers"]) == {"closed" if name == "silent" else "answered 408 read_timeout"}
+        for name, kind in report["slow_clients"].items()
+    ),
 }
 report["checks"] = checks
 print(json.dumps(report, indent=2))

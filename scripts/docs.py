@@ -27,6 +27,7 @@ SERVED_CARD = ROOT / "models" / "emotion_model.int8.json"
 FLOAT32_CARD = ROOT / "models" / "emotion_model.json"
 BENCH_RESULTS = ROOT / "bench" / "results" / "results.json"
 VIDEO_RESULTS = ROOT / "bench" / "results" / "video.md"
+FRONTEND_RESULTS = ROOT / "bench" / "results" / "frontends.json"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REGION = re.compile(
     r"(?P<begin><!-- generated: (?P<name>[\w-]+) begin -->\n)"
@@ -79,6 +80,13 @@ def bench_results() -> str:
     return _load(ROOT / "bench" / "run.py").to_markdown(json.loads(BENCH_RESULTS.read_text()))
 
 
+def frontends() -> str:
+    """The front-end benchmark's tables, as bench/frontends.py writes them from its JSON."""
+    return _load(ROOT / "bench" / "frontends.py").to_markdown(
+        json.loads(FRONTEND_RESULTS.read_text())
+    )
+
+
 def video_bench() -> str:
     """The video benchmark's opening line and table (its notes stay in bench/results/video.md)."""
     lines = VIDEO_RESULTS.read_text().splitlines()
@@ -95,6 +103,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "accuracy": accuracy,
     "bench-results": bench_results,
     "video-bench": video_bench,
+    "frontends": frontends,
 }
 
 

@@ -32,10 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadlib
 
 
-def _threads_per_worker(env: dict[str, str] | None) -> int:
+def _requests_a_worker_holds(env: dict[str, str] | None, concurrency: int) -> int:
+    """How many requests a killed worker can take with it: one per thread (gthread), or with
+    gevent every connection it had accepted (at most all the clients')."""
     from emotion_server.config import Settings
 
-    return Settings.from_env({**os.environ, **(env or {})}).worker_threads
+    threads = Settings.from_env({**os.environ, **(env or {})}).worker_threads
+    return threads if threads > 1 else concurrency
 
 
 def kill_worker(
@@ -69,7 +72,7 @@ def kill_worker(
         report = result[0]
         after_kill = [o for o in report.outcomes if o.started > killed_at + 0.5]
         failed = [o.result for o in report.outcomes if o.result != "200"]
-        allowed = _threads_per_worker(env)
+        allowed = _requests_a_worker_holds(env, concurrency)
         ok_after = sum(1 for o in after_kill if o.result == "200")
         return {
             "drill": "kill-worker",

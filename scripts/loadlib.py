@@ -143,7 +143,12 @@ def post_once(host: str, port: int, path: str, body: bytes, timeout: float) -> s
         return str(response.status)
     except TimeoutError:
         return TIMEOUT
-    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+    except (
+        http.client.RemoteDisconnected,
+        http.client.IncompleteRead,  # the answer was cut off (its worker was killed)
+        ConnectionResetError,
+        BrokenPipeError,
+    ):
         return DROPPED
     except OSError as exc:
         return type(exc).__name__

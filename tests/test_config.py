@@ -61,3 +61,9 @@ def test_runtime_threads_share_the_cpus_among_the_workers():
     assert Settings(workers=4 * cpus).intra_op_threads == 1  # never zero
     assert Settings(workers=1, threads=3).intra_op_threads == 3  # an explicit setting wins
     assert Settings.from_env({"EMOTION_THREADS": "2"}).intra_op_threads == 2
+
+
+def test_read_deadline_settings():
+    settings = Settings.from_env({"EMOTION_READ_TIMEOUT_S": "2.5", "EMOTION_READ_MIN_RATE": "0"})
+    assert settings.read_timeout_s == 2.5 and settings.read_min_rate == 0
+    assert Settings.from_env({}).read_timeout_s == 10

@@ -43,6 +43,7 @@ def test_the_generated_regions_are_where_the_figures_are(docs):
         "README.md": {"accuracy"},
         "docs/model.md": {"model-card", "float32-card"},
         "docs/performance.md": {"bench-results", "video-bench"},
+        "docs/operations.md": {"frontends"},
     }
     for page, names in expected.items():
         found = {m["name"] for m in docs.REGION.finditer((ROOT / page).read_text())}

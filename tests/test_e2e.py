@@ -4,15 +4,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import requests
-from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode, free_port
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode
 from test_imaging import _png_header_only
 
 from emotion_server.api.state import state_of
+from emotion_server.launcher import serve
 
 pytestmark = pytest.mark.e2e
 RAW = {"Content-Type": "application/octet-stream"}
@@ -105,28 +105,11 @@ def test_original_client(server, astronaut, tmp_path):
 
 
 def test_python_app_py_serves_on_port():
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
-    process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                body = requests.get(f"http://127.0.0.1:{port}/summary", timeout=1).json()
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.3)
-        assert body["output_shape"] == [1, 7]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with serve(
+        command=[sys.executable, "app.py"], workers=None, ready_path="/summary", cwd=ROOT
+    ) as server:
+        body = requests.get(server.url + "/summary", timeout=10).json()
+    assert body["output_shape"] == [1, 7]
 
 
 def test_serve_fails_fast_on_missing_model(tmp_path):

@@ -28,8 +28,9 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail():
     report = faults.kill_worker(seconds=4, workers=2, concurrency=4)
     assert report["replaced_after_s"] is not None, report
     assert report["killed_pid"] not in report["workers_after"]
-    # The killed worker held at most one request per thread; nothing else failed, and the
-    # failures are lost connections, never error responses.
+    # The killed worker held at most one request per thread (gthread) or the connections it had
+    # accepted (gevent); nothing else failed, and the failures are lost connections, never
+    # error responses.
     assert len(report["failed"]) <= report["failures_allowed"], report
     assert set(report["failed"]) <= {"dropped"}, report
     assert report["ok_after_kill"] > 0

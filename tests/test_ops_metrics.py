@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,12 +13,13 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from conftest import BUNDLED_MODEL, ROOT, GunicornServer, encode, free_port
+from conftest import BUNDLED_MODEL, ROOT, GunicornServer, encode
 from prometheus_client.parser import text_string_to_metric_families
 
 from emotion_server import metrics
 from emotion_server.api import create_app
 from emotion_server.api.state import state_of
+from emotion_server.launcher import serve
 
 RAW = {"Content-Type": "application/octet-stream"}
 
@@ -247,34 +246,13 @@ def test_a_killed_worker_is_marked_dead_and_its_counts_stay(loaded_server):
 @pytest.mark.e2e
 def test_serve_makes_a_fresh_metrics_folder(astronaut):
     """`emotion-server serve` with no PROMETHEUS_MULTIPROC_DIR: one is made, and counts add up."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(
-        {"PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"},
-        EMOTION_MODEL_PATH=str(BUNDLED_MODEL),
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "emotion_server.cli", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or a worker still warming up on a busy machine
-            time.sleep(0.3)
+    env = {"PROMETHEUS_MULTIPROC_DIR": None, "EMOTION_MODEL_PATH": str(BUNDLED_MODEL)}
+    with serve(env=env, workers=2, cwd=ROOT) as server:
+        url = server.url
         # `serve` execs gunicorn in the same process: its environment names the folder.
         environ = dict(
             item.split("=", 1)
-            for item in Path(f"/proc/{process.pid}/environ").read_text().split("\0")
+            for item in Path(f"/proc/{server.pid}/environ").read_text().split("\0")
             if "=" in item
         )
         folder = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -293,9 +271,7 @@ def test_serve_makes_a_fresh_metrics_folder(astronaut):
             samples = parse(requests.get(url + "/metrics", timeout=30).text)
             labels = {"endpoint": "/inference", "method": "POST", "status": "200"}
             assert value(samples, "emotion_http_requests_total", **labels) == 8
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    assert server.stopped.exit_code == 0
     # (Not imported here: gunicorn_conf prepares a metrics folder in whoever imports it.)
     conf = (ROOT / "src" / "emotion_server" / "gunicorn_conf.py").read_text()
     if "on_exit" in conf:

@@ -24,11 +24,15 @@ import json
 import socket
 import time
 
+import gevent
 from gunicorn import util
 from gunicorn.workers import ggevent, gthread
 
 from emotion_server.config import Settings
 from emotion_server.errors import ReadTimeout
+
+# How long a connection cut off by its deadline is read (and ignored) after the 408 is sent.
+LINGER_S = 1.0
 
 
 class DeadlineSocket:
@@ -65,6 +69,8 @@ class DeadlineSocket:
             data = self._sock.recv(size, *flags)
         except TimeoutError:
             self._expire()
+        finally:
+            self._sock.settimeout(None)  # writing the answer is not bounded by the read
         self.received += len(data)
         return data
 
@@ -81,6 +87,18 @@ class DeadlineSocket:
             f"The request did not arrive within the server's read timeout "
             f"({self.read_timeout:g} s, plus 1 s per {self.min_rate:g} bytes received)."
         )
+
+    def linger(self, seconds: float = LINGER_S) -> None:
+        """After an answer to a request that was cut off: stop sending, and read what the
+        client still sends for a moment before closing, so that closing with unread bytes
+        does not reset the connection before the client has read the answer."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+            until = time.monotonic() + seconds
+            while (left := until - time.monotonic()) > 0:
+                self._sock.settimeout(left)
+                if not self._sock.recv(65536):
+                    break
 
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
@@ -123,6 +141,7 @@ class ReadDeadline:
             if isinstance(client, DeadlineSocket) and client.received:
                 with contextlib.suppress(OSError):
                     answer_read_timeout(client, exc)
+                    client.linger()
                 self.log.info("read timeout from %s: answered 408", addr)
             util.close(client)
             return
@@ -141,13 +160,21 @@ class GeventWorker(ReadDeadline, ggevent.GeventWorker):
         super().handle(listener, self.wrap(client), addr)
 
     def handle_request(self, listener_name, req, sock, addr):
-        if isinstance(sock, DeadlineSocket):
-            sock.request = req
-        keep = super().handle_request(listener_name, req, sock, addr)
-        if isinstance(sock, DeadlineSocket):
-            if sock.timed_out:  # the app answered 408 mid-body: the framing is lost
-                raise StopIteration()
-            sock.next_request()
+        if not isinstance(sock, DeadlineSocket):
+            return super().handle_request(listener_name, req, sock, addr)
+        sock.request = req
+        try:
+            keep = super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if sock.timed_out:  # the app answered 408 mid-body (and closes: framing is lost)
+                sock.linger()
+        if sock.timed_out:
+            raise StopIteration()
+        sock.next_request()
+        # Let every other connection run before reading this one's next request: a keep-alive
+        # client that always has its next request waiting would never make recv() block, so
+        # this greenlet would keep the worker to itself (seconds of p99 and of /healthz).
+        gevent.sleep(0)
         return keep
 
 
@@ -163,7 +190,8 @@ class ThreadWorker(ReadDeadline, gthread.ThreadWorker):
             conn.sock.request = req
         keep = super().handle_request(req, conn)
         if isinstance(conn.sock, DeadlineSocket):
-            if conn.sock.timed_out:
+            if conn.sock.timed_out:  # in this thread, not in the worker's event loop
+                conn.sock.linger()
                 return False
             conn.sock.next_request()
         return keep
