@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import time
+from collections.abc import Callable
 
-import gevent
+import gevent.socket
 from gunicorn import util
 from gunicorn.workers import ggevent, gthread
 
@@ -38,8 +40,16 @@ LINGER_S = 1.0
 class DeadlineSocket:
     """A connected client socket whose reads end at the current request's deadline."""
 
-    def __init__(self, sock: socket.socket, read_timeout: float, min_rate: float, idle: float):
+    def __init__(
+        self,
+        sock: socket.socket,
+        read_timeout: float,
+        min_rate: float,
+        idle: float,
+        wait_readable: Callable[[int, float], None] | None = None,
+    ):
         self._sock = sock
+        self.wait_readable = wait_readable
         self.read_timeout = read_timeout
         self.min_rate = min_rate
         self.idle = idle
@@ -66,6 +76,8 @@ class DeadlineSocket:
             self._expire()
         self._sock.settimeout(remaining)
         try:
+            if self.wait_readable is not None:
+                self.wait_readable(self._sock.fileno(), remaining)
             data = self._sock.recv(size, *flags)
         except TimeoutError:
             self._expire()
@@ -128,11 +140,18 @@ class ReadDeadline:
         self.read_min_rate = settings.read_min_rate
         super().init_process()
 
+    wait_readable = None
+
     def wrap(self, sock) -> DeadlineSocket:
         if isinstance(sock, DeadlineSocket):
             return sock
         return DeadlineSocket(
-            sock, self.read_timeout, self.read_min_rate, idle=float(self.cfg.keepalive or 0)
+            sock,
+            self.read_timeout,
+            self.read_min_rate,
+            idle=float(self.cfg.keepalive or 0),
+            # TLS may hold decrypted bytes the file descriptor does not show as readable.
+            wait_readable=None if isinstance(sock, ssl.SSLSocket) else self.wait_readable,
         )
 
     def handle_error(self, req, client, addr, exc):
@@ -149,7 +168,18 @@ class ReadDeadline:
 
 
 class GeventWorker(ReadDeadline, ggevent.GeventWorker):
-    """gunicorn's gevent worker with the request-read deadline (the default of `serve`)."""
+    """gunicorn's gevent worker with the request-read deadline (the default of `serve`).
+
+    Every read first waits in the event loop until the socket is readable, even when it
+    already is: gevent's recv() returns at once when data is there, so a keep-alive client
+    that always has its next request waiting would keep the worker to itself, while the
+    other connections (and /healthz) waited seconds. Through the loop, every connection
+    that is ready gets its turn.
+    """
+
+    @staticmethod
+    def wait_readable(fileno: int, timeout: float) -> None:
+        gevent.socket.wait_read(fileno, timeout=timeout)
 
     def timeout_ctx(self):
         # The socket enforces both the keep-alive wait and the read deadline itself.
@@ -171,10 +201,6 @@ class GeventWorker(ReadDeadline, ggevent.GeventWorker):
         if sock.timed_out:
             raise StopIteration()
         sock.next_request()
-        # Let every other connection run before reading this one's next request: a keep-alive
-        # client that always has its next request waiting would never make recv() block, so
-        # this greenlet would keep the worker to itself (seconds of p99 and of /healthz).
-        gevent.sleep(0)
         return keep
 
 
