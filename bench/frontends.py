@@ -1,7 +1,7 @@
 """Front ends side by side: the same app, model and machine, one run, slow clients included.
 
     apt-get install -y wrk nginx && .venv/bin/pip install granian waitress
-    .venv/bin/python bench/frontends.py [--duration 8] [--out bench/results]
+    .venv/bin/python bench/frontends.py [--duration 6] [--rounds 3] [--baseline] [--out DIR]
 
 Candidates, each started by emotion_server.launcher on a loopback port with 2 workers (one
 process for waitress) serving the bundled INT8 model:
@@ -14,11 +14,13 @@ process for waitress) serving the bundled INT8 model:
   its event loop before a thread sees them);
 - nginx+sync: nginx (client_header_timeout and client_body_timeout 10 s, request buffering)
   in front of gunicorn's sync workers on another loopback port.
-Per candidate: 48x48 face-crop throughput and p50/p99 at 1 and 8 connections (wrk,
-bench/post.lua); each worker's share of the CPU during the 8-connection run (keep-alive
-spread); 64 slow clients (emotion_server.slowclients: a third trickle headers at 1 byte/s, a
-third trickle a body, a third stay silent) with /healthz timed and the 8-connection crop load
-run while they are connected, then how and when each was cut off (cap: 25 s); 1,000
+All candidates run at once; the 48x48 face-crop load (wrk, bench/post.lua; 1 and 8
+connections) goes to each in turn, --rounds times over, and the median run is kept (the
+machine is shared, and its load changes over minutes), with each worker's share of the CPU
+during the 8-connection run (keep-alive spread) and the cores wrk used. Then, per candidate:
+64 slow clients (emotion_server.slowclients: a third trickle headers at 1 byte/s, a third
+trickle a body, a third stay silent) with /healthz timed, alone and with the 8-connection
+crop load, then how and when each was cut off (cap: 25 s); 1,000
 connections at once sending GET /healthz; RSS of each process after the load; cold start
 (process start to the first 200 of /readyz). Also the in-process ceiling of the model
 (bench/run.py) and, with --baseline (the [bench] extra), the original design.
@@ -169,72 +171,107 @@ def cpu_of(processes: list[psutil.Process]) -> dict[int, float]:
     return times
 
 
-def measure(name: str, options: dict, workloads: dict[str, Path], duration: int) -> dict:
+def crop_row(server: Server, crop: Path, connections: int, duration: int) -> dict:
+    """One wrk run against `server`, with the server's CPU per request, the busiest worker's
+    share of that CPU (keep-alive spread) and the cores wrk itself used."""
     from run import cpu_seconds, run_wrk
 
-    crop = workloads["face crop 48x48"]
-    server = Server(cwd=ROOT, ready_timeout=120, **{"workers": 2, **options})
-    try:
-        entry: dict = {
-            "cold_start_s": round(server.ready_s, 2),
-            "load_average_before": round(os.getloadavg()[0], 2),
-        }
-        run_wrk(server.url, crop, 8, 2)  # warm-up
-        pids = [server.pid] + [p.pid for p in psutil.Process(server.pid).children(True)]
-        rows = []
-        for connections in (1, 8):
-            workers = leaves(server.pid)
-            before, cpu_before = cpu_of(workers), cpu_seconds(pids)
-            wrk_before = _children_cpu_s()
-            row = run_wrk(server.url, crop, connections, duration)
-            row["load_generator_cores"] = round((_children_cpu_s() - wrk_before) / duration, 2)
-            used = {pid: t - before.get(pid, 0.0) for pid, t in cpu_of(workers).items()}
-            row["server_cpu_ms_per_request"] = round(
-                (cpu_seconds(pids) - cpu_before) / max(row["requests"], 1) * 1000, 3
-            )
-            total = sum(used.values()) or 1.0
-            row["busiest_worker_cpu_share"] = round(max(used.values(), default=0) / total, 2)
-            rows.append(row)
-        entry["crop"] = rows
+    pids = [server.pid] + [p.pid for p in psutil.Process(server.pid).children(True)]
+    workers = leaves(server.pid)
+    before, cpu_before, wrk_before = cpu_of(workers), cpu_seconds(pids), _children_cpu_s()
+    row = run_wrk(server.url, crop, connections, duration)
+    row["load_generator_cores"] = round((_children_cpu_s() - wrk_before) / duration, 2)
+    used = {pid: t - before.get(pid, 0.0) for pid, t in cpu_of(workers).items()}
+    row["server_cpu_ms_per_request"] = round(
+        (cpu_seconds(pids) - cpu_before) / max(row["requests"], 1) * 1000, 3
+    )
+    total = sum(used.values()) or 1.0
+    row["busiest_worker_cpu_share"] = round(max(used.values(), default=0) / total, 2)
+    row["load_average"] = round(os.getloadavg()[0], 2)
+    return row
 
-        clients = SlowClients(server.url, SLOW_CLIENTS, cap=SLOW_CAP_S).start()
-        health: list[float | None] = []
-        done = threading.Event()
 
-        def probe() -> None:
-            while not done.is_set():
-                health.append(healthz_seconds(server.url, timeout=SLOW_CAP_S))
-                time.sleep(0.25)
+def median_row(rows: list[dict]) -> dict:
+    """The run with the median throughput, and every run's throughput beside it."""
+    ordered = sorted(rows, key=lambda row: row["throughput_rps"])
+    return {**ordered[len(ordered) // 2], "runs_rps": [row["throughput_rps"] for row in rows]}
 
-        prober = threading.Thread(target=probe, daemon=True)
-        prober.start()
-        time.sleep(SLOW_ONLY_S)  # the slow clients alone, then the crop load with them
-        idle_probes = len(health)
-        entry["crop_8_with_slow_clients"] = run_wrk(server.url, crop, 8, duration)
-        done.set()
-        prober.join(timeout=SLOW_CAP_S + 5)
-        results = clients.wait()
 
-        def worst(probes: list[float | None]) -> float | None:
-            answered = [s for s in probes if s is not None]
-            return round(max(answered), 3) if answered else None
+def slow_clients_phase(server: Server, crop: Path, duration: int) -> dict:
+    """64 slow clients; /healthz probed with them alone, then with the crop load as well; how
+    each slow client was cut off; then 1,000 connections at once; RSS after."""
+    from run import run_wrk
 
-        entry["slow_clients"] = {
+    clients = SlowClients(server.url, SLOW_CLIENTS, cap=SLOW_CAP_S).start()
+    health: list[float | None] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            health.append(healthz_seconds(server.url, timeout=SLOW_CAP_S))
+            time.sleep(0.25)
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    time.sleep(SLOW_ONLY_S)  # the slow clients alone, then the crop load with them
+    idle_probes = len(health)
+    loaded = run_wrk(server.url, crop, 8, duration)
+    done.set()
+    prober.join(timeout=SLOW_CAP_S + 5)
+    results = clients.wait()
+
+    def worst(probes: list[float | None]) -> float | None:
+        answered = [s for s in probes if s is not None]
+        return round(max(answered), 3) if answered else None
+
+    return {
+        "crop_8_with_slow_clients": loaded,
+        "slow_clients": {
             "healthz_probes": len(health),
             "healthz_failed": sum(1 for s in health if s is None),
             "healthz_max_s_slow_clients_only": worst(health[:idle_probes]),
             "healthz_max_s": worst(health),
             "kinds": summarize(results),
-        }
-        entry["burst_1000"] = burst(server.url, 1000, timeout=60)
-        entry["rss_mb"] = sorted(
+        },
+        "burst_1000": burst(server.url, 1000, timeout=60),
+        "rss_mb": sorted(
             round(p.memory_info().rss / 2**20, 1) for p in leaves(server.pid) if p.is_running()
-        )
+        ),
+    }
+
+
+def measure_all(
+    options: dict[str, dict], workloads: dict[str, Path], duration: int, rounds: int
+) -> dict[str, dict]:
+    """Start every candidate, then run the crop load on each in turn, `rounds` times over
+    (the machine is shared: interleaving spreads its changing load over all of them; the
+    median run is kept), then the slow-client phase on each, then stop them all."""
+    from run import run_wrk
+
+    crop = workloads["face crop 48x48"]
+    servers: dict[str, Server] = {}
+    entries: dict[str, dict] = {}
+    try:
+        for name, option in options.items():
+            servers[name] = Server(cwd=ROOT, ready_timeout=120, **{"workers": 2, **option})
+            entries[name] = {"cold_start_s": round(servers[name].ready_s, 2)}
+            run_wrk(servers[name].url, crop, 8, 2)  # warm-up
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(rounds):
+            for name, server in servers.items():
+                for connections in (1, 8):
+                    row = crop_row(server, crop, connections, duration)
+                    runs.setdefault((name, connections), []).append(row)
+        for name, server in servers.items():
+            entries[name]["crop"] = [median_row(runs[name, c]) for c in (1, 8)]
+            entries[name].update(slow_clients_phase(server, crop, duration))
+            print(f"{name}: {verdict(entries[name])}", file=sys.stderr)
     finally:
-        server.stop(timeout=60)
-    entry["stop_exit_code"] = server.stopped.exit_code
-    entry["load_average_after"] = round(os.getloadavg()[0], 2)
-    return entry
+        for name, server in servers.items():
+            server.stop(timeout=60)
+            if name in entries:
+                entries[name]["stop_exit_code"] = server.stopped.exit_code
+    return entries
 
 
 def baseline(workloads: dict[str, Path], duration: int) -> dict:
@@ -276,12 +313,13 @@ def verdict(entry: dict) -> str:
 def to_markdown(result: dict) -> str:
     lines = [
         f"Front ends of {result['date']} on {result['machine']} (`{result['command']}`; "
-        f"wrk, 1 thread, loopback, {result['duration_s']} s per run; 48x48 face crop; the load "
-        "generators share the server's 2 cores).",
+        f"wrk, 1 thread, loopback, {result['duration_s']} s per run; 48x48 face crop; every "
+        f"candidate running at once and loaded in turn, {result.get('rounds', 1)} rounds, the "
+        "median run shown; the load generators share the server's 2 cores).",
         "",
         "| front end | conc. | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
-        "| busiest worker's CPU share | wrk's cores | load average before |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| busiest worker's CPU share | wrk's cores | load average | req/s of each round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in result["candidates"].items():
         for row in entry["crop"]:
@@ -289,7 +327,8 @@ def to_markdown(result: dict) -> str:
                 f"| {name} | {row['connections']} | {row['throughput_rps']} | {row['p50_ms']} "
                 f"| {row['p99_ms']} | {row['errors']} | {row['server_cpu_ms_per_request']} "
                 f"| {row['busiest_worker_cpu_share']} | {row.get('load_generator_cores', '')} "
-                f"| {entry.get('load_average_before', '')} |"
+                f"| {row.get('load_average', '')} "
+                f"| {', '.join(map(str, row.get('runs_rps', [])))} |"
             )
     lines += [
         "",
@@ -355,7 +394,10 @@ def to_markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="crop runs per candidate, interleaved; median kept"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--only", action="append", help="run only these candidates")
     parser.add_argument("--baseline", action="store_true", help="also run the original design")
@@ -375,17 +417,19 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "command": shlex.join(["python", "bench/frontends.py", *sys.argv[1:]]),
         "chosen": "gevent",
         "candidates": {},
     }
-    for name, options in candidates(metrics_dir).items():
-        if args.only and name not in args.only:
-            continue
-        for sub in ("granian", "waitress"):
-            Path(metrics_dir, sub).mkdir(parents=True, exist_ok=True)
-        result["candidates"][name] = measure(name, options, workloads, args.duration)
-        print(f"{name}: {verdict(result['candidates'][name])}", file=sys.stderr)
+    for sub in ("granian", "waitress"):
+        Path(metrics_dir, sub).mkdir(parents=True, exist_ok=True)
+    chosen = {
+        name: options
+        for name, options in candidates(metrics_dir).items()
+        if not args.only or name in args.only
+    }
+    result["candidates"] = measure_all(chosen, workloads, args.duration, args.rounds)
     result["ceiling"] = ceiling({})
     if args.baseline:
         result["baseline"] = baseline(workloads, args.duration)

@@ -39,3 +39,15 @@ def test_curl_example_names_a_sample_that_ships():
     for name in uploads:
         assert (ROOT / name).is_file(), name
     assert (ROOT / "samples" / "astronaut.jpg").stat().st_size < 30_000
+
+
+def test_every_setting_is_in_the_settings_table():
+    """Each field of config.Settings has its environment variable in the README's table."""
+    from dataclasses import fields
+
+    from emotion_server.config import ENV_NAMES, Settings
+
+    table = README.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    for field in fields(Settings):
+        variable = ENV_NAMES.get(field.name, (f"EMOTION_{field.name.upper()}",))[0]
+        assert f"| `{variable}` |" in table, variable
