@@ -50,8 +50,8 @@ def _card(path: Path) -> dict:
 
 
 def model_card() -> str:
-    """The served model's card as tables (scripts/model_card_md.py renders it)."""
-    return _load(ROOT / "scripts" / "model_card_md.py").render(_card(SERVED_CARD))
+    """The served model's card as tables (scripts/model/model_card_md.py renders it)."""
+    return _load(ROOT / "scripts" / "model" / "model_card_md.py").render(_card(SERVED_CARD))
 
 
 def float32_card() -> str:

@@ -2,7 +2,7 @@
 
     python scripts/screenshot.py [--out docs/web-page.png]
 
-Starts gunicorn on a loopback port (scripts/loadlib.py), opens the page in Debian's Chromium
+Starts the server on a loopback port (emotion_server.launcher), opens the page in Debian's Chromium
 through Playwright (as tests/test_web.py does), uploads the public-domain sample photo, waits
 for the face's box and its probability chart, and writes a palette PNG small enough to commit.
 """
@@ -13,10 +13,12 @@ import argparse
 import io
 from pathlib import Path
 
-from loadlib import ROOT, Server
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
+from emotion_server.launcher import Server
+
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 SAMPLE = ROOT / "samples" / "astronaut.jpg"
@@ -51,7 +53,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1000)
     parser.add_argument("--height", type=int, default=700)
     args = parser.parse_args()
-    server = Server(workers=1)
+    server = Server(workers=1, cwd=ROOT)
     try:
         png = shrink(capture(server.url, args.width, args.height))
     finally:

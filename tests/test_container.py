@@ -1,6 +1,6 @@
 """The image, built from the Dockerfile with rootful podman on a locally made Debian base, runs
 as promised: /healthz, /summary, an inference and /metrics through it, its HEALTHCHECK, a
-non-root user, and a clean exit on `podman stop` (scripts/container.sh check)."""
+non-root user, and a clean exit on `podman stop` (scripts/ops/container.sh check)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/emotion-base:bookworm")
 def _podman_ready() -> str | None:
     """Why podman cannot run the check here, or None."""
     if shutil.which("podman") is None:
-        return "podman is not installed (sudo bash scripts/container.sh setup)"
+        return "podman is not installed (sudo bash scripts/ops/container.sh setup)"
     if os.geteuid() != 0:
         return "the check uses rootful podman: run the tests as root"
     info = subprocess.run(["podman", "info"], capture_output=True, text=True, timeout=60)
@@ -27,7 +27,7 @@ def _podman_ready() -> str | None:
         return f"podman cannot run here: {info.stderr.strip()[-300:]}"
     exists = subprocess.run(["podman", "image", "exists", BASE_IMAGE], timeout=60)
     if exists.returncode != 0:
-        return f"no local base image {BASE_IMAGE} (sudo bash scripts/container.sh setup)"
+        return f"no local base image {BASE_IMAGE} (sudo bash scripts/ops/container.sh setup)"
     return None
 
 
@@ -37,7 +37,7 @@ def test_image_builds_runs_and_stops_cleanly():
         print(f"skipping: {reason}")
         pytest.skip(reason)
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "container.sh"), "check"],
+        ["bash", str(ROOT / "scripts" / "ops" / "container.sh"), "check"],
         capture_output=True,
         text=True,
         timeout=1200,

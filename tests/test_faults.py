@@ -1,23 +1,42 @@
-"""Short versions of the load and fault drills in scripts/ (the scripts take longer durations):
-a soak, a worker killed under load, SIGTERM under load, and bad model files at start-up."""
+"""Short runs of the load and fault drills in scripts/ops/ (the scripts take longer durations),
+run as an operator runs them, their JSON reports read: a soak, a worker killed under load,
+SIGTERM under load, and bad model files at start-up."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import faults
-import soak
-
 pytestmark = pytest.mark.e2e
+OPS = ROOT / "scripts" / "ops"
+
+
+def drill(*args: str, timeout: float = 300) -> dict:
+    """One drill script run in a subprocess; its JSON report (the last thing it prints)."""
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+    report = json.loads(result.stdout[result.stdout.rfind("\n{") + 1 :])  # indented JSON
+    assert result.returncode == (0 if report.get("passed", not report.get("errors")) else 1)
+    return report
 
 
 def test_short_soak_has_no_errors():
-    report = soak.soak(seconds=3, workers=2, concurrency=4, interval=1, quiet=True)
+    report = drill(
+        str(OPS / "soak.py"),
+        "--seconds",
+        "3",
+        "--workers",
+        "2",
+        "--concurrency",
+        "4",
+        "--interval",
+        "1",
+    )
     assert report["requests"] > 0 and report["errors"] == 0, report
     assert len(report["worker_rss_mb_start"]) == 2 and len(report["worker_rss_mb_end"]) == 2
     assert report["workers_replaced"] == []
@@ -25,7 +44,16 @@ def test_short_soak_has_no_errors():
 
 
 def test_a_killed_worker_is_replaced_and_only_its_requests_fail():
-    report = faults.kill_worker(seconds=4, workers=2, concurrency=4)
+    report = drill(
+        str(OPS / "faults.py"),
+        "kill-worker",
+        "--seconds",
+        "4",
+        "--workers",
+        "2",
+        "--concurrency",
+        "4",
+    )
     assert report["replaced_after_s"] is not None, report
     assert report["killed_pid"] not in report["workers_after"]
     # The killed worker held at most one request per thread (gthread) or the connections it had
@@ -37,14 +65,23 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail():
 
 
 def test_sigterm_under_load_drops_nothing():
-    report = faults.sigterm(seconds=3, workers=2, concurrency=6)
+    report = drill(
+        str(OPS / "faults.py"),
+        "sigterm",
+        "--seconds",
+        "3",
+        "--workers",
+        "2",
+        "--concurrency",
+        "6",
+    )
     assert report["requests_before_sigterm"] > 0 and report["in_flight_at_sigterm"] > 0
     assert report["failed_before_sigterm"] == [], report
     assert report["master_exit_code"] == 0
 
 
 def test_bad_model_files_fail_fast_with_a_clear_message():
-    report = faults.bad_model(timeout=60)
+    report = drill(str(OPS / "faults.py"), "bad-model")
     for name, case in report["cases"].items():
         assert case["exit_code"] not in (0, None), (name, case)
         assert case["message_found"], (name, case)

@@ -144,7 +144,7 @@ def test_mutated_files(pipeline, data):
 
 @pytest.mark.e2e
 def test_atheris_harness_runs_clean(tmp_path):
-    """scripts/fuzz.py for a few seconds: coverage-guided inputs, no uncaught exception."""
+    """scripts/ops/fuzz.py for a few seconds: coverage-guided inputs, no uncaught exception."""
     pytest.importorskip("atheris", reason="atheris is not installed (Linux x86_64, [dev] extra)")
     import subprocess
     import sys
@@ -153,7 +153,7 @@ def test_atheris_harness_runs_clean(tmp_path):
 
     folders = ["--artifacts", str(tmp_path / "artifacts"), "--corpus", str(tmp_path / "corpus")]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fuzz.py"), "--seconds", "4", *folders],
+        [sys.executable, str(ROOT / "scripts" / "ops" / "fuzz.py"), "--seconds", "4", *folders],
         capture_output=True,
         text=True,
         timeout=120,

@@ -231,7 +231,7 @@ def test_audit_script_of_the_serving_dependencies():
     except requests.RequestException as exc:
         pytest.skip(f"PyPI's vulnerability service cannot be reached: {exc}")
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "audit.sh")],
+        ["bash", str(ROOT / "scripts" / "ops" / "audit.sh")],
         cwd=ROOT,
         capture_output=True,
         text=True,

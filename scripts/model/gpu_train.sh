@@ -5,7 +5,7 @@
 # run folders come back in $OUT/runs (copy them into ~/.cache/emotion-server/runs here, then
 # `emotion-server export --run NAME ...` on the CPU).
 #   here:  mkdir -p .data && cp ../shared/data/fer2013.tar.gz .data/
-#   there: bash scripts/gpu_train.sh configs/gpu/vgg64.toml [more recipes...] (seeds: SEEDS="1 2")
+#   there: bash scripts/model/gpu_train.sh configs/gpu/vgg64.toml [more recipes...] (seeds: SEEDS="1 2")
 # A run whose checkpoint is already in $OUT/runs (carried there in the checkout) is resumed.
 set -euo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 EMOTION_RUNS_DIR=${EMOTION_RUNS_DIR:-${OUT:-runs}/runs}

@@ -2,8 +2,8 @@
 # Build the Dockerfile's image with rootful podman and check it runs as promised, without a
 # container registry: the base image is made locally from Debian packages.
 #
-#   sudo bash scripts/container.sh setup   # once: podman, its configuration, the local base
-#   sudo bash scripts/container.sh check   # build, run read-only, /healthz /summary /inference, non-root,
+#   sudo bash scripts/ops/container.sh setup   # once: podman, its configuration, the local base
+#   sudo bash scripts/ops/container.sh check   # build, run read-only, /healthz /summary /inference, non-root,
 #                                          # 64 slow clients cut off while /healthz answers,
 #                                          # `podman stop` ends it cleanly; exit 0 if all held
 #
@@ -13,7 +13,7 @@
 # machine's CA certificates, and imports it as $BASE_IMAGE. The container shares the host's
 # network namespace (--network host) and listens on 127.0.0.1 only.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 BASE_IMAGE=${BASE_IMAGE:-localhost/emotion-base:bookworm}
 IMAGE=${IMAGE:-localhost/emotion-classifier:check}
@@ -97,7 +97,7 @@ check() {
     health=$(curl -fsS "$url/healthz")
     summary=$(curl -fsS "$url/summary")
     image=$(mktemp --suffix=.jpg)
-    "$PYTHON" -c 'import sys; sys.path.insert(0, "scripts"); import loadlib; sys.stdout.buffer.write(loadlib.synthetic_face_photo())' >"$image"
+    PYTHONPATH=scripts/ops "$PYTHON" -c 'import sys, loadlib; sys.stdout.buffer.write(loadlib.synthetic_face_photo())' >"$image"
     inference=$(curl -fsS -H "Content-Type: application/octet-stream" --data-binary "@$image" "$url/inference")
     rm -f "$image"
     metrics=$(curl -fsS "$url/metrics")

@@ -1,9 +1,9 @@
 """Soak test: full load on a gunicorn server on loopback for a bounded time; reports the error
 count, throughput, latency and every worker's resident memory at the start and the end.
 
-    python scripts/soak.py                      # 600 s, 2 workers, 4 clients, synthetic photo
-    python scripts/soak.py --seconds 60 --json soak.json
-    python scripts/soak.py --url http://127.0.0.1:5000 --seconds 120   # a server already running
+    python scripts/ops/soak.py                      # 600 s, 2 workers, 4 clients, synthetic photo
+    python scripts/ops/soak.py --seconds 60 --json soak.json
+    python scripts/ops/soak.py --url http://127.0.0.1:5000 --seconds 120  # a running server
 
 Exit status 1 if any request failed (anything but a 200).
 """
@@ -17,9 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import loadlib
+import loadlib  # beside this script
 
 
 def soak(

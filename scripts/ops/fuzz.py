@@ -4,9 +4,9 @@ Every input must give a result or one of the server's own errors (EmotionServerE
 anything else is a crash: libFuzzer prints the traceback, saves the input as
 runs/fuzz/crash-<sha1> and the script exits non-zero. Bounded by --seconds.
 
-    python scripts/fuzz.py --seconds 30
-    python scripts/fuzz.py --seconds 600    # the corpus grows in runs/fuzz/corpus
-    python scripts/fuzz.py --reproduce runs/fuzz/crash-<sha1>       # run one saved input again
+    python scripts/ops/fuzz.py --seconds 30
+    python scripts/ops/fuzz.py --seconds 600    # the corpus grows in runs/fuzz/corpus
+    python scripts/ops/fuzz.py --reproduce runs/fuzz/crash-<sha1>       # run one saved input again
 
 Seeds: small images in every supported format and the bad-input corpus of the tests.
 """
@@ -18,7 +18,7 @@ import io
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_seeds(folder: Path) -> int:

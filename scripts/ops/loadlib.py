@@ -23,7 +23,7 @@ from PIL import Image
 from emotion_server import launcher
 from emotion_server.launcher import free_port  # noqa: F401  (the scripts' import)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = "python:emotion_server.gunicorn_conf"
 
 # A request that never got a connection (the server was not listening) is "refused": the

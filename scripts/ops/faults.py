@@ -7,8 +7,8 @@
   bad-model    a missing, a corrupt and a wrong-shaped model file: `emotion-server serve` fails
                fast with a clear message, and so does gunicorn started directly.
 
-    python scripts/faults.py all
-    python scripts/faults.py kill-worker --seconds 10 --workers 2 --concurrency 4
+    python scripts/ops/faults.py all
+    python scripts/ops/faults.py kill-worker --seconds 10 --workers 2 --concurrency 4
 
 Each drill prints a JSON report; the exit status is 1 if any drill failed.
 """
@@ -27,9 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import loadlib
+import loadlib  # beside this script
 
 
 def _requests_a_worker_holds(env: dict[str, str] | None, concurrency: int) -> int:

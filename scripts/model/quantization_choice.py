@@ -1,6 +1,6 @@
 """Compare INT8 quantization recipes on PublicTest (never PrivateTest), as docs/model.md reports.
 
-    python scripts/quantization_choice.py [models/emotion_model.onnx]
+    python scripts/model/quantization_choice.py [models/emotion_model.onnx]
 
 For the float32 model and each recipe: ms per face on 1 thread through the serving path
 (evaluate's measure: median, batch 1, here without test-time augmentation) and PublicTest

