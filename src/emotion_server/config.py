@@ -26,8 +26,11 @@ class Settings:
     model_path: str = field(default_factory=_default_model)
     # Test-time augmentation: "auto" uses what the model card was evaluated with.
     tta: str = "auto"
-    detector: str = "centerface"  # or "none": always classify the whole image
+    detector: str = "centerface"  # or "yunet"; "none": always classify the whole image
     detect_threshold: float = 0.5
+    # Faces at least this wide (pixels) are found by a first pass at reduced size; smaller ones
+    # only where that finds none, by a second at detect_max_side (faces.py; 0: that one alone).
+    detect_large_face: int = 56
     detect_max_side: int = 800  # large uploads are downscaled to this before detection
     crop_size_limit: int = 96  # images no larger than this are taken as a face crop
     max_faces: int = 20

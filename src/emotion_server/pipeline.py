@@ -111,6 +111,7 @@ class Pipeline:
             threshold=settings.detect_threshold,
             max_side=settings.detect_max_side,
             threads=settings.intra_op_threads,
+            large_face=settings.detect_large_face,
         )
         return cls(model, detector, PipelineOptions.from_settings(settings))
 
