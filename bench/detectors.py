@@ -12,7 +12,7 @@ Each candidate runs in a fresh process, one after the other, and reports:
 - ms: the median CPU time of 30 detections on the 640x480 one-face photo `bench/run.py`
   sends (decoded from its JPEG), on the same photo with the face painted over (no face: a
   two-pass search pays both passes), and on the 512x512 astronaut;
-- pipeline ms: the whole in-process photo path on that JPEG (decode, detect, crop, classify
+- photo path: the whole in-process photo path on that JPEG (decode, detect, crop, classify
   with the bundled model): what a server worker spends on one photo besides HTTP;
 - RSS: resident memory the detector added once it has served the photo (built, then run on
   the photo and the photo path as above) and at its peak, over the process before it was built
@@ -236,10 +236,10 @@ def measure(candidate: str, threads: int) -> dict:
     pipeline = Pipeline(model, detector, options)
     row = {"detector": candidate}
     timings = {
-        "ms 640x480": _median_ms(lambda: detector.detect(photo)),
-        "ms 640x480, no face": _median_ms(lambda: detector.detect(no_face)),
-        "ms 512x512": _median_ms(lambda: detector.detect(astronaut)),
-        "pipeline ms 640x480": _median_ms(lambda: pipeline.analyze(jpeg)),
+        "CPU ms 640x480": _median_ms(lambda: detector.detect(photo)),
+        "CPU ms 640x480, no face": _median_ms(lambda: detector.detect(no_face)),
+        "CPU ms 512x512": _median_ms(lambda: detector.detect(astronaut)),
+        "photo path CPU ms": _median_ms(lambda: pipeline.analyze(jpeg)),
     }
     memory = {
         "RSS added MB": round(_memory_mb("VmRSS") - rss_before, 1),

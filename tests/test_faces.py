@@ -214,3 +214,20 @@ def test_finds_the_face_in_the_bundled_sample(detector):
     scale = image.width / 512  # the sample is the astronaut photo at a smaller size
     x1, y1, x2, y2 = (round(v * scale) for v in ASTRONAUT_FACE)
     assert _overlap(face, (x1, y1, x2, y2)) > 0.9
+
+
+def test_serve_refuses_a_bad_detector_setting_before_starting_workers():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMOTION_DETECTOR": "retinaface", "PORT": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "emotion_server.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown detector 'retinaface' (EMOTION_DETECTOR)" in result.stderr

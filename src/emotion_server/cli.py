@@ -34,10 +34,15 @@ def _serve(args: argparse.Namespace) -> int:
     # Fail fast, with a clear message, before gunicorn forks workers that would each fail.
     from emotion_server.config import Settings
     from emotion_server.errors import ModelLoadError
+    from emotion_server.faces import check_detector_settings
     from emotion_server.model import EmotionModel
 
     try:
-        EmotionModel(Settings.from_env().model_path)
+        settings = Settings.from_env()
+        EmotionModel(settings.model_path)
+        check_detector_settings(
+            settings.detector, settings.detect_large_face, settings.detect_max_side
+        )
     except ModelLoadError as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
