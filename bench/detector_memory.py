@@ -1,11 +1,13 @@
 """The face detector's memory against its speed: ONNX Runtime's arena kept or shrunk after each
-run, with or without glibc's transparent huge pages for large buffers.
+run, with or without glibc's transparent huge pages and a fixed mmap threshold for large buffers.
 
     python bench/detector_memory.py [--runs 10]
 
 Each configuration runs in a fresh process (glibc reads GLIBC_TUNABLES at start): CenterFace on
-a 640x480 photo, `--runs` times; prints the resident memory the detections left behind and the
-milliseconds per detection (best of the runs), as a markdown table.
+bench/run.py's 640x480 photo with one face, `--runs` times, in one pass at 800 or in the served
+two-pass search (which finds the face in its first pass, at half size); prints the resident
+memory the detections left behind and the milliseconds per detection (best of the runs), as a
+markdown table.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import os
 import subprocess
 import sys
 
+SERVED = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=524288"  # as `serve` sets them
+# name -> (arena, GLIBC_TUNABLES, EMOTION_DETECT_LARGE_FACE: 0 is one pass at 800)
 CONFIGURATIONS = {
-    "arena kept (ONNX Runtime's default)": ("keep", "glibc.malloc.hugetlb=0"),
-    "arena shrunk after each run": ("shrink", "glibc.malloc.hugetlb=0"),
-    "arena shrunk + huge pages (served)": ("shrink", "glibc.malloc.hugetlb=1"),
+    "one pass, arena kept (ONNX Runtime's default)": ("keep", "glibc.malloc.hugetlb=0", 0),
+    "one pass, arena shrunk after each run": ("shrink", "glibc.malloc.hugetlb=0", 0),
+    "one pass, arena shrunk + huge pages": ("shrink", "glibc.malloc.hugetlb=1", 0),
+    "two-pass search, arena shrunk + huge pages": ("shrink", "glibc.malloc.hugetlb=1", 56),
+    "two-pass search, + fixed mmap threshold (served)": ("shrink", SERVED, 56),
 }
 
 CHILD = """
@@ -33,10 +39,16 @@ def rss_mb():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
-detector = CenterFaceDetector()
+detector = CenterFaceDetector(large_face=int(sys.argv[3]))
 if sys.argv[1] == "keep":
     detector.run_options = ort.RunOptions()
-photo = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+from PIL import Image
+from skimage import data
+
+# bench/run.py's photo: one face, which a two-pass search finds in its first pass.
+photo = Image.new("RGB", (640, 480), (120, 120, 120))
+photo.paste(Image.fromarray(data.astronaut()).resize((480, 480)), (80, 0))
+photo = np.asarray(photo)
 detector.detect(photo[:64, :64])
 before = rss_mb()
 times = []
@@ -48,10 +60,10 @@ print(json.dumps({"rss_growth_mb": rss_mb() - before, "ms": min(times)}))
 """
 
 
-def measure(arena: str, tunables: str, runs: int) -> dict:
+def measure(arena: str, tunables: str, runs: int, large_face: int = 0) -> dict:
     env = {**os.environ, "GLIBC_TUNABLES": tunables}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, arena, str(runs)],
+        [sys.executable, "-c", CHILD, arena, str(runs), str(large_face)],
         env=env,
         capture_output=True,
         text=True,
@@ -66,8 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     print("| detector memory | RSS left after the detections, MB | ms per 640x480 detection |")
     print("|---|---|---|")
-    for name, (arena, tunables) in CONFIGURATIONS.items():
-        row = measure(arena, tunables, args.runs)
+    for name, (arena, tunables, large_face) in CONFIGURATIONS.items():
+        row = measure(arena, tunables, args.runs, large_face)
         print(f"| {name} | {row['rss_growth_mb']:.0f} | {row['ms']:.1f} |")
 
 

@@ -38,18 +38,19 @@ def test_bad_numbers_fail_loudly():
         Settings.from_env({"PORT": "eighty"})
 
 
-def test_serve_asks_glibc_for_huge_pages_without_dropping_other_tunables():
-    from emotion_server.cli import HUGE_PAGES_TUNABLE, use_huge_pages_for_large_buffers
+def test_serve_sets_glibc_malloc_tunables_without_dropping_other_tunables():
+    from emotion_server.cli import MALLOC_TUNABLES, use_huge_pages_for_large_buffers
 
+    served = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=524288"
     env = {}
     use_huge_pages_for_large_buffers(env)
-    assert env["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE == "glibc.malloc.hugetlb=1"
+    assert env["GLIBC_TUNABLES"] == ":".join(MALLOC_TUNABLES) == served
     env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
     use_huge_pages_for_large_buffers(env)
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + served
     env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the operator's choice stands
     use_huge_pages_for_large_buffers(env)
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=524288"
 
 
 def test_runtime_threads_share_the_cpus_among_the_workers():

@@ -198,10 +198,14 @@ def test_detector_hands_its_activation_memory_back_after_each_photo():
     )
     detector_memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(detector_memory)
-    served = detector_memory.measure("shrink", "glibc.malloc.hugetlb=1", runs=3)
-    kept = detector_memory.measure("keep", "glibc.malloc.hugetlb=1", runs=3)
+    served = detector_memory.measure("shrink", detector_memory.SERVED, runs=3)
+    kept = detector_memory.measure("keep", detector_memory.SERVED, runs=3)
     assert served["rss_growth_mb"] < 70, served
     assert kept["rss_growth_mb"] > served["rss_growth_mb"] + 40, (kept, served)  # it can tell
+    # The served two-pass search, whose first pass finds the face: its buffers go back too
+    # (under glibc's moving mmap threshold they stayed resident, about 100 MB).
+    two_pass = detector_memory.measure("shrink", detector_memory.SERVED, runs=3, large_face=56)
+    assert two_pass["rss_growth_mb"] < 40, two_pass
 
 
 def test_finds_the_face_in_the_bundled_sample(detector):
