@@ -7,7 +7,8 @@ A generated region sits between `<!-- generated: NAME begin -->` and
 `<!-- generated: NAME end -->`; everything outside the markers is written by hand and left
 alone. Each NAME has one renderer below, fed from a file the project already writes:
 the served model's card (`emotion-server evaluate`) and `bench/results/` (`bench/run.py`,
-`bench/video.py`). So a figure on a page is the figure in its source, never a copy that drifts.
+`bench/video.py`, `bench/detectors.py`; `photo-path/` holds a `bench/run.py` run of its own).
+So a figure on a page is the figure in its source, never a copy that drifts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ FLOAT32_CARD = ROOT / "models" / "emotion_model.json"
 BENCH_RESULTS = ROOT / "bench" / "results" / "results.json"
 VIDEO_RESULTS = ROOT / "bench" / "results" / "video.md"
 FRONTEND_RESULTS = ROOT / "bench" / "results" / "frontends.json"
+DETECTOR_RESULTS = ROOT / "bench" / "results" / "detectors.json"
+PHOTO_RESULTS = ROOT / "bench" / "results" / "photo-path" / "results.json"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REGION = re.compile(
     r"(?P<begin><!-- generated: (?P<name>[\w-]+) begin -->\n)"
@@ -97,6 +100,37 @@ def video_bench() -> str:
     return "\n".join(lines[:table_end]) + "\n"
 
 
+def detector_bench() -> str:
+    """The face detectors side by side, as bench/detectors.py writes them from detectors.json."""
+    results = json.loads(DETECTOR_RESULTS.read_text())
+    return _load(ROOT / "bench" / "detectors.py").to_markdown(results)
+
+
+def photo_path_bench() -> str:
+    """bench/run.py's photo rows from the photo-path run, with the issue's two photo goals."""
+    result = json.loads(PHOTO_RESULTS.read_text())
+    lines = _load(ROOT / "bench" / "run.py").to_markdown(result).splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("| ceiling of"))
+    kept = [line for line in lines[: end - 1] if "| face crop 48x48 |" not in line]
+
+    def photo(name: str, connections: int) -> dict:
+        rows = result["contenders"][name]["workloads"]["photo 640x480"]
+        return next(row for row in rows if row["connections"] == connections)
+
+    ours, base = photo("ours", 8), photo("baseline", 8)
+    ratio = ours["throughput_rps"] / base["throughput_rps"]
+    p50 = photo("ours", 1)["p50_ms"]
+    kept += [
+        "",
+        "| photo goal | measured | goal | met |",
+        "|---|---|---|---|",
+        f"| ours / baseline, photo throughput at 8 connections | {ratio:.1f} | >= 3 | "
+        f"{'yes' if ratio >= 3 else 'no'} |",
+        f"| ours, photo p50 at 1 connection, ms | {p50} | <= 12 | {'yes' if p50 <= 12 else 'no'} |",
+    ]
+    return "\n".join(kept) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "model-card": model_card,
     "float32-card": float32_card,
@@ -104,6 +138,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "bench-results": bench_results,
     "video-bench": video_bench,
     "frontends": frontends,
+    "detector-bench": detector_bench,
+    "photo-path-bench": photo_path_bench,
 }
 
 
