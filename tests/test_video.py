@@ -256,8 +256,10 @@ def test_limits_of_length_and_size(limited_server, walking):
 def test_stream_that_runs_out_of_time_ends_with_an_error_line(crossing):
     """Past its share of the worker timeout a video stops; streamed, the status was already 200,
     so the last line says why."""
-    app = create_app({"model_path": str(BUNDLED_MODEL), "timeout": 1})
-    data = crossing[0]  # 20 frames with two faces each: far more than 0.8 s of work
+    # One full-size detection pass per frame (EMOTION_DETECT_LARGE_FACE=0), as before the two-pass
+    # search: 20 frames with two faces each are then far more than 0.8 s of work.
+    app = create_app({"model_path": str(BUNDLED_MODEL), "timeout": 1, "detect_large_face": 0})
+    data = crossing[0]
     response = app.test_client().post(
         URL + "?fps=10", data=data, headers={**RAW, "Accept": "application/x-ndjson"}
     )

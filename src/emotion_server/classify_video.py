@@ -77,6 +77,11 @@ def classify_video(
             file=sys.stderr,
             disable=disable,
             leave=False,
+            # Every frame is drawn (a frame takes milliseconds of work, a line costs less): a
+            # bar that vanishes when done would otherwise end on whichever count tqdm's
+            # 0.1 s refresh last caught, short of the total when frames come fast.
+            mininterval=0,
+            miniters=1,
         ) as bar:
             for frame in timeline.frames():
                 on_frame(frame)
