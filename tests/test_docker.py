@@ -1,4 +1,6 @@
-"""The Dockerfile: linted by hadolint (no Docker engine runs here), and what it relies on."""
+"""The Dockerfile, linted by hadolint. What the image does (non-root, HEALTHCHECK, the served
+model inside and nothing else, slow clients, a clean stop) is checked by building and running
+it: tests/test_container.py (scripts/ops/container.sh check, rootful podman)."""
 
 import shutil
 import subprocess
@@ -22,16 +24,3 @@ def test_hadolint_passes():
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_image_has_what_the_server_needs():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert "ARG BASE=python:3.11-slim" in dockerfile and "FROM ${BASE}" in dockerfile
-    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
-    assert 'CMD ["emotion-server", "serve"]' in dockerfile
-    # The bundled ONNX model and its card go into the image; Keras files and data do not.
-    assert "COPY models ./models" in dockerfile
-    assert "models/*.h5" in ignored and ".data" in ignored and ".venv" in ignored
-    assert (ROOT / "models" / "emotion_model.int8.onnx").is_file()
-    assert (ROOT / "models" / "emotion_model.int8.json").is_file()

@@ -106,6 +106,9 @@ check() {
     slow=$("$PYTHON" -m emotion_server.slowclients "$url" --clients 64 --cap 25)
     healthcheck=$(podman healthcheck run "$NAME" >/dev/null 2>&1 && echo healthy || echo unhealthy)
     uid=$(podman exec "$NAME" id -u)
+    # What the image holds in /app: the served model and its card, no Keras files, data,
+    # virtual environments or tests (.dockerignore).
+    contents=$(podman exec "$NAME" find /app -maxdepth 2 -not -path '*/src/*' | sort | tr '\n' ' ')
     started=$(date +%s)
     podman stop -t 30 "$NAME" >/dev/null
     stop_seconds=$(( $(date +%s) - started ))
@@ -114,6 +117,7 @@ check() {
 
     HEALTH=$health SUMMARY=$summary INFERENCE=$inference USER_ID=$uid EXIT_CODE=$exit_code \
     STOP_SECONDS=$stop_seconds LOGS=$logs METRICS=$metrics HEALTHCHECK=$healthcheck SLOW=$slow \
+    CONTENTS=$contents \
     "$PYTHON" - <<'PY'
 import json, os, re
 
@@ -129,6 +133,7 @@ report = {
     "stop_seconds": int(os.environ["STOP_SECONDS"]),
     "shutdown_logged": "Shutting down: Master" in os.environ["LOGS"],
     "image_healthcheck": os.environ["HEALTHCHECK"],
+    "app_files": os.environ["CONTENTS"].split(),
     "metrics_inference_200": re.findall(
         r'emotion_http_requests_total\{endpoint="/inference",method="POST",status="200"\} (\S+)',
         os.environ["METRICS"],
@@ -141,6 +146,15 @@ checks = {
     "metrics count it": report["metrics_inference_200"] == ["1.0"],
     "image HEALTHCHECK passes": report["image_healthcheck"] == "healthy",
     "non-root (uid 10001)": report["user_id"] == 10001,
+    "served model and card inside, no .h5, data, venv or tests": {
+        "/app/models/emotion_model.int8.onnx",
+        "/app/models/emotion_model.int8.json",
+    } <= set(report["app_files"])
+    and not any(
+        f.endswith((".h5", ".keras")) or f.split("/")[2] in (".venv", ".data", "tests", "runs")
+        for f in report["app_files"]
+        if f.count("/") >= 2
+    ),
     "podman stop: exit 0, graceful": report["stop_exit_code"] == 0 and report["shutdown_logged"],
     "healthz < 1 s with 64 slow clients": all(
         s is not None and s < 1 for s in report["healthz_s_with_slow_clients"]
