@@ -186,6 +186,7 @@ def test_first_pass_hides_small_faces_beside_a_large_one(astronaut):
     assert len(CenterFaceDetector(large_face=0).detect(canvas)) == 2
 
 
+@pytest.mark.e2e
 def test_detector_hands_its_activation_memory_back_after_each_photo():
     """ONNX Runtime's arena would keep a 640x480 detection's activations resident for good;
     measured in fresh processes by the benchmark's own code (bench/detector_memory.py)."""

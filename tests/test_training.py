@@ -457,6 +457,7 @@ def test_greedy_weights_prefer_the_better_member():
     assert counts[1] >= 1 and counts[1] > counts[0] and accuracy == 1.0
 
 
+@pytest.mark.e2e
 def test_export_refuses_a_model_of_another_shape(tmp_path):
     inputs = keras.Input((64, 64, 3))
     outputs = keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inputs))
