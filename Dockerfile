@@ -23,7 +23,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 COPY README.md ./
 COPY src ./src
-RUN python -m pip install --no-cache-dir --no-deps .
+# (pip's build folder is left out of the image)
+RUN python -m pip install --no-cache-dir --no-deps . && rm -rf build
 
 COPY models ./models
 COPY app.py test_client.py ./

@@ -146,12 +146,12 @@ checks = {
     "metrics count it": report["metrics_inference_200"] == ["1.0"],
     "image HEALTHCHECK passes": report["image_healthcheck"] == "healthy",
     "non-root (uid 10001)": report["user_id"] == 10001,
-    "served model and card inside, no .h5, data, venv or tests": {
+    "served model and card inside; no .h5, data, venv, tests or build": {
         "/app/models/emotion_model.int8.onnx",
         "/app/models/emotion_model.int8.json",
     } <= set(report["app_files"])
     and not any(
-        f.endswith((".h5", ".keras")) or f.split("/")[2] in (".venv", ".data", "tests", "runs")
+        f.endswith((".h5", ".keras")) or f.split("/")[2] in (".venv", ".data", "tests", "runs", "build")
         for f in report["app_files"]
         if f.count("/") >= 2
     ),
