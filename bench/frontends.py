@@ -30,7 +30,6 @@ Writes frontends.json and frontends.md into --out and prints the markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shlex
@@ -403,7 +402,7 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run the original design")
     parser.add_argument("--nginx-front", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from run import ceiling, machine, make_workloads
+    from run import ceiling, machine, make_workloads, write_results
 
     if args.nginx_front:
         sys.exit(nginx_front(args.nginx_front))
@@ -435,12 +434,7 @@ def main() -> None:
         result["baseline"] = baseline(workloads, args.duration)
     if result["chosen"] not in result["candidates"]:
         result["chosen"] = next(iter(result["candidates"]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "frontends.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = to_markdown(result)
-    (out / "frontends.md").write_text(markdown)
-    print(markdown)
+    write_results(Path(args.out), "frontends", result, to_markdown(result))
 
 
 if __name__ == "__main__":

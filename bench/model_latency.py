@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from train_speed import parse_arch_args  # beside this script
 
 from emotion_server.training.architectures import build_spec
 from emotion_server.training.export import export_torch_onnx
@@ -45,14 +46,6 @@ def ms_per_face(path: Path, threads: int, repeats: int = 300) -> float:
     return statistics.median(times) * 1000
 
 
-def parse_args(text: str) -> dict:
-    values = {}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=")
-        values[key] = int(value) if value.lstrip("-").isdigit() else float(value)
-    return values
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architecture", default="vgg")
@@ -69,7 +62,7 @@ def main() -> None:
         print(f"| bundled ({BUNDLED.name}), one view | - | centre | - | {bundled:.2f} |")
     with tempfile.TemporaryDirectory() as scratch:
         for text in args.arch_args:
-            spec = build_spec(args.architecture, **parse_args(text))
+            spec = build_spec(args.architecture, **parse_arch_args(text))
             net = build_torch(spec).eval()
             for views in args.views:
                 float_path = Path(scratch) / f"{spec.name}-{views}.onnx"

@@ -359,11 +359,15 @@ def main() -> None:
     result["ceilings"] = {name: ceiling(contenders[name][1]) for name in servers}
     result["ratios"] = ratios(result, servers)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = to_markdown(result)
-    (out / "results.md").write_text(markdown)
+    write_results(Path(args.out), "results", result, to_markdown(result))
+
+
+def write_results(folder: Path, stem: str, result: dict, markdown: str) -> None:
+    """`<stem>.json` (what scripts/docs.py renders) and `<stem>.md` into `folder`; prints the
+    markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(markdown)
     print(markdown)
 
 

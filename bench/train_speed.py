@@ -27,7 +27,8 @@ from emotion_server.training.train import (
 EPOCH_IMAGES = 28709
 
 
-def _args(text: str) -> dict:
+def parse_arch_args(text: str) -> dict:
+    """'width=48,dense=512' -> {'width': 48, 'dense': 512} (numbers as int or float)."""
     values = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
@@ -48,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     recipe = Recipe(
         architecture=args.arch,
-        arch_args=_args(args.arch_args),
+        arch_args=parse_arch_args(args.arch_args),
         batch_size=args.batch,
         bf16="off" if args.fp32 else "auto",
         epochs=1,

