@@ -131,7 +131,24 @@ def _holder(workers: list[int], local_port: int) -> int | None:
     return None
 
 
+def _wait_until_every_worker_serves(server, timeout: float = 60.0) -> list[int]:
+    """The worker pids, once each has loaded the app and logged that it serves (a worker
+    still loading its model cannot take connections, balanced or not)."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        workers = server.worker_pids()
+        log = server.output()
+        if workers and all(f"Worker {pid} serving" in log for pid in workers):
+            return workers
+        time.sleep(0.1)
+    raise AssertionError(f"not every worker started serving:\n{server.output()[-2000:]}")
+
+
 def test_keep_alive_connections_are_spread_over_the_workers(server):
+    """One client after another opens a keep-alive connection and keeps it: least-connections
+    balancing (workers.LoadBoard, tested alone in test_balancing.py) leaves each new one to
+    the worker holding fewer."""
+    workers = _wait_until_every_worker_serves(server)
     connections = []
     try:
         for _ in range(16):
@@ -141,19 +158,29 @@ def test_keep_alive_connections_are_spread_over_the_workers(server):
             response.read()
             assert response.status == 200 and not response.will_close
             connections.append(connection)
-        workers = server.worker_pids()
         holders = Counter(_holder(workers, c.sock.getsockname()[1]) for c in connections)
     finally:
         for connection in connections:
             connection.close()
-    assert set(holders) == set(workers), holders  # every worker holds some, none holds all
+    assert set(holders) == set(workers), holders  # every worker holds some
+    # Balanced, it is 8 and 8; a peer busy for longer than PEER_FRESH_S is passed over, so
+    # allow some slack on a loaded machine. Without balancing, CI once saw 16 and 0.
+    assert max(holders.values()) <= 11, holders
 
 
-def test_a_thousand_connections_at_once_get_answers_or_refusal(server):
-    report = burst(server.url, connections=1000, timeout=60)
-    assert sum(report["answers"].values()) == 1000
-    assert set(report["answers"]) <= {"200", "503", "refused"}, report
-    assert healthz_seconds(server.url, timeout=BOUND_S) is not None  # still serving
+def test_a_thousand_connections_at_once_get_answers_or_refusal():
+    """On a server that has just become ready (cold code paths, its second worker perhaps
+    still loading): a worker reaches the last of the burst seconds after accepting it, past
+    the read timeout, and must still read the request that waited in the kernel (this once
+    reset 176 of 1,000 connections)."""
+    cold = GunicornServer(env={"EMOTION_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}, workers=2)
+    try:
+        report = burst(cold.url, connections=1000, timeout=60)
+        assert sum(report["answers"].values()) == 1000
+        assert set(report["answers"]) <= {"200", "503", "refused"}, report
+        assert healthz_seconds(cold.url, timeout=BOUND_S) is not None  # still serving
+    finally:
+        cold.stop()
 
 
 def test_gthread_worker_has_the_same_deadline():

@@ -15,17 +15,29 @@ greenlet, so slow clients cost a little memory, not a thread or a process, while
 runs in the worker's one OS thread. `ThreadWorker` (gunicorn's gthread with the same
 deadline) serves `EMOTION_WORKER_THREADS` > 1, for micro-batching; a slow client holds one of
 its threads until its deadline. docs/operations.md has the measurements behind the choice.
+
+The gevent workers share one listening socket, and which of them accepts a new connection is
+a race the kernel settles; a keep-alive client holds its worker for as long as it stays
+connected. Left alone, one worker can win every race and hold every connection while the
+others idle (the CI machine showed 16 of 16). `LoadBoard` keeps each worker's count of open
+connections in memory shared by the workers, and a worker that holds more connections than
+a responsive peer leaves the next connection to it (least-connections balancing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import mmap
+import os
 import socket
 import ssl
 import time
 from collections.abc import Callable
 
+import gevent
+import gevent.server
 import gevent.socket
 from gunicorn import util
 from gunicorn.workers import ggevent, gthread
@@ -35,6 +47,12 @@ from emotion_server.errors import ReadTimeout
 
 # How long a connection cut off by its deadline is read (and ignored) after the 408 is sent.
 LINGER_S = 1.0
+# Each gevent worker's event loop writes a heartbeat this often; a peer whose last one is
+# older than PEER_FRESH_S is busy in a long computation (or gone) and is not waited for.
+HEARTBEAT_S = 0.01
+PEER_FRESH_S = 0.1
+# A worker that left a pending connection to a less loaded peer looks again after this long.
+RECHECK_S = 0.005
 
 
 class DeadlineSocket:
@@ -73,7 +91,13 @@ class DeadlineSocket:
     def recv(self, size: int, *flags: int) -> bytes:
         remaining = self.deadline() - time.monotonic()
         if remaining <= 0:
-            self._expire()
+            # The deadline bounds waiting for the client, not the server's own delay: bytes
+            # that already arrived (say, while the worker answered a burst of others) are read.
+            data = self._recv_arrived(size, *flags)
+            if data is None:
+                self._expire()
+            self.received += len(data)
+            return data
         self._sock.settimeout(remaining)
         try:
             if self.wait_readable is not None:
@@ -85,6 +109,17 @@ class DeadlineSocket:
             self._sock.settimeout(None)  # writing the answer is not bounded by the read
         self.received += len(data)
         return data
+
+    def _recv_arrived(self, size: int, *flags: int) -> bytes | None:
+        """What the kernel already holds for this socket, without waiting: None if nothing,
+        b"" if the client closed."""
+        self._sock.settimeout(0.0)
+        try:
+            return self._sock.recv(size, *flags)
+        except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):
+            return None
+        finally:
+            self._sock.settimeout(None)
 
     def recv_into(self, buffer, size: int = 0, *flags: int) -> int:
         data = self.recv(size or len(buffer), *flags)
@@ -128,6 +163,126 @@ def answer_read_timeout(sock, error: ReadTimeout) -> None:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     util.write_nonblock(sock, head + body)
+
+
+class LoadBoard:
+    """Per worker process: its pid, open connections and last heartbeat, in a small anonymous
+    shared memory map. Made in gunicorn's master (where this module is imported to find the
+    worker class), so every forked worker sees the same one. The master hands out the slots
+    (one after another, as it makes each worker before forking it), so no lock is needed: a
+    worker writes only its own slot."""
+
+    PID, CONNECTIONS, BEAT = range(3)
+    RESERVED = -1  # PID of a slot handed to a worker that has not started yet
+
+    def __init__(self, slots: int = 64):
+        self.slots = slots
+        self._cells = memoryview(mmap.mmap(-1, slots * 3 * 8)).cast("d")
+
+    def _get(self, slot: int, field: int) -> float:
+        return self._cells[slot * 3 + field]
+
+    def _set(self, slot: int, field: int, value: float) -> None:
+        self._cells[slot * 3 + field] = value
+
+    def reserve(self) -> int | None:
+        """In the master: a slot for the worker about to be forked, one that is free or whose
+        process is gone. None when all are held (that worker then runs without balancing)."""
+        now = time.monotonic()
+        for slot in range(self.slots):
+            holder = int(self._get(slot, self.PID))
+            if holder == self.RESERVED and now - self._get(slot, self.BEAT) < 60:
+                continue  # handed out moments ago; its worker is starting
+            if holder > 0 and _alive(holder):
+                continue
+            self._set(slot, self.CONNECTIONS, 0)
+            self._set(slot, self.BEAT, now)
+            self._set(slot, self.PID, self.RESERVED)
+            return slot
+        return None
+
+    def occupy(self, slot: int, pid: int) -> None:
+        """In the worker, as it starts serving."""
+        self._set(slot, self.CONNECTIONS, 0)
+        self._set(slot, self.BEAT, time.monotonic())
+        self._set(slot, self.PID, pid)
+
+    def retire(self, slot: int) -> None:
+        """Stop being waited for (the worker is draining), keeping the slot until it exits."""
+        self._set(slot, self.BEAT, 0)
+
+    def release(self, slot: int) -> None:
+        self._set(slot, self.BEAT, 0)
+        self._set(slot, self.PID, 0)
+
+    def beat(self, slot: int) -> None:
+        self._set(slot, self.BEAT, time.monotonic())
+
+    def count(self, slot: int, change: int) -> None:
+        self._set(slot, self.CONNECTIONS, self._get(slot, self.CONNECTIONS) + change)
+
+    def connections(self, slot: int) -> int:
+        return int(self._get(slot, self.CONNECTIONS))
+
+    def should_yield(self, slot: int) -> bool:
+        """Whether a responsive peer holds fewer open connections than this worker."""
+        mine = self._get(slot, self.CONNECTIONS)
+        fresh_after = time.monotonic() - PEER_FRESH_S
+        for other in range(self.slots):
+            if other == slot or self._get(other, self.PID) <= 0:
+                continue
+            if (
+                self._get(other, self.BEAT) > fresh_after
+                and self._get(other, self.CONNECTIONS) < mine
+            ):
+                return True
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+BOARD = LoadBoard()
+
+
+class BalancedServer(gevent.server.StreamServer):
+    """gevent's accept loop, except that while a responsive peer holds fewer connections, a
+    pending connection is left in the listen queue for that peer (whose event loop was woken
+    by the same connection) and the queue is looked at again RECHECK_S later."""
+
+    def __init__(self, *args, board: LoadBoard, slot: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.board = board
+        self.slot = slot
+        self._recheck = None
+
+    def do_read(self):
+        if self.board.should_yield(self.slot):
+            self.stop_accepting()
+            self._recheck = self.loop.timer(RECHECK_S)
+            self._recheck.start(self._resume)
+            return None
+        accepted = super().do_read()
+        if accepted:
+            self.board.count(self.slot, +1)
+        return accepted
+
+    def do_close(self, *args):
+        # Called once per accepted connection when its handler returns (or fails to start).
+        self.board.count(self.slot, -1)
+        super().do_close(*args)
+
+    def _resume(self):
+        self._recheck = None
+        if self.started:
+            self.start_accepting()
 
 
 class ReadDeadline:
@@ -180,6 +335,33 @@ class GeventWorker(ReadDeadline, ggevent.GeventWorker):
     @staticmethod
     def wait_readable(fileno: int, timeout: float) -> None:
         gevent.socket.wait_read(fileno, timeout=timeout)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Runs in the master, just before the fork. One worker alone has nobody to balance with.
+        self.slot = BOARD.reserve() if self.cfg.workers > 1 else None
+
+    def run(self):
+        if self.slot is None:
+            return super().run()
+        BOARD.occupy(self.slot, os.getpid())
+        self.log.info("Worker %s serving, balancing connections (slot %s)", os.getpid(), self.slot)
+        heartbeat = gevent.get_hub().loop.timer(0, HEARTBEAT_S)
+        heartbeat.start(self._heartbeat)
+        # gunicorn's run() makes one gevent StreamServer per listener; in this process (a
+        # forked worker) the name it uses is pointed at the balancing subclass.
+        ggevent.StreamServer = functools.partial(BalancedServer, board=BOARD, slot=self.slot)
+        try:
+            return super().run()
+        finally:
+            heartbeat.stop()
+            BOARD.release(self.slot)
+
+    def _heartbeat(self):
+        if self.alive:
+            BOARD.beat(self.slot)
+        else:  # draining after SIGTERM: its listener is closed, so peers stop waiting for it
+            BOARD.retire(self.slot)
 
     def timeout_ctx(self):
         # The socket enforces both the keep-alive wait and the read deadline itself.

@@ -1,0 +1,162 @@
+"""workers.py in this process. The read deadline of DeadlineSocket on a real socket pair; the
+least-connections balancing between gevent workers (LoadBoard, BalancedServer) with a real
+gevent server on a loopback port, a peer worker played by writing its slot of the board.
+The end-to-end checks with real gunicorn workers are in test_frontend.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import gevent
+import gevent.event
+import gevent.socket
+import pytest
+
+from emotion_server import workers
+from emotion_server.errors import ReadTimeout
+from emotion_server.workers import DeadlineSocket, LoadBoard
+
+
+@pytest.fixture
+def pair():
+    server_end, client_end = socket.socketpair()
+    yield server_end, client_end
+    server_end.close()
+    client_end.close()
+
+
+def test_a_request_waiting_in_the_kernel_is_read_after_the_deadline(pair):
+    """The deadline bounds waiting for the client, not the server: a request that arrived in
+    time but was reached late (a worker answering a burst of others) is still read."""
+    server_end, client_end = pair
+    sock = DeadlineSocket(server_end, read_timeout=0.05, min_rate=0, idle=0)
+    client_end.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+    time.sleep(0.1)  # past the deadline
+    assert sock.recv(4096) == b"GET /healthz HTTP/1.1\r\n\r\n"
+    with pytest.raises(ReadTimeout):  # nothing more arrived: cut off, without waiting
+        sock.recv(4096)
+    assert sock.timed_out
+
+
+def test_a_client_that_sends_nothing_is_cut_off_at_the_deadline(pair):
+    server_end, _ = pair
+    sock = DeadlineSocket(server_end, read_timeout=0.2, min_rate=0, idle=0)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeout):
+        sock.recv(4096)
+    assert 0.15 < time.monotonic() - started < 5  # waited for the deadline, not forever
+    assert sock.received == 0
+
+
+def test_a_client_that_closed_after_the_deadline_reads_as_closed(pair):
+    server_end, client_end = pair
+    sock = DeadlineSocket(server_end, read_timeout=0.01, min_rate=0, idle=0)
+    client_end.close()
+    time.sleep(0.05)
+    assert sock.recv(4096) == b""  # end of stream, as gunicorn expects it
+
+
+def test_slots_are_handed_out_once_and_reused_when_their_process_is_gone():
+    board = LoadBoard(slots=3)
+    first, second = board.reserve(), board.reserve()
+    assert (first, second) == (0, 1)  # reserved, not yet started: not handed out again
+    board.occupy(first, os.getpid())  # a live process
+    board.occupy(second, 2**22 + 12345)  # above Linux's pid_max: no such process
+    assert board.reserve() == 1  # the dead worker's slot
+    assert board.reserve() == 2
+    assert board.reserve() is None  # all held: that worker runs without balancing
+
+
+def test_a_worker_yields_only_to_a_responsive_peer_holding_fewer_connections():
+    board = LoadBoard(slots=4)
+    mine, peer = board.reserve(), board.reserve()
+    board.occupy(mine, os.getpid())
+    board.occupy(peer, os.getpid())
+    assert not board.should_yield(mine)  # level
+    board.count(mine, +1)
+    assert board.should_yield(mine)  # the peer holds fewer and is responsive
+    board.count(peer, +2)
+    assert not board.should_yield(mine)  # the peer holds more
+    board.count(peer, -2)
+    board.retire(peer)  # draining: its listener is closed
+    assert not board.should_yield(mine)
+    board.beat(peer)
+    assert board.should_yield(mine)
+    board.release(peer)
+    assert not board.should_yield(mine)
+
+
+class _Server:
+    """A BalancedServer on a loopback port that keeps every connection open until told."""
+
+    def __init__(self, board: LoadBoard, slot: int):
+        self.accepted: list = []
+        self.done = gevent.event.Event()
+        self.server = workers.BalancedServer(
+            ("127.0.0.1", 0), handle=self._hold, board=board, slot=slot
+        )
+        self.server.max_accept = 1  # as gunicorn sets it with more than one worker
+        self.server.start()
+
+    def _hold(self, sock, address):
+        self.accepted.append(address)
+        self.done.wait()
+
+    def connect(self) -> gevent.socket.socket:
+        return gevent.socket.create_connection(self.server.address, timeout=5)
+
+    def accepted_within(self, count: int, seconds: float) -> bool:
+        until = time.monotonic() + seconds
+        while len(self.accepted) < count and time.monotonic() < until:
+            gevent.sleep(0.002)
+        return len(self.accepted) >= count
+
+
+@pytest.fixture
+def board_and_peer():
+    board = LoadBoard(slots=4)
+    mine, peer = board.reserve(), board.reserve()
+    board.occupy(mine, os.getpid())
+    board.occupy(peer, os.getpid())
+    beating = gevent.spawn(_beat_forever, board, peer)
+    yield board, mine, peer, beating
+    beating.kill()
+
+
+def _beat_forever(board: LoadBoard, slot: int) -> None:
+    while True:
+        board.beat(slot)
+        gevent.sleep(workers.HEARTBEAT_S)
+
+
+def test_a_pending_connection_is_left_to_the_less_loaded_peer_while_it_is_responsive(
+    board_and_peer,
+):
+    board, mine, peer, beating = board_and_peer
+    server = _Server(board, mine)
+    clients = []
+    try:
+        clients.append(server.connect())
+        assert server.accepted_within(1, 5)  # level (0 and 0): accepted
+        assert board.connections(mine) == 1  # counted on accept
+
+        clients.append(server.connect())
+        # The peer (0 connections, beating) would take it; this worker leaves it queued.
+        assert not server.accepted_within(2, 5 * workers.PEER_FRESH_S)
+        board.count(peer, +1)  # the peer took one elsewhere: level again, so this worker accepts
+        assert server.accepted_within(2, 5)
+        assert board.connections(mine) == 2
+
+        clients.append(server.connect())
+        assert not server.accepted_within(3, 5 * workers.PEER_FRESH_S)
+        beating.kill()  # the peer's event loop stops answering (a long computation)
+        assert server.accepted_within(3, 5)  # passed over once its heartbeat is stale
+    finally:
+        server.done.set()
+        for client in clients:
+            client.close()
+        gevent.sleep(0.05)
+        server.server.stop()
+    assert board.connections(mine) == 0  # every close counted
