@@ -5,6 +5,7 @@ The end-to-end checks with real gunicorn workers are in test_frontend.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -38,6 +39,23 @@ def test_a_request_waiting_in_the_kernel_is_read_after_the_deadline(pair):
     with pytest.raises(ReadTimeout):  # nothing more arrived: cut off, without waiting
         sock.recv(4096)
     assert sock.timed_out
+
+
+def test_a_request_that_arrived_while_the_timer_fired_is_read(pair):
+    """A busy event loop may run the wait's timer before the socket's readiness: the bytes
+    that are there are read, not dropped with a reset."""
+    server_end, client_end = pair
+
+    def busy_loop_wait(fileno: int, timeout: float) -> None:
+        time.sleep(timeout + 0.05)  # the loop was busy elsewhere; the request came meanwhile
+        raise TimeoutError
+
+    sock = DeadlineSocket(
+        server_end, read_timeout=0.05, min_rate=0, idle=0, wait_readable=busy_loop_wait
+    )
+    client_end.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    assert sock.recv(4096) == b"GET / HTTP/1.1\r\n\r\n"
+    assert sock.received == len(b"GET / HTTP/1.1\r\n\r\n")
 
 
 def test_a_client_that_sends_nothing_is_cut_off_at_the_deadline(pair):
@@ -160,3 +178,35 @@ def test_a_pending_connection_is_left_to_the_less_loaded_peer_while_it_is_respon
         gevent.sleep(0.05)
         server.server.stop()
     assert board.connections(mine) == 0  # every close counted
+
+
+def _read_available(sock: socket.socket) -> list[bytes]:
+    """Each recv() that returns within a moment: one per segment the peer sent, roughly."""
+    sock.settimeout(0.2)
+    reads = []
+    with contextlib.suppress(TimeoutError):
+        while data := sock.recv(65536):
+            reads.append(data)
+    return reads
+
+
+def test_a_response_head_goes_out_with_its_body_in_one_send(pair):
+    server_end, client_end = pair
+    sock = DeadlineSocket(server_end, read_timeout=5, min_rate=0, idle=0)
+    sock.hold_head()
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    client_end.settimeout(0.1)
+    with pytest.raises(TimeoutError):  # held until the body comes
+        client_end.recv(65536)
+    sock.sendall(b"{}")
+    sock.sendall(b"more")  # later writes (a streamed body) pass straight through
+    assert _read_available(client_end)[0].startswith(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    )
+
+    sock.hold_head()
+    sock.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    sock.flush()  # a head with no body is sent when the response ends
+    assert b"".join(_read_available(client_end)) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    sock.flush()  # nothing held: nothing sent
+    assert _read_available(client_end) == []
