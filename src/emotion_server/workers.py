@@ -176,11 +176,6 @@ class DeadlineSocket:
         self.flush()
         return self._sock.sendfile(*args, **kwargs)
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.flush()
-        self._sock.close()
-
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
 
@@ -295,13 +290,14 @@ class BalancedServer(gevent.server.StreamServer):
         super().__init__(*args, **kwargs)
         self.board = board
         self.slot = slot
-        self._recheck = None
 
     def do_read(self):
         if self.board.should_yield(self.slot):
+            # gevent's own pause-and-retry of its accept loop (what it does after an accept
+            # error): the timer sits where stop_accepting(), on close, cancels it.
             self.stop_accepting()
-            self._recheck = self.loop.timer(RECHECK_S)
-            self._recheck.start(self._resume)
+            self._timer = self.loop.timer(RECHECK_S)
+            self._timer.start(self._start_accepting_if_started)
             return None
         accepted = super().do_read()
         if accepted:
@@ -312,11 +308,6 @@ class BalancedServer(gevent.server.StreamServer):
         # Called once per accepted connection when its handler returns (or fails to start).
         self.board.count(self.slot, -1)
         super().do_close(*args)
-
-    def _resume(self):
-        self._recheck = None
-        if self.started:
-            self.start_accepting()
 
 
 class ReadDeadline:
@@ -342,6 +333,20 @@ class ReadDeadline:
             # TLS may hold decrypted bytes the file descriptor does not show as readable.
             wait_readable=None if isinstance(sock, ssl.SSLSocket) else self.wait_readable,
         )
+
+    @contextlib.contextmanager
+    def answering(self, sock: DeadlineSocket, req):
+        """Around gunicorn's handling of one request on `sock`: the request to close if its
+        body times out, the response's head held for its body, and, after a 408 answered
+        mid-body, the linger before closing."""
+        sock.request = req
+        sock.hold_head()
+        try:
+            yield
+        finally:
+            sock.flush()
+            if sock.timed_out:  # the app answered 408 mid-body (and closes: framing is lost)
+                sock.linger()
 
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, ReadTimeout):
@@ -408,14 +413,8 @@ class GeventWorker(ReadDeadline, ggevent.GeventWorker):
     def handle_request(self, listener_name, req, sock, addr):
         if not isinstance(sock, DeadlineSocket):
             return super().handle_request(listener_name, req, sock, addr)
-        sock.request = req
-        sock.hold_head()
-        try:
+        with self.answering(sock, req):
             keep = super().handle_request(listener_name, req, sock, addr)
-        finally:
-            sock.flush()
-            if sock.timed_out:  # the app answered 408 mid-body (and closes: framing is lost)
-                sock.linger()
         if sock.timed_out:
             raise StopIteration()
         sock.next_request()
@@ -430,19 +429,14 @@ class ThreadWorker(ReadDeadline, gthread.ThreadWorker):
         return super().handle(conn)
 
     def handle_request(self, req, conn):
-        if isinstance(conn.sock, DeadlineSocket):
-            conn.sock.request = req
-            conn.sock.hold_head()
-        try:
+        sock = conn.sock
+        if not isinstance(sock, DeadlineSocket):
+            return super().handle_request(req, conn)
+        with self.answering(sock, req):  # lingers, if cut off, in this thread
             keep = super().handle_request(req, conn)
-        finally:
-            if isinstance(conn.sock, DeadlineSocket):
-                conn.sock.flush()
-        if isinstance(conn.sock, DeadlineSocket):
-            if conn.sock.timed_out:  # in this thread, not in the worker's event loop
-                conn.sock.linger()
-                return False
-            conn.sock.next_request()
+        if sock.timed_out:
+            return False
+        sock.next_request()
         return keep
 
 
