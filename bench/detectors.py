@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> (detector, EMOTION_DETECT_LARGE_FACE, EMOTION_DETECT_MAX_SIDE, variant). A two-pass
 # search runs its first pass where faces `large_face` pixels wide shrink to the narrowest the
 # detector finds (CenterFace 28 px, YuNet 56 px), the second at 800 only where it finds none.
+# blazeface runs BlazeFace on the image letterboxed to 192x192, then CenterFace (searched as
+# the two numbers say) only where BlazeFace finds no face.
 CANDIDATES = {
     "centerface 800, one pass (as before)": ("centerface", 0, 800, ""),
     "centerface 320, one pass": ("centerface", 0, 320, ""),
@@ -56,6 +58,8 @@ CANDIDATES = {
     "yunet 800, one pass": ("yunet", 0, 800, ""),
     "yunet 320, one pass": ("yunet", 0, 320, ""),
     "yunet two-pass, large face 112 px": ("yunet", 112, 800, ""),
+    "blazeface, then centerface two-pass 56 px": ("blazeface", 56, 800, ""),
+    "blazeface, then centerface 800": ("blazeface", 0, 800, ""),
     "opencv-haar": ("haar", 0, 0, ""),
 }
 

