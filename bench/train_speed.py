@@ -1,7 +1,11 @@
 """Seconds per FER2013 epoch (28,709 images) of the training loop, beside a bare
 forward/backward of the same network on random data: how much the loop itself costs.
+With --teachers, also the loop distilling from those runs, both ways a recipe allows
+(`distill_targets`): the teachers run on every batch ("online"), or their targets are looked
+up ("fixed", computed once per run; that one-off cost is printed too).
 
     python bench/train_speed.py --arch vgg --arch-args width=64,dense=1024 --steps 20
+    python bench/train_speed.py --arch-args width=32,dense=256 --teachers vgg48-s1 vgg48-s2
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from emotion_server.training.train import (
     EMA,
     Fit,
     Recipe,
+    Teachers,
     _optimizer,
     _schedule,
     _use_bf16,
@@ -44,6 +49,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--teachers", nargs="+", default=[], help="runs to distil from")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,15 +105,36 @@ def main() -> None:
         scheduler=scheduler,
         generator=torch.Generator().manual_seed(0),
         teachers=None,
+        targets=None,
         aug=recipe.augmentation(),
         bf16=use_bf16,
     )
     fit.train_one_epoch(images[: 3 * args.batch], labels[: 3 * args.batch], 3)  # warm-up
-    started = time.perf_counter()
-    fit.train_one_epoch(images, labels, args.steps)
-    loop = (time.perf_counter() - started) / args.steps
-    print(f"bare forward/backward: {bare * per_epoch:6.1f} s per epoch ({bare * 1000:.0f} ms/step)")
-    print(f"training loop:         {loop * per_epoch:6.1f} s per epoch ({loop * 1000:.0f} ms/step)")
+
+    def timed_epoch() -> float:
+        started = time.perf_counter()
+        fit.train_one_epoch(images, labels, args.steps)
+        return (time.perf_counter() - started) / args.steps
+
+    def report(name: str, seconds: float) -> None:
+        print(f"{name:34s} {seconds * per_epoch:6.1f} s per epoch ({seconds * 1000:.0f} ms/step)")
+
+    report("bare forward/backward:", bare)
+    report("training loop:", timed_epoch())
+    if args.teachers:
+        fit.teachers = Teachers(args.teachers, 2.0).to(memory_format=torch.channels_last)
+        report("distilling, online teachers:", timed_epoch())
+        # "fixed": a forward pass of each teacher over each image's centre and mirror, once.
+        started = time.perf_counter()
+        with torch.no_grad():
+            for member in fit.teachers.members:
+                for _ in range(2):
+                    member(x)
+        once = (time.perf_counter() - started) / args.batch * EPOCH_IMAGES
+        fit.teachers = None
+        fit.targets = torch.full((len(images), 7), 1 / 7)
+        report("distilling, fixed targets:", timed_epoch())
+        print(f"{'  (their one-off computation:':34s} {once:6.1f} s per run)")
 
 
 if __name__ == "__main__":

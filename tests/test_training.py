@@ -417,6 +417,61 @@ def test_distillation_moves_the_student_towards_its_teacher(fer):
     assert summary["log"][-1]["loss"] != plain["log"][-1]["loss"]
 
 
+@pytest.mark.e2e
+def test_fixed_distillation_targets_are_the_teachers_softened_views_and_outlive_them(fer):
+    """distill_targets = "fixed": each Training image's target is the teachers' mean of
+    softmax(logits / T) over its centre crop and mirror image, computed once; a resumed run
+    reads them from its folder, so it needs no teacher any more."""
+    import shutil
+
+    import torch.nn.functional as F
+
+    from emotion_server.training.data import load_cached
+    from emotion_server.training.train import (
+        TARGETS,
+        load_recipe,
+        load_run_model,
+        resolve_run,
+        to_tensor,
+        train,
+    )
+
+    quiet = {"data_path": str(fer), "progress": lambda _: None}
+    base = load_recipe(ROOT / "configs" / "smoke.toml")
+    train(base, "teacher-a", **quiet)
+    train(load_recipe(ROOT / "configs" / "smoke.toml", seed=2), "teacher-b", **quiet)
+    recipe = load_recipe(
+        ROOT / "configs" / "smoke.toml",
+        teachers=["teacher-a", "teacher-b"],
+        distill_weight=1.0,
+        distill_temperature=3.0,
+        distill_targets="fixed",
+        epochs=1,
+    )
+    assert train(recipe, "student", **quiet)["epochs_done"] == 1
+    saved = torch.load(resolve_run("student") / TARGETS, weights_only=False)["targets"]
+
+    # The same targets, computed here from the teachers' logits.
+    images = load_cached(str(fer))["Training"].images
+    x = to_tensor(images)
+    expected = torch.zeros(len(images), 7)
+    for run in ("teacher-a", "teacher-b"):
+        net = load_run_model(run)
+        crop, top = net.arch.crop, (48 - net.arch.crop) // 2
+        centre = x[..., top : top + crop, top : top + crop]
+        with torch.no_grad():
+            for view in (centre, centre.flip(-1)):
+                expected += F.softmax(net(view) / 3.0, 1) / 4
+    assert torch.allclose(saved, expected, atol=1e-4)
+    assert not torch.allclose(saved, F.softmax(torch.log(saved) * 3.0, 1), atol=1e-2)  # T mattered
+
+    # Resumed without its teachers: the kept targets are read, not recomputed.
+    for run in ("teacher-a", "teacher-b"):
+        shutil.rmtree(resolve_run(run))
+    resumed = train(None, "student", resume=True, epochs=3, **quiet)
+    assert resumed["epochs_done"] == 3
+
+
 def test_logit_adjustment_lifts_the_rare_class_and_is_what_the_bias_shift_computes():
     from emotion_server.training.balance import adjust, class_prior, fit_balance
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emotion_server.contract import scale
+from emotion_server.contract import EMOTIONS, scale
 from emotion_server.training.architectures import Architecture, build_spec, view_offsets
 from emotion_server.training.augment import Augmentation, augment
 from emotion_server.training.data import load_cached
@@ -70,6 +70,10 @@ class Recipe:
     teachers: list[str] = field(default_factory=list)  # run names or folders to distil from
     distill_weight: float = 0.7  # share of the teacher's softened probabilities in the loss
     distill_temperature: float = 2.0
+    # "online": the teachers see each augmented batch (their forward passes cost more than the
+    # student's training on a CPU); "fixed": each Training image's target is computed once, at
+    # the run's start, from its centre crop and mirror image, and kept in the run folder.
+    distill_targets: str = "online"
     checkpoint_every: int = 1
     seed: int = 1
     limit_train: int | None = None  # tests: only the first N Training images
@@ -261,6 +265,49 @@ class Teachers(nn.Module):
         return torch.stack(probs).mean(0)
 
 
+TARGETS = "teacher_targets.pt"
+
+
+def fixed_targets(
+    recipe: Recipe,
+    images: np.ndarray,
+    folder: Path,
+    device: torch.device,
+    progress: Callable[[str], None] = print,
+) -> torch.Tensor:
+    """The teachers' mean softened probabilities (temperature `distill_temperature`) of each
+    image's centre crop and its mirror image: computed once and kept in the run folder, so a
+    resumed run reads them instead of running the teachers again."""
+    path = folder / TARGETS
+    key = {
+        "teachers": list(recipe.teachers),
+        "temperature": recipe.distill_temperature,
+        "images": len(images),
+    }
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved["key"] == key:
+            return saved["targets"]
+    started = time.time()
+    total = np.zeros((len(images), len(EMOTIONS)), np.float64)
+    for run in recipe.teachers:
+        model = load_run_model(run).to(device, memory_format=torch.channels_last)
+        for probabilities in predict_views(model, images, "flip"):
+            # softmax(z / T) from softmax(z): the logits are log p up to a constant.
+            softened = torch.softmax(
+                torch.from_numpy(np.log(probabilities + 1e-12)) / key["temperature"], 1
+            )
+            total += softened.numpy()
+        del model
+    targets = torch.from_numpy((total / (2 * len(recipe.teachers))).astype(np.float32))
+    _atomic_save({"key": key, "targets": targets}, path)
+    progress(
+        f"distillation targets from {', '.join(recipe.teachers)} for {len(images)} images "
+        f"in {time.time() - started:.0f} s, kept in {path}"
+    )
+    return targets
+
+
 def train(
     recipe: Recipe | None,
     run: str | os.PathLike,
@@ -315,13 +362,17 @@ def train(
     optimizer = _optimizer(model, recipe)
     steps_per_epoch = len(x_train) // recipe.batch_size  # full batches only
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(recipe, steps_per_epoch))
-    teachers = (
-        Teachers(recipe.teachers, recipe.distill_temperature).to(
+    if recipe.distill_targets not in ("online", "fixed"):
+        raise ValueError(
+            f"distill_targets must be 'online' or 'fixed', not {recipe.distill_targets!r}"
+        )
+    teachers, targets = None, None
+    if recipe.teachers and recipe.distill_targets == "fixed":
+        targets = fixed_targets(recipe, x_train.numpy(), folder, device, progress)
+    elif recipe.teachers:
+        teachers = Teachers(recipe.teachers, recipe.distill_temperature).to(
             device, memory_format=torch.channels_last
         )
-        if recipe.teachers
-        else None
-    )
     fit = Fit(
         recipe=recipe,
         model=model,
@@ -330,6 +381,7 @@ def train(
         scheduler=scheduler,
         generator=generator,
         teachers=teachers,
+        targets=targets,
         aug=recipe.augmentation(),
         bf16=use_bf16,
     )
@@ -423,6 +475,7 @@ class Fit:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator  # shuffling and augmentation
     teachers: Teachers | None
+    targets: torch.Tensor | None  # fixed distillation targets, one row per Training image
     aug: Augmentation
     bf16: bool
 
@@ -442,6 +495,8 @@ class Fit:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = model(images)
                 soft = self.teachers(images) if self.teachers is not None else None
+            if self.targets is not None:
+                soft = self.targets[rows].to(device)
             logits = logits.float()
             loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
             if soft is not None:
