@@ -101,6 +101,8 @@ def test_make_detector():
         {"EMOTION_DETECTOR": "CenterFace"},
         {"EMOTION_DETECT_LARGE_FACE": "-1"},
         {"EMOTION_DETECT_MAX_SIDE": "0"},
+        {"EMOTION_DETECT_THRESHOLD": "1"},
+        {"EMOTION_DETECT_THRESHOLD": "-0.5", "EMOTION_DETECTOR": "blazeface"},
     ],
 )
 def test_bad_detector_settings_are_refused_with_the_variable_to_change(environ):
@@ -108,6 +110,7 @@ def test_bad_detector_settings_are_refused_with_the_variable_to_change(environ):
     with pytest.raises(ModelLoadError, match="EMOTION_DETECT"):
         make_detector(
             settings.detector,
+            threshold=settings.detect_threshold,
             max_side=settings.detect_max_side,
             large_face=settings.detect_large_face,
         )

