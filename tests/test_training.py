@@ -287,6 +287,21 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
 
 
 @pytest.mark.e2e
+def test_train_takes_its_teachers_from_the_command_line(fer):
+    """`train --teachers RUN...` replaces the recipe's teachers: a run that does not exist is
+    reported by name, with exit status 2, before any epoch is trained."""
+    base = [*CLI, "train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
+    result = subprocess.run(
+        [*base, "--name", "student", "--teachers", "no-such-teacher"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no-such-teacher" in result.stderr
+    assert "epoch 1/" not in result.stdout
+
+
 def test_a_resumed_run_can_be_given_a_new_length(fer):
     """`train --resume RUN --epochs N` lengthens (or shortens) a run: the cosine schedule is
     stretched from where it stands, and a length the run has already passed is refused."""

@@ -75,7 +75,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         run, recipe = args.resume, None
     else:
-        recipe = load_recipe(args.config, epochs=args.epochs, seed=args.seed)
+        recipe = load_recipe(
+            args.config, epochs=args.epochs, seed=args.seed, teachers=args.teachers
+        )
         run = args.name or recipe.name
     try:
         summary = train(
@@ -273,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cosine schedule follows it from where it is)",
     )
     train.add_argument("--seed", type=int, help="override the recipe's seed")
+    train.add_argument(
+        "--teachers", nargs="+", metavar="RUN", help="override the recipe's runs to distil from"
+    )
     train.set_defaults(func=_train)
 
     export = commands.add_parser(
