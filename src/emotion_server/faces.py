@@ -139,21 +139,29 @@ def _dynamic_centerface() -> bytes:
     return model.SerializeToString()
 
 
+def _iou(boxes: np.ndarray, areas: np.ndarray, best: int, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of box `best` with each of `others` ([x1, y1, x2, y2] boxes)."""
+    x1 = np.maximum(boxes[best, 0], boxes[others, 0])
+    y1 = np.maximum(boxes[best, 1], boxes[others, 1])
+    x2 = np.minimum(boxes[best, 2], boxes[others, 2])
+    y2 = np.minimum(boxes[best, 3], boxes[others, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return inter / (areas[best] + areas[others] - inter + 1e-9)
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
     """Greedy non-maximum suppression over [x1, y1, x2, y2] boxes; indices kept, best first."""
     order = np.argsort(-scores)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    areas = _areas(boxes)
     keep: list[int] = []
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(int(best))
-        x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        iou = inter / (areas[best] + areas[rest] - inter + 1e-9)
-        order = rest[iou < iou_threshold]
+        order = rest[_iou(boxes, areas, best, rest) < iou_threshold]
     return keep
 
 
@@ -309,7 +317,7 @@ class BlazeFaceDetector:
         self.session = ort.InferenceSession(
             path.read_bytes(), session_options(threads), providers=["CPUExecutionProvider"]
         )
-        self.threshold = threshold
+        self.min_logit = np.log(threshold / (1 - threshold))  # the score threshold, as a logit
         centres = (np.arange(self.GRID, dtype=np.float32) + 0.5) / self.GRID
         ys, xs = np.meshgrid(centres, centres, indexing="ij")
         self.anchors = np.stack([xs.ravel(), ys.ravel()], axis=1)  # [2304, 2], in [0, 1]
@@ -321,7 +329,7 @@ class BlazeFaceDetector:
         blob[0, :, : small.shape[0], : small.shape[1]] = small.transpose(2, 0, 1) / 127.5 - 1
         regressors, logits = self.session.run(["regressors", "scores"], {"image": blob})
         logits = logits[0, :, 0]
-        keep = np.nonzero(logits > np.log(self.threshold / (1 - self.threshold)))[0]
+        keep = np.nonzero(logits > self.min_logit)[0]
         if not keep.size:
             return []
         scores = 1 / (1 + np.exp(-np.clip(logits[keep], -100, 100)))
@@ -356,16 +364,11 @@ def _weighted_nms(
     """Non-maximum suppression that averages each kept box with those it suppresses, weighted by
     their scores (BlazeFace's anchors overlap densely, so one face fires several of them)."""
     order = np.argsort(-scores)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    areas = _areas(boxes)
     merged_boxes, merged_scores = [], []
     while order.size:
         best = order[0]
-        x1 = np.maximum(boxes[best, 0], boxes[order, 0])
-        y1 = np.maximum(boxes[best, 1], boxes[order, 1])
-        x2 = np.minimum(boxes[best, 2], boxes[order, 2])
-        y2 = np.minimum(boxes[best, 3], boxes[order, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        iou = inter / (areas[best] + areas[order] - inter + 1e-9)
+        iou = _iou(boxes, areas, best, order)
         cluster = order[iou >= iou_threshold]  # includes `best` itself
         weights = scores[cluster]
         merged_boxes.append((boxes[cluster] * weights[:, None]).sum(0) / weights.sum())

@@ -492,11 +492,11 @@ class Fit:
             images = augment(to_tensor(x_train[rows].numpy()), self.aug, self.generator)
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             labels = y_train[rows].to(device)
+            soft = self.targets[rows].to(device) if self.targets is not None else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = model(images)
-                soft = self.teachers(images) if self.teachers is not None else None
-            if self.targets is not None:
-                soft = self.targets[rows].to(device)
+                if self.teachers is not None:
+                    soft = self.teachers(images)
             logits = logits.float()
             loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
             if soft is not None:
