@@ -153,8 +153,7 @@ def build(candidate: str, threads: int):
 
 def photo_jpeg() -> bytes:
     """The 640x480 one-face photo that bench/run.py sends, as its JPEG bytes."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from run import make_workloads
+    from run import make_workloads  # bench/run.py, beside this script
 
     return make_workloads(Path(tempfile.mkdtemp()))["photo 640x480"].read_bytes()
 
@@ -305,8 +304,7 @@ def main() -> None:
     if args.child:
         print("BENCH_JSON " + json.dumps(measure(args.child, args.threads)))
         return
-    sys.path.insert(0, str(ROOT / "bench"))
-    from run import machine
+    from run import machine  # bench/run.py, beside this script
 
     from emotion_server.cli import use_huge_pages_for_large_buffers
 

@@ -18,21 +18,22 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
+import runpy
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+
+from emotion_server.config import Settings
+from emotion_server.pipeline import Pipeline
+from emotion_server.timeline import Sampling, VideoTimeline
+from emotion_server.video_reader import VideoReader
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import videos  # noqa: E402  (tests/videos.py: the test videos' maker)
-
-from emotion_server.config import Settings  # noqa: E402
-from emotion_server.pipeline import Pipeline  # noqa: E402
-from emotion_server.timeline import Sampling, VideoTimeline  # noqa: E402
-from emotion_server.video_reader import VideoReader  # noqa: E402
+# The test videos' maker, read from its file (tests/ is not a package, and nothing here edits
+# sys.path to reach it).
+videos = SimpleNamespace(**runpy.run_path(str(ROOT / "tests" / "videos.py")))
 
 FPS = 25
 
