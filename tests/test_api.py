@@ -43,6 +43,7 @@ def test_summary_has_the_original_fields(client):
     card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
     assert body["accuracy"] == card["accuracy"] and 0.6 <= body["accuracy"] <= 1
     assert body["created_at"] == card["created_at"] and body["version"] == card["version"]
+    assert body["mode"] == "default"  # the bundled default model serves
 
 
 def test_inference_raw_bytes_keeps_prediction(client):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from emotion_server.config import Settings
+from emotion_server.config import Settings, mode_of
 
 
 def test_defaults_serve_the_bundled_model_on_port_5000():
@@ -68,3 +68,15 @@ def test_read_deadline_settings():
     settings = Settings.from_env({"EMOTION_READ_TIMEOUT_S": "2.5", "EMOTION_READ_MIN_RATE": "0"})
     assert settings.read_timeout_s == 2.5 and settings.read_min_rate == 0
     assert Settings.from_env({}).read_timeout_s == 10
+
+
+def test_mode_chooses_a_bundled_model_and_a_path_overrides_it():
+    accurate = Settings.from_env({"EMOTION_MODE": "accurate"})
+    assert Path(accurate.model_path).parent.name == "models"
+    assert Path(accurate.model_path).name.startswith("accurate_model.")
+    assert mode_of(accurate.model_path) == "accurate"
+    assert mode_of(Settings.from_env({}).model_path) == "default"
+    chosen = Settings.from_env({"EMOTION_MODE": "accurate", "EMOTION_MODEL_PATH": "/m/x.onnx"})
+    assert chosen.model_path == "/m/x.onnx" and mode_of(chosen.model_path) is None
+    with pytest.raises(ValueError, match="EMOTION_MODE must be one of default, accurate"):
+        Settings.from_env({"EMOTION_MODE": "fast"})

@@ -249,6 +249,37 @@ def test_serve_refuses_a_bad_detector_setting_before_starting_workers():
     assert "unknown detector 'retinaface' (EMOTION_DETECTOR)" in result.stderr
 
 
+def test_serve_refuses_an_unknown_mode():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMOTION_MODE": "fast", "PORT": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "emotion_server.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "EMOTION_MODE must be one of default, accurate, not 'fast'" in result.stderr
+
+
+def test_serve_refuses_a_mode_whose_model_this_install_lacks(monkeypatch, capsys, tmp_path):
+    """An install without the accurate model (a slim image, a user's checkout without it):
+    the model's stem is pointed at a file no install has. `serve` stops before gunicorn."""
+    from emotion_server import cli, config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(config.MODES, "accurate", "no_such_model")
+    monkeypatch.setenv("EMOTION_MODE", "accurate")
+    monkeypatch.delenv("EMOTION_MODEL_PATH", raising=False)
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    assert cli.main(["serve"]) == 2
+    assert "EMOTION_MODE=accurate: this install has no such model" in capsys.readouterr().err
+
+
 # EMOTION_DETECTOR=blazeface: BlazeFace first, CenterFace where it finds no face.
 
 

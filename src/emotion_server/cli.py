@@ -34,16 +34,30 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["PORT"] = str(args.port)
     if args.model:
         os.environ["EMOTION_MODEL_PATH"] = args.model
+    if args.mode:
+        os.environ["EMOTION_MODE"] = args.mode
     if args.workers:
         os.environ["WEB_CONCURRENCY"] = str(args.workers)
     # Fail fast, with a clear message, before gunicorn forks workers that would each fail.
-    from emotion_server.config import Settings
+    from emotion_server.config import Settings, bundled_model
     from emotion_server.errors import ModelLoadError
     from emotion_server.faces import check_detector_settings
     from emotion_server.model import EmotionModel
 
     try:
         settings = Settings.from_env()
+    except ValueError as exc:  # an unknown EMOTION_MODE
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    bundled = settings.model_path == bundled_model(settings.mode)
+    if bundled and settings.mode != "default" and not os.path.exists(settings.model_path):
+        print(
+            f"emotion-server: EMOTION_MODE={settings.mode}: this install has no such model "
+            f"({settings.model_path} is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         EmotionModel(settings.model_path)
         check_detector_settings(
             settings.detector,
@@ -213,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: $PORT or 5000)")
     serve.add_argument(
         "--model", help="ONNX model (default: $EMOTION_MODEL_PATH or the bundled one)"
+    )
+    serve.add_argument(
+        "--mode",
+        choices=["default", "accurate"],
+        help="which bundled model serves (default: $EMOTION_MODE or default)",
     )
     serve.add_argument(
         "--workers", type=int, help="worker processes (default: $WEB_CONCURRENCY or 2)"

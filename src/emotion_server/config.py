@@ -7,23 +7,45 @@ reader of the environment in the serving code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+# The bundled models, by the name EMOTION_MODE gives them: each is models/<stem>.int8.onnx (its
+# float32 original, <stem>.onnx, beside it; the Keras drop-in is <stem>.h5).
+MODES = {"default": "emotion_model", "accurate": "accurate_model"}
 
-def _default_model() -> str:
-    """models/emotion_model.int8.onnx (the INT8 model; its float32 original lies beside it) in
-    the working directory, else in this source checkout."""
-    relative = Path("models") / "emotion_model.int8.onnx"
-    checkout = Path(__file__).resolve().parents[2] / relative
-    return str(relative if relative.exists() or not checkout.exists() else checkout)
+
+def bundled_model(mode: str = "default") -> str:
+    """The served file of a bundled model: models/<stem>.int8.onnx, else models/<stem>.onnx
+    where only the float32 export ships; in the working directory, else in this checkout."""
+    if mode not in MODES:
+        raise ValueError(f"EMOTION_MODE must be one of {', '.join(MODES)}, not {mode!r}")
+    checkout = Path(__file__).resolve().parents[2]
+    names = [Path("models") / f"{MODES[mode]}{suffix}" for suffix in (".int8.onnx", ".onnx")]
+    for folder in (Path(), checkout):
+        for name in names:
+            if (folder / name).exists():
+                return str(folder / name)
+    return str(names[0])  # missing: `serve` says so before it starts
+
+
+def mode_of(model_path: str | os.PathLike) -> str | None:
+    """The mode whose bundled model this file is, or None for any other file."""
+    resolved = Path(model_path).resolve()
+    for mode in MODES:
+        if Path(bundled_model(mode)).resolve() == resolved:
+            return mode
+    return None
 
 
 @dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
     port: int = 5000
-    model_path: str = field(default_factory=_default_model)
+    # Which bundled model serves (MODES): "default", or "accurate" (slower per face, more
+    # accurate: docs/model.md). model_path, when set, names any other ONNX file instead.
+    mode: str = "default"
+    model_path: str = ""
     # Test-time augmentation: "auto" uses what the model card was evaluated with.
     tta: str = "auto"
     # or "blazeface" (then CenterFace), "yunet"; "none": always classify the whole image
@@ -58,6 +80,10 @@ class Settings:
     api_keys: str = field(default="", repr=False)  # keys accepted in X-API-Key or Bearer
     cors_origins: str = ""  # origins given Access-Control-Allow-Origin; "*" for any
 
+    def __post_init__(self):
+        if not self.model_path:  # the bundled model of the chosen mode
+            object.__setattr__(self, "model_path", bundled_model(self.mode))
+
     @property
     def intra_op_threads(self) -> int:
         """`threads`, or where it is 0 the CPUs this process may use divided among the
@@ -82,7 +108,7 @@ class Settings:
                 if env.get(name):
                     values[item.name] = _PARSERS[item.type](env[name])
                     break
-        return replace(cls(**values), **overrides)
+        return cls(**{**values, **overrides})
 
     @property
     def model_card_path(self) -> Path:

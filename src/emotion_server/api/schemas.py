@@ -321,6 +321,10 @@ class SummaryResponse(BaseModel):
     created_at: str | None
     test_time_augmentation: Literal["none", "flip"]
     detector: str
+    mode: Literal["default", "accurate"] | None = Field(
+        description="Which bundled model serves (EMOTION_MODE); null for a model file named "
+        "by EMOTION_MODEL_PATH"
+    )
     metrics: dict[str, Any] | None = Field(description="The model card's metrics, if any")
 
 

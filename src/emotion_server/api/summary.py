@@ -9,6 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from emotion_server.api.schemas import COMMON_RESPONSES, SummaryResponse
 from emotion_server.api.state import app_state
+from emotion_server.config import mode_of
 
 bp = APIBlueprint(
     "summary",
@@ -34,6 +35,7 @@ def summary():
         {
             "test_time_augmentation": pipeline.tta,
             "detector": pipeline.detector.name,
+            "mode": mode_of(pipeline.model.path),
             "metrics": card.get("metrics"),
         }
     )
