@@ -487,6 +487,37 @@ def test_fixed_distillation_targets_are_the_teachers_softened_views_and_outlive_
     assert resumed["epochs_done"] == 3
 
 
+def test_a_served_model_file_is_a_teacher_of_fixed_targets(fer):
+    """`--teachers models/x.onnx`: a shipped model teaches when no run survives (a new machine
+    has none); its targets are its served probabilities, softened by T."""
+    from dataclasses import replace
+
+    from emotion_server.contract import scale
+    from emotion_server.model import EmotionModel
+    from emotion_server.training.data import load_cached
+    from emotion_server.training.train import TARGETS, load_recipe, resolve_run, train
+
+    quiet = {"data_path": str(fer), "progress": lambda _: None}
+    teacher = ROOT / "models" / "emotion_model.onnx"
+    recipe = load_recipe(
+        ROOT / "configs" / "smoke.toml",
+        teachers=[str(teacher)],
+        distill_weight=1.0,
+        distill_temperature=2.0,
+        distill_targets="fixed",
+        epochs=1,
+    )
+    assert train(recipe, "student-of-a-file", **quiet)["epochs_done"] == 1
+    saved = torch.load(resolve_run("student-of-a-file") / TARGETS, weights_only=False)["targets"]
+    images = load_cached(str(fer))["Training"].images
+    served = torch.from_numpy(EmotionModel(teacher).predict(scale(images))).double()
+    expected = torch.softmax(torch.log(served + 1e-12) / 2.0, 1).float()
+    assert torch.allclose(saved, expected, atol=1e-4)
+    assert not torch.allclose(saved, served.float(), atol=1e-2)  # softened, not copied
+    with pytest.raises(ValueError, match="only with distill_targets = 'fixed'"):
+        train(replace(recipe, distill_targets="online"), "online-student", **quiet)
+
+
 def test_logit_adjustment_lifts_the_rare_class_and_is_what_the_bias_shift_computes():
     from emotion_server.training.balance import adjust, class_prior, fit_balance
 

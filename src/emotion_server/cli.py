@@ -295,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, help="override the recipe's seed")
     train.add_argument(
-        "--teachers", nargs="+", metavar="RUN", help="override the recipe's runs to distil from"
+        "--teachers",
+        nargs="+",
+        metavar="RUN",
+        help="override the recipe's teachers: runs, or (with fixed targets) ONNX model files "
+        "such as models/accurate_model.onnx",
     )
     train.set_defaults(func=_train)
 

@@ -67,7 +67,8 @@ class Recipe:
     erasing: float = 0.5
     ema_decay: float = 0.999  # per step; 0 disables the moving average
     bf16: str = "auto"  # bfloat16 autocast: "auto" = on a GPU or a CPU with native bf16
-    teachers: list[str] = field(default_factory=list)  # run names or folders to distil from
+    # Runs (names or folders) to distil from; with fixed targets also ONNX model files.
+    teachers: list[str] = field(default_factory=list)
     distill_weight: float = 0.7  # share of the teacher's softened probabilities in the loss
     distill_temperature: float = 2.0
     # "online": the teachers see each augmented batch (their forward passes cost more than the
@@ -268,6 +269,26 @@ class Teachers(nn.Module):
 TARGETS = "teacher_targets.pt"
 
 
+def is_model_file(teacher: str | os.PathLike) -> bool:
+    """A teacher named by an ONNX model file (usable with fixed targets) instead of a run."""
+    return str(teacher).lower().endswith(".onnx")
+
+
+def predict_model_file(path: str | os.PathLike, images: np.ndarray, chunk: int = 512):
+    """An ONNX model's probabilities of 48x48 greyscale images, as the server computes them."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"teacher model {path} not found")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    parts = [
+        session.run(None, {name: scale(images[i : i + chunk])})[0]
+        for i in range(0, len(images), chunk)
+    ]
+    return np.concatenate(parts)
+
+
 def fixed_targets(
     recipe: Recipe,
     images: np.ndarray,
@@ -290,14 +311,21 @@ def fixed_targets(
             return saved["targets"]
     started = time.time()
     total = np.zeros((len(images), len(EMOTIONS)), np.float64)
-    for run in recipe.teachers:
-        model = load_run_model(run).to(device, memory_format=torch.channels_last)
+
+    def soften(probabilities: np.ndarray) -> np.ndarray:
+        # softmax(z / T) from softmax(z): the logits are log p up to a constant.
+        logits = torch.from_numpy(np.log(probabilities.astype(np.float64) + 1e-12))
+        return torch.softmax(logits / key["temperature"], 1).numpy()
+
+    for teacher in recipe.teachers:
+        if is_model_file(teacher):
+            # A served model (a bundled one, say): its own test-time views are in its graph;
+            # it counts as much as a run's two views.
+            total += 2 * soften(predict_model_file(teacher, images))
+            continue
+        model = load_run_model(teacher).to(device, memory_format=torch.channels_last)
         for probabilities in predict_views(model, images, "flip"):
-            # softmax(z / T) from softmax(z): the logits are log p up to a constant.
-            softened = torch.softmax(
-                torch.from_numpy(np.log(probabilities + 1e-12)) / key["temperature"], 1
-            )
-            total += softened.numpy()
+            total += soften(probabilities)
         del model
     targets = torch.from_numpy((total / (2 * len(recipe.teachers))).astype(np.float32))
     _atomic_save({"key": key, "targets": targets}, path)
@@ -370,6 +398,8 @@ def train(
     if recipe.teachers and recipe.distill_targets == "fixed":
         targets = fixed_targets(recipe, x_train.numpy(), folder, device, progress)
     elif recipe.teachers:
+        if any(is_model_file(teacher) for teacher in recipe.teachers):
+            raise ValueError("a model file is a teacher only with distill_targets = 'fixed'")
         teachers = Teachers(recipe.teachers, recipe.distill_temperature).to(
             device, memory_format=torch.channels_last
         )
