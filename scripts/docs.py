@@ -26,6 +26,8 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 SERVED_CARD = ROOT / "models" / "emotion_model.int8.json"
 FLOAT32_CARD = ROOT / "models" / "emotion_model.json"
+# The accurate mode's served file is accurate_model.int8.onnx, else accurate_model.onnx.
+ACCURATE_CARDS = [ROOT / "models" / f"accurate_model{s}" for s in (".int8.json", ".json")]
 BENCH_RESULTS = ROOT / "bench" / "results" / "results.json"
 VIDEO_RESULTS = ROOT / "bench" / "results" / "video.md"
 FRONTEND_RESULTS = ROOT / "bench" / "results" / "frontends.json"
@@ -67,6 +69,42 @@ def float32_card() -> str:
         f"PrivateTest ({public * 100:.2f}% on PublicTest, macro-F1 {f1:.4f}; "
         f"`models/{FLOAT32_CARD.name}`).\n"
     )
+
+
+def _accurate_card() -> tuple[Path, dict] | None:
+    path = next((path for path in ACCURATE_CARDS if path.exists()), None)
+    return (path, _card(path)) if path else None
+
+
+def modes() -> str:
+    """The README's table of the bundled models (EMOTION_MODE), from their cards."""
+    rows = [("default", SERVED_CARD, _card(SERVED_CARD))]
+    if accurate := _accurate_card():
+        rows.append(("accurate", *accurate))
+    lines = [
+        "| `EMOTION_MODE` | served file | PrivateTest accuracy | macro-F1 "
+        "| ms per face, 1 thread |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, path, card in rows:
+        f1 = card["metrics"]["PrivateTest"]["macro_f1"]
+        lines.append(
+            f"| `{mode}` | `models/{path.with_suffix('.onnx').name}` | "
+            f"{card['accuracy'] * 100:.2f}% | {f1:.3f} | {card.get('ms_per_face_1_thread')} |"
+        )
+    if len(rows) == 1:
+        lines.append("| `accurate` | not shipped yet | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def accurate_card() -> str:
+    """docs/model.md's card of the accurate mode's model, or a line saying none ships."""
+    accurate = _accurate_card()
+    if accurate is None:
+        return "No accurate model ships yet: `EMOTION_MODE=accurate` is refused at start-up.\n"
+    path, card = accurate
+    table = _load(ROOT / "scripts" / "model" / "model_card_md.py").render(card)
+    return f"From `models/{path.name}`:\n\n{table}"
 
 
 def accuracy() -> str:
@@ -135,6 +173,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "model-card": model_card,
     "float32-card": float32_card,
     "accuracy": accuracy,
+    "modes": modes,
+    "accurate-card": accurate_card,
     "bench-results": bench_results,
     "video-bench": video_bench,
     "frontends": frontends,

@@ -38,10 +38,10 @@ def test_every_page_is_what_scripts_docs_generates(docs):
 
 
 def test_the_generated_regions_are_where_the_figures_are(docs):
-    """The model table, the benchmark tables and the README's accuracy line are generated."""
+    """The model tables, the benchmark tables and the README's accuracy line are generated."""
     expected = {
-        "README.md": {"accuracy"},
-        "docs/model.md": {"model-card", "float32-card"},
+        "README.md": {"accuracy", "modes"},
+        "docs/model.md": {"model-card", "float32-card", "accurate-card"},
         "docs/operations.md": {"frontends"},
         "docs/performance.md": {
             "bench-results",
@@ -115,3 +115,20 @@ def test_the_link_checker_sees_a_broken_link(tmp_path):
     page.write_text("# Top\n\n[gone](missing.md) [here](#top) [web](https://example.org)\n")
     assert _relative_links(page) == ["missing.md", "#top"]
     assert not (tmp_path / "missing.md").exists() and "top" in _anchors(page)
+
+
+def test_the_models_table_quotes_each_bundled_card(docs):
+    """README's EMOTION_MODE table: the default's figures from its card; the accurate row from
+    its own card where one ships, else says it does not."""
+    table = docs.modes()
+    card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    default = next(line for line in table.splitlines() if line.startswith("| `default` |"))
+    assert f"{card['accuracy'] * 100:.2f}%" in default
+    assert str(card["ms_per_face_1_thread"]) in default
+    accurate = next(line for line in table.splitlines() if line.startswith("| `accurate` |"))
+    shipped = [path for path in docs.ACCURATE_CARDS if path.exists()]
+    if shipped:
+        other = json.loads(shipped[0].read_text())
+        assert f"{other['accuracy'] * 100:.2f}%" in accurate
+    else:
+        assert "not shipped yet" in accurate
