@@ -42,24 +42,25 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (detector, EMOTION_DETECT_LARGE_FACE, EMOTION_DETECT_MAX_SIDE, variant). A two-pass
-# search runs its first pass where faces `large_face` pixels wide shrink to the narrowest the
-# detector finds (CenterFace 28 px, YuNet 56 px), the second at 800 only where it finds none.
-# blazeface runs BlazeFace on the image letterboxed to 192x192, then CenterFace (searched as
-# the two numbers say) only where BlazeFace finds no face.
+# name -> (detector, EMOTION_DETECT_LARGE_FACE, EMOTION_DETECT_MAX_SIDE,
+# EMOTION_DETECT_PRECISION). A two-pass search runs its first pass where faces `large_face`
+# pixels wide shrink to the narrowest the detector finds (CenterFace 28 px, YuNet 56 px), the
+# second at 800 only where it finds none. blazeface runs BlazeFace on the image letterboxed to
+# 192x192, then CenterFace (searched as the two numbers say) only where BlazeFace finds no
+# face. CenterFace's INT8 weights are the shipped file (scripts/model/centerface_int8.py).
 CANDIDATES = {
-    "centerface 800, one pass (as before)": ("centerface", 0, 800, ""),
-    "centerface 320, one pass": ("centerface", 0, 320, ""),
-    "centerface 256, one pass": ("centerface", 0, 256, ""),
-    "centerface two-pass, large face 40 px": ("centerface", 40, 800, ""),
-    "centerface two-pass, large face 56 px": ("centerface", 56, 800, ""),
-    "centerface two-pass, large face 80 px": ("centerface", 80, 800, ""),
+    "centerface 800, one pass (as before)": ("centerface", 0, 800, "float32"),
+    "centerface 320, one pass": ("centerface", 0, 320, "float32"),
+    "centerface 256, one pass": ("centerface", 0, 256, "float32"),
+    "centerface two-pass, large face 40 px": ("centerface", 40, 800, "float32"),
+    "centerface two-pass, large face 56 px (served)": ("centerface", 56, 800, "float32"),
+    "centerface two-pass, large face 80 px": ("centerface", 80, 800, "float32"),
     "centerface INT8 two-pass, large face 56 px": ("centerface", 56, 800, "int8"),
+    "centerface INT8 two-pass, large face 80 px": ("centerface", 80, 800, "int8"),
     "yunet 800, one pass": ("yunet", 0, 800, ""),
     "yunet 320, one pass": ("yunet", 0, 320, ""),
     "yunet two-pass, large face 112 px": ("yunet", 112, 800, ""),
-    "blazeface, then centerface two-pass 56 px": ("blazeface", 56, 800, ""),
-    "blazeface, then centerface 800": ("blazeface", 0, 800, ""),
+    "blazeface, then centerface INT8 two-pass 56 px": ("blazeface", 56, 800, "int8"),
     "opencv-haar": ("haar", 0, 0, ""),
 }
 
@@ -84,70 +85,21 @@ class HaarDetector:
         return [FaceBox(int(x), int(y), int(w), int(h), 1.0) for x, y, w, h in found]
 
 
-def int8_centerface(threads: int, large_face: int):
-    """CenterFace with its convolutions quantized to INT8 (static, per channel, QDQ), calibrated
-    on scikit-image photos that are not in the test set. Bench only: nothing ships this."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import version_converter
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from skimage import data
-
-    from emotion_server.faces import CenterFaceDetector, _dynamic_centerface
-    from emotion_server.runtime import session_options
-
-    folder = Path(tempfile.mkdtemp())
-    model = version_converter.convert_version(onnx.load_from_string(_dynamic_centerface()), 13)
-    onnx.save(model, folder / "centerface.onnx")
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    photos.append(np.asarray(Image.fromarray(photos[0]).resize((128, 128)).resize((320, 256))))
-    blobs = [
-        np.asarray(Image.fromarray(p).resize((320, 256)), np.float32).transpose(2, 0, 1)[None]
-        for p in photos
-    ]
-    input_name = model.graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter({input_name: blob} for blob in blobs)
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(
-        folder / "centerface.onnx",
-        folder / "centerface.int8.onnx",
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    detector = CenterFaceDetector(max_side=800, threads=threads, large_face=large_face)
-    detector.session = ort.InferenceSession(
-        str(folder / "centerface.int8.onnx"), session_options(threads)
-    )
-    detector.name = "centerface-int8"
-    return detector
-
-
 def build(candidate: str, threads: int):
     from emotion_server.config import Settings
     from emotion_server.faces import make_detector
 
-    kind, large_face, max_side, variant = CANDIDATES[candidate]
+    kind, large_face, max_side, precision = CANDIDATES[candidate]
     if kind == "haar":
         return HaarDetector()
-    if variant == "int8":
-        return int8_centerface(threads, large_face)
     threshold = Settings().detect_threshold
     return make_detector(
-        kind, threshold=threshold, max_side=max_side, threads=threads, large_face=large_face
+        kind,
+        threshold=threshold,
+        max_side=max_side,
+        threads=threads,
+        large_face=large_face,
+        precision=precision or "float32",
     )
 
 

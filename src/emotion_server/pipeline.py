@@ -112,6 +112,7 @@ class Pipeline:
             max_side=settings.detect_max_side,
             threads=settings.intra_op_threads,
             large_face=settings.detect_large_face,
+            precision=settings.detect_precision,
         )
         return cls(model, detector, PipelineOptions.from_settings(settings))
 
