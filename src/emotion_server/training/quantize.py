@@ -6,8 +6,9 @@ contract is unchanged ([N,48,48,1] float32 in [0,1] -> [N,7] probabilities). Rec
 PublicTest (docs/model.md, "INT8 model"): QDQ format, uint8 activations, int8 per-channel weights
 (7-bit, so CPUs without VNNI do not saturate),
 min-max ranges over a class-stratified sample of Training images and their mirror images (the
-flip test-time augmentation feeds the model both), and the final Softmax kept in float32 so
-probabilities are not rounded to steps of 1/255. `emotion-server evaluate` then scores the file
+flip test-time augmentation feeds the model both), and the Softmax with all that follows it (the
+averaging of views and members) kept in float32, so probabilities are not rounded to steps of
+1/255 and sum to 1. `emotion-server evaluate` then scores the file
 it writes, like any other model.
 """
 
@@ -53,6 +54,19 @@ def calibration_batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> l
     return [np.ascontiguousarray(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
 
 
+def probability_nodes(graph) -> list[str]:
+    """The Softmax nodes and every node fed, directly or not, by their outputs: the averaging
+    of test-time views and ensemble members. Kept in float32, so the served probabilities are
+    not rounded to steps of 1/255 and still sum to 1."""
+    tainted: set[str] = set()
+    names: list[str] = []
+    for node in graph.node:  # ONNX graphs list nodes in topological order
+        if node.op_type == "Softmax" or tainted.intersection(node.input):
+            names.append(node.name)
+            tainted.update(node.output)
+    return names
+
+
 def quantize_onnx(
     model_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -89,7 +103,7 @@ def quantize_onnx(
         # Shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks.
         quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(prepared).graph
-        softmax = [node.name for node in graph.node if node.op_type == "Softmax"]
+        after_softmax = probability_nodes(graph)
         output.parent.mkdir(parents=True, exist_ok=True)
         quantize_static(
             str(prepared),
@@ -105,7 +119,7 @@ def quantize_onnx(
             # answers on every x86 CPU.
             reduce_range=True,
             calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-            nodes_to_exclude=softmax,
+            nodes_to_exclude=after_softmax,
         )
     # Said in the file itself, so /summary reports it for a quantized model without a card.
     quantized = onnx.load(output)
