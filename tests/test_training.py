@@ -396,6 +396,11 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     assert card["framework"].startswith("trained with PyTorch 2.")
     assert "shipped as Keras 3." in card["framework"] and "ONNX Runtime" in card["framework"]
     assert card["parameters"] == info["parameters"] > 0
+    # Temperature scaling is kept only where it lowers PublicTest's calibration error.
+    calibration = card["calibration"]
+    lowered = calibration["public_test_ece_after"] < calibration["public_test_ece_before"]
+    assert calibration["kept"] == lowered
+    assert card["temperature"] == (calibration["fitted_temperature"] if lowered else 1.0)
 
 
 @pytest.mark.e2e

@@ -246,8 +246,17 @@ def evaluate(
     raw = {}
     for split in ("PrivateTest", "PublicTest"):
         raw[split] = classify_split(pipeline, data[split].images)
-    # Temperature scaling, fitted on PublicTest only (PrivateTest is never used to choose).
-    temperature = fit_temperature(raw["PublicTest"], data["PublicTest"].labels)
+    # Temperature scaling, fitted on PublicTest only (PrivateTest is never used to choose), and
+    # kept only where it lowers PublicTest's calibration error.
+    public_labels = data["PublicTest"].labels
+    fitted = fit_temperature(raw["PublicTest"], public_labels)
+    public_ece = {
+        "before": split_metrics(raw["PublicTest"], public_labels)["ece_15_bins"],
+        "after": split_metrics(apply_temperature(raw["PublicTest"], fitted), public_labels)[
+            "ece_15_bins"
+        ],
+    }
+    temperature = fitted if public_ece["after"] < public_ece["before"] else 1.0
     metrics = {
         split: split_metrics(apply_temperature(probs, temperature), data[split].labels)
         for split, probs in raw.items()
@@ -256,7 +265,9 @@ def evaluate(
     print_report("PrivateTest", metrics["PrivateTest"])
     print(f"\nPublicTest (model selection split): accuracy {metrics['PublicTest']['accuracy']:.4f}")
     print(
-        f"calibration: temperature {temperature} (fitted on PublicTest); PrivateTest ECE "
+        f"calibration: temperature {fitted} fitted on PublicTest (ECE there "
+        f"{public_ece['before']:.4f} before, {public_ece['after']:.4f} after: "
+        f"{'kept' if temperature != 1.0 else 'not kept'}); PrivateTest ECE "
         f"{uncalibrated['ece_15_bins']:.4f} before, "
         f"{metrics['PrivateTest']['ece_15_bins']:.4f} after"
     )
@@ -283,7 +294,12 @@ def evaluate(
         "tta_public_test_accuracy": tta_scores or None,
         "temperature": temperature,
         "calibration": {
-            "method": "temperature scaling fitted on PublicTest (negative log-likelihood)",
+            "method": "temperature scaling fitted on PublicTest (negative log-likelihood), "
+            "kept only where it lowers PublicTest's ECE",
+            "fitted_temperature": fitted,
+            "kept": temperature != 1.0,
+            "public_test_ece_before": public_ece["before"],
+            "public_test_ece_after": public_ece["after"],
             "private_test_ece_before": uncalibrated["ece_15_bins"],
             "private_test_ece_after": metrics["PrivateTest"]["ece_15_bins"],
         },
