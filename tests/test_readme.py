@@ -51,3 +51,27 @@ def test_every_setting_is_in_the_settings_table():
     for field in fields(Settings):
         variable = ENV_NAMES.get(field.name, (f"EMOTION_{field.name.upper()}",))[0]
         assert f"| `{variable}` |" in table, variable
+
+
+def test_the_curl_answer_is_what_the_bundled_model_answers(client):
+    """The README's example answer (shortened with "...") holds the figures the server gives
+    for the sample photo now: it is rewritten when the bundled model changes."""
+    block = re.search(r"```json\n(.*?)```", README, re.DOTALL)[1]
+    shown = json.loads(block)
+    upload = re.findall(r"curl .*?@(\S+)", README)[0]
+    with open(ROOT / upload, "rb") as image:
+        answer = client.post("/inference", data={"image": image}).get_json()
+
+    def compare(shown, actual):
+        if isinstance(shown, dict):
+            for key, value in shown.items():
+                if key != "...":
+                    compare(value, actual[key])
+        elif isinstance(shown, list):
+            assert len(shown) == len(actual)
+            for a, b in zip(shown, actual, strict=True):
+                compare(a, b)
+        else:
+            assert shown == actual
+
+    compare(shown, answer)
