@@ -60,7 +60,7 @@ CANDIDATES = {
     "yunet 800, one pass": ("yunet", 0, 800, ""),
     "yunet 320, one pass": ("yunet", 0, 320, ""),
     "yunet two-pass, large face 112 px": ("yunet", 112, 800, ""),
-    "blazeface, then centerface INT8 two-pass 56 px": ("blazeface", 56, 800, "int8"),
+    "blazeface, then centerface two-pass 56 px": ("blazeface", 56, 800, "float32"),
     "opencv-haar": ("haar", 0, 0, ""),
 }
 
