@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,15 @@ def server() -> Iterator[GunicornServer]:
     running = GunicornServer(workers=2)
     yield running
     running.stop()
+
+
+def serve_refusal(**environ: str) -> subprocess.CompletedProcess:
+    """`emotion-server serve` with these variables set, for settings it must refuse before
+    starting gunicorn (exit status 2 and a message on stderr); port 1 if it did start."""
+    return subprocess.run(
+        [sys.executable, "-m", "emotion_server.cli", "serve"],
+        env={**os.environ, "PORT": "1", **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

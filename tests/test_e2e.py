@@ -1,14 +1,13 @@
 """End to end: gunicorn on a loopback port, real HTTP, the real bundled model."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import requests
-from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode, serve_refusal
 from test_imaging import _png_header_only
 
 from emotion_server.api.state import state_of
@@ -113,13 +112,6 @@ def test_python_app_py_serves_on_port():
 
 
 def test_serve_fails_fast_on_missing_model(tmp_path):
-    env = {**os.environ, "EMOTION_MODEL_PATH": str(tmp_path / "absent.onnx")}
-    result = subprocess.run(
-        [sys.executable, "-m", "emotion_server.cli", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_refusal(EMOTION_MODEL_PATH=str(tmp_path / "absent.onnx"))
     assert result.returncode == 2
     assert "model file not found" in result.stderr

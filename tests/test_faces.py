@@ -3,7 +3,7 @@ from importlib import resources
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE
+from conftest import ASTRONAUT_FACE, serve_refusal
 from PIL import Image
 
 from emotion_server.config import Settings
@@ -280,38 +280,18 @@ def test_finds_the_face_in_the_bundled_sample(detector):
     assert _overlap(face, (x1, y1, x2, y2)) > 0.9
 
 
-def test_serve_refuses_a_bad_detector_setting_before_starting_workers():
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "EMOTION_DETECTOR": "retinaface", "PORT": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "emotion_server.cli", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"EMOTION_DETECTOR": "retinaface"}, "unknown detector 'retinaface' (EMOTION_DETECTOR)"),
+        ({"EMOTION_MODE": "fast"}, "EMOTION_MODE must be one of default, accurate, not 'fast'"),
+    ],
+    ids=["detector", "mode"],
+)
+def test_serve_refuses_a_bad_setting_before_starting_workers(environ, message):
+    result = serve_refusal(**environ)
     assert result.returncode == 2
-    assert "unknown detector 'retinaface' (EMOTION_DETECTOR)" in result.stderr
-
-
-def test_serve_refuses_an_unknown_mode():
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "EMOTION_MODE": "fast", "PORT": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "emotion_server.cli", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "EMOTION_MODE must be one of default, accurate, not 'fast'" in result.stderr
+    assert message in result.stderr
 
 
 def test_serve_refuses_a_mode_whose_model_this_install_lacks(monkeypatch, capsys, tmp_path):

@@ -6,6 +6,7 @@ reader of the environment in the serving code.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,8 +30,10 @@ def bundled_model(mode: str = "default") -> str:
     return str(names[0])  # missing: `serve` says so before it starts
 
 
+@functools.cache
 def mode_of(model_path: str | os.PathLike) -> str | None:
-    """The mode whose bundled model this file is, or None for any other file."""
+    """The mode whose bundled model this file is, or None for any other file (looked up once
+    per file: /summary asks on every call)."""
     resolved = Path(model_path).resolve()
     for mode in MODES:
         if Path(bundled_model(mode)).resolve() == resolved:

@@ -275,18 +275,14 @@ def is_model_file(teacher: str | os.PathLike) -> bool:
 
 
 def predict_model_file(path: str | os.PathLike, images: np.ndarray, chunk: int = 512):
-    """An ONNX model's probabilities of 48x48 greyscale images, as the server computes them."""
-    import onnxruntime as ort
+    """An ONNX model's probabilities of 48x48 greyscale images, loaded and run as the server
+    runs it (emotion_server.model)."""
+    from emotion_server.model import EmotionModel
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"teacher model {path} not found")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    parts = [
-        session.run(None, {name: scale(images[i : i + chunk])})[0]
-        for i in range(0, len(images), chunk)
-    ]
-    return np.concatenate(parts)
+    model = EmotionModel(path, threads=torch.get_num_threads())
+    return np.concatenate(
+        [model.predict(scale(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    )
 
 
 def fixed_targets(
