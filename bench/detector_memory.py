@@ -18,14 +18,36 @@ import os
 import subprocess
 import sys
 
-SERVED = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=524288"  # as `serve` sets them
-# name -> (arena, GLIBC_TUNABLES, EMOTION_DETECT_LARGE_FACE: 0 is one pass at 800)
+SERVED = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=2097152"  # as `serve` sets them
+BEFORE = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=524288"  # the previous setting
+# name -> (arena, GLIBC_TUNABLES, EMOTION_DETECT_LARGE_FACE: 0 is one pass at 800,
+# EMOTION_DETECT_PRECISION). Arena: "keep" after every pass (ONNX Runtime's default), "shrink"
+# after every pass, or "served": kept after a first pass of at most
+# CenterFaceDetector.KEEP_ARENA_PIXELS, shrunk after any other.
 CONFIGURATIONS = {
-    "one pass, arena kept (ONNX Runtime's default)": ("keep", "glibc.malloc.hugetlb=0", 0),
-    "one pass, arena shrunk after each run": ("shrink", "glibc.malloc.hugetlb=0", 0),
-    "one pass, arena shrunk + huge pages": ("shrink", "glibc.malloc.hugetlb=1", 0),
-    "two-pass search, arena shrunk + huge pages": ("shrink", "glibc.malloc.hugetlb=1", 56),
-    "two-pass search, + fixed mmap threshold (served)": ("shrink", SERVED, 56),
+    "one pass, arena kept (ONNX Runtime's default)": (
+        "keep",
+        "glibc.malloc.hugetlb=0",
+        0,
+        "float32",
+    ),
+    "one pass, arena shrunk after each run": ("shrink", "glibc.malloc.hugetlb=0", 0, "float32"),
+    "one pass, arena shrunk + huge pages": ("shrink", "glibc.malloc.hugetlb=1", 0, "float32"),
+    "two-pass search, arena shrunk + huge pages": (
+        "shrink",
+        "glibc.malloc.hugetlb=1",
+        56,
+        "float32",
+    ),
+    "two-pass search, + mmap threshold 512 KiB": ("shrink", BEFORE, 56, "float32"),
+    "two-pass search, INT8 first pass (mixed), as above": ("shrink", BEFORE, 56, "mixed"),
+    "mixed, first pass's arena kept": ("served", BEFORE, 56, "mixed"),
+    "mixed, first pass's arena kept, mmap threshold 2 MiB (served)": (
+        "served",
+        SERVED,
+        56,
+        "mixed",
+    ),
 }
 
 CHILD = """
@@ -39,9 +61,11 @@ def rss_mb():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
-detector = CenterFaceDetector(large_face=int(sys.argv[3]))
+detector = CenterFaceDetector(large_face=int(sys.argv[3]), precision=sys.argv[4])
 if sys.argv[1] == "keep":
     detector.run_options = ort.RunOptions()
+elif sys.argv[1] == "shrink":
+    detector.keep_options = detector.run_options
 from PIL import Image
 from skimage import data
 
@@ -60,10 +84,12 @@ print(json.dumps({"rss_growth_mb": rss_mb() - before, "ms": min(times)}))
 """
 
 
-def measure(arena: str, tunables: str, runs: int, large_face: int = 0) -> dict:
+def measure(
+    arena: str, tunables: str, runs: int, large_face: int = 0, precision: str = "float32"
+) -> dict:
     env = {**os.environ, "GLIBC_TUNABLES": tunables}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, arena, str(runs), str(large_face)],
+        [sys.executable, "-c", CHILD, arena, str(runs), str(large_face), precision],
         env=env,
         capture_output=True,
         text=True,
@@ -78,8 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     print("| detector memory | RSS left after the detections, MB | ms per 640x480 detection |")
     print("|---|---|---|")
-    for name, (arena, tunables, large_face) in CONFIGURATIONS.items():
-        row = measure(arena, tunables, args.runs, large_face)
+    for name, (arena, tunables, large_face, precision) in CONFIGURATIONS.items():
+        row = measure(arena, tunables, args.runs, large_face, precision)
         print(f"| {name} | {row['rss_growth_mb']:.0f} | {row['ms']:.1f} |")
 
 

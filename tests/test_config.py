@@ -41,7 +41,7 @@ def test_bad_numbers_fail_loudly():
 def test_serve_sets_glibc_malloc_tunables_without_dropping_other_tunables():
     from emotion_server.cli import MALLOC_TUNABLES, use_huge_pages_for_large_buffers
 
-    served = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=524288"
+    served = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=2097152"
     env = {}
     use_huge_pages_for_large_buffers(env)
     assert env["GLIBC_TUNABLES"] == ":".join(MALLOC_TUNABLES) == served
@@ -50,7 +50,7 @@ def test_serve_sets_glibc_malloc_tunables_without_dropping_other_tunables():
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + served
     env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the operator's choice stands
     use_huge_pages_for_large_buffers(env)
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=524288"
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=2097152"
 
 
 def test_runtime_threads_share_the_cpus_among_the_workers():

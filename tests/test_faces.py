@@ -290,6 +290,9 @@ def test_detector_hands_its_activation_memory_back_after_each_photo():
     # (under glibc's moving mmap threshold they stayed resident, about 100 MB).
     two_pass = detector_memory.measure("shrink", detector_memory.SERVED, runs=3, large_face=56)
     assert two_pass["rss_growth_mb"] < 40, two_pass
+    # As served: the INT8 first pass keeps its arena (at 320x256, a few MB), no more.
+    mixed = detector_memory.measure("served", detector_memory.SERVED, 3, 56, "mixed")
+    assert mixed["rss_growth_mb"] < 20, mixed
 
 
 def test_finds_the_face_in_the_bundled_sample(detector):

@@ -12,17 +12,19 @@ import sys
 from collections.abc import MutableMapping
 
 # glibc's malloc settings for gunicorn and its workers (docs/performance.md, detector memory).
-MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=524288")
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=2097152")
 
 
 def use_huge_pages_for_large_buffers(environ: MutableMapping[str, str]) -> None:
     """Ask glibc (read when gunicorn starts) to back large allocations with transparent huge
-    pages, and to map every buffer of 512 KiB or more on its own. The detector hands its
-    activations back after each photo; mapping them again in 2 MB pages instead of 4 kB ones
-    makes that free (66 -> 46 ms per 640x480 photo). glibc would otherwise raise its mapping
-    threshold to the largest buffer freed, after which the detector's first-pass buffers
-    (1-5 MB) come from the heap and stay resident (about 100 MB more per worker). A tunable
-    the operator set is left as it is; kernels or C libraries without one ignore it."""
+    pages, and to map every buffer of 2 MiB or more on its own. The detector hands its
+    full-size activations back after each photo; mapping them again in 2 MB pages instead of
+    4 kB ones makes that cheap (66 -> 46 ms per 640x480 photo). glibc would otherwise raise its
+    mapping threshold to the largest buffer freed, after which mid-sized buffers come from the
+    heap and stay resident (about 100 MB more per worker). Below 2 MiB (a 640x480 photo's
+    pixels, the detector's first-pass input) buffers come from the heap and are reused instead
+    of faulted in again for every photo (bench/detector_memory.py). A tunable the operator set
+    is left as it is; kernels or C libraries without one ignore it."""
     tunables = environ.get("GLIBC_TUNABLES", "")
     missing = [t for t in MALLOC_TUNABLES if t.split("=")[0] not in tunables]
     if missing:

@@ -198,6 +198,10 @@ class CenterFaceDetector(TwoPassDetector):
     # The narrowest face, in input pixels, found reliably: 100 of scikit-image's 100 LFW faces
     # at 28 px, 79 at 24 (bench/detectors.py).
     SMALLEST_FACE = 28
+    # A first pass whose input has at most this many pixels leaves its activations in the arena
+    # for the next photo: 8 MB for a 640x480 photo's (320x256, INT8), at most about 26 MB.
+    # Re-mapping them cost about 1 ms per photo in page faults (bench/detector_memory.py).
+    KEEP_ARENA_PIXELS = 512 * 512
 
     def __init__(
         self,
@@ -227,11 +231,14 @@ class CenterFaceDetector(TwoPassDetector):
             self.session = session(_dynamic_centerface())
             mixed = precision == "mixed"
             self.first_session = session(_int8_centerface()) if mixed else self.session
-        # A 640x480 photo takes about 100 MB of activations. ONNX Runtime's arena would keep that
-        # peak resident in every worker for good; shrinking it after each detection hands it
-        # back (docs/performance.md: resident memory against photo latency).
+        # A 640x480 photo takes about 100 MB of activations at full size. ONNX Runtime's arena
+        # would keep that peak resident in every worker for good; shrinking it after the pass
+        # hands it back (docs/performance.md: resident memory against photo latency). A small
+        # first pass keeps its arena (KEEP_ARENA_PIXELS): mapping its buffers again for every
+        # photo cost more than they hold.
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.keep_options = ort.RunOptions()
         self.input_name = self.session.get_inputs()[0].name
         self.threshold = threshold
         self.max_side = max_side
@@ -250,10 +257,13 @@ class CenterFaceDetector(TwoPassDetector):
         """One pass with the image's longer side downscaled to at most `max_side`."""
         height, width = rgb.shape[:2]
         small = downscale(rgb, max_side)
+        blob = self.blob(small)
         # A pass below the full size is the first pass of the two.
-        session = self.first_session if max_side < self.max_side else self.session
+        first = max_side < self.max_side
+        session = self.first_session if first else self.session
+        keep = first and blob.shape[2] * blob.shape[3] <= self.KEEP_ARENA_PIXELS
         heatmap, sizes, offsets, _landmarks = session.run(
-            None, {self.input_name: self.blob(small)}, self.run_options
+            None, {self.input_name: blob}, self.keep_options if keep else self.run_options
         )
         rows, cols = np.nonzero(heatmap[0, 0] > self.threshold)
         if not rows.size:
