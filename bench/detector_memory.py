@@ -22,7 +22,7 @@ SERVED = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=2097152"  # as `ser
 BEFORE = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=524288"  # the previous setting
 # name -> (arena, GLIBC_TUNABLES, EMOTION_DETECT_LARGE_FACE: 0 is one pass at 800,
 # EMOTION_DETECT_PRECISION). Arena: "keep" after every pass (ONNX Runtime's default), "shrink"
-# after every pass, or "served": kept after a first pass of at most
+# after every pass, or "served": kept after an INT8 first pass of at most
 # CenterFaceDetector.KEEP_ARENA_PIXELS, shrunk after any other.
 CONFIGURATIONS = {
     "one pass, arena kept (ONNX Runtime's default)": (

@@ -198,9 +198,10 @@ class CenterFaceDetector(TwoPassDetector):
     # The narrowest face, in input pixels, found reliably: 100 of scikit-image's 100 LFW faces
     # at 28 px, 79 at 24 (bench/detectors.py).
     SMALLEST_FACE = 28
-    # A first pass whose input has at most this many pixels leaves its activations in the arena
-    # for the next photo: 8 MB for a 640x480 photo's (320x256, INT8), at most about 26 MB.
-    # Re-mapping them cost about 1 ms per photo in page faults (bench/detector_memory.py).
+    # An INT8 first pass whose input has at most this many pixels leaves its activations in the
+    # arena for the next photo: 7 MB for a 640x480 photo's (320x256), at most about 26 MB.
+    # Mapping them again cost about 1 ms per photo in page faults (bench/detector_memory.py).
+    # In float32 they are about four times larger (25 MB at 320x256) and are handed back.
     KEEP_ARENA_PIXELS = 512 * 512
 
     def __init__(
@@ -234,8 +235,8 @@ class CenterFaceDetector(TwoPassDetector):
         # A 640x480 photo takes about 100 MB of activations at full size. ONNX Runtime's arena
         # would keep that peak resident in every worker for good; shrinking it after the pass
         # hands it back (docs/performance.md: resident memory against photo latency). A small
-        # first pass keeps its arena (KEEP_ARENA_PIXELS): mapping its buffers again for every
-        # photo cost more than they hold.
+        # INT8 first pass keeps its arena (KEEP_ARENA_PIXELS): mapping its buffers again for
+        # every photo cost more than they hold.
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.keep_options = ort.RunOptions()
@@ -261,7 +262,11 @@ class CenterFaceDetector(TwoPassDetector):
         # A pass below the full size is the first pass of the two.
         first = max_side < self.max_side
         session = self.first_session if first else self.session
-        keep = first and blob.shape[2] * blob.shape[3] <= self.KEEP_ARENA_PIXELS
+        keep = (
+            first
+            and self.precision != "float32"
+            and blob.shape[2] * blob.shape[3] <= self.KEEP_ARENA_PIXELS
+        )
         heatmap, sizes, offsets, _landmarks = session.run(
             None, {self.input_name: blob}, self.keep_options if keep else self.run_options
         )
