@@ -11,6 +11,7 @@ import tarfile
 import time
 
 import numpy as np
+import onnx
 import pytest
 import requests
 from conftest import ROOT, GunicornServer, encode
@@ -160,10 +161,15 @@ def test_pytorch_keras_and_onnx_agree(tmp_path, arch, views):
     # What a user's .h5 goes through (Keras's exporter), and what a run's export serves
     # (straight from PyTorch): both must match the trained network.
     from_keras = EmotionModel(export_onnx(path)).predict(inputs)
-    served = EmotionModel(export_torch_onnx([net], views, tmp_path / "served.onnx")).predict(inputs)
+    served_path = export_torch_onnx([net], views, tmp_path / "served.onnx")
+    served = EmotionModel(served_path).predict(inputs)
     for got in (shipped, from_keras, served):
         assert np.abs(expected - got).max() <= 1e-4
         assert (expected.argmax(1) == got.argmax(1)).all()
+    # The served graph runs the views as one batch: each convolution once, not once per view.
+    convolutions = sum(isinstance(module, torch.nn.Conv2d) for module in net.modules())
+    served_ops = [node.op_type for node in onnx.load(served_path).graph.node]
+    assert served_ops.count("Conv") == convolutions
 
 
 @pytest.mark.parametrize("views", ["flip", "tencrop"])
