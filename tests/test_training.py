@@ -117,6 +117,22 @@ def test_tar_gz_and_csv_load_the_same(tmp_path):
     assert np.array_equal(from_csv["Training"].images[3], _image(3, 0))
 
 
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "configs").rglob("*.toml")),
+    ids=lambda path: str(path.relative_to(ROOT / "configs")),
+)
+def test_every_shipped_recipe_loads_and_builds_its_network(path):
+    """A typo in a recipe would otherwise surface hours into a session, or not at all."""
+    from emotion_server.training.architectures import build_spec
+    from emotion_server.training.train import load_recipe
+
+    recipe = load_recipe(path)
+    assert recipe.epochs > 0 and recipe.batch_size > 0 and 0 < recipe.learning_rate < 1
+    net = build_torch(build_spec(recipe.architecture, **recipe.arch_args))
+    assert parameter_count(net) > 0
+
+
 def test_architectures_have_the_documented_sizes_in_both_frameworks():
     for arch, millions in ((resnet(), 11.17), (vgg(64), 6.27), (vgg(48, dense=512), 3.10)):
         torch_count = parameter_count(build_torch(arch))
