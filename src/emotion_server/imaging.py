@@ -93,7 +93,8 @@ def decode_image(
         ) from None
     except Exception as exc:  # Pillow raises many types for malformed headers
         raise InvalidImage(f"The image header could not be read ({exc}).") from None
-    with image:
+    picture = None
+    try:
         if image.format not in SUPPORTED_FORMATS:
             raise UnsupportedImageFormat(
                 f"{image.format} images are not supported: send JPEG, PNG, WebP, BMP, GIF or TIFF."
@@ -125,13 +126,19 @@ def decode_image(
                 image.load()
                 if not drafted:
                     full_size = _upright_size(image)
-                upright = ImageOps.exif_transpose(image) or image
+                # Turned upright in place: an image already upright is not copied.
+                ImageOps.exif_transpose(image, in_place=True)
                 # Greyscale and RGB stay as they are; every other mode becomes RGB here.
-                picture = upright if upright.mode in ("L", "RGB") else _to_rgb(upright)
+                picture = image if image.mode in ("L", "RGB") else _to_rgb(image)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise CorruptImage(
                 f"The {image.format} image is truncated or corrupt ({exc})."
             ) from None
+    finally:
+        # Closing an image frees its pixels: only one that is not served is closed (the file
+        # is the request's bytes in memory, so the served one holds nothing else open).
+        if picture is not image:
+            image.close()
     return DecodedImage(
         picture=picture,
         format=image.format,
