@@ -199,6 +199,14 @@ INT8_CENTERFACE = "centerface.int8.onnx"
 PRECISIONS = ("float32", "int8", "mixed")
 
 
+def check_precision(precision: str) -> None:
+    """Raise ModelLoadError, naming the setting, for weights CenterFace does not ship in."""
+    if precision not in PRECISIONS:
+        raise ModelLoadError(
+            f"EMOTION_DETECT_PRECISION={precision} must be one of {', '.join(PRECISIONS)}"
+        )
+
+
 class CenterFaceDetector(TwoPassDetector):
     name = "centerface"
     STRIDE = 4  # output map cell size in input pixels
@@ -219,10 +227,7 @@ class CenterFaceDetector(TwoPassDetector):
         large_face: int = 0,
         precision: str = "float32",
     ):
-        if precision not in PRECISIONS:
-            raise ModelLoadError(
-                f"EMOTION_DETECT_PRECISION={precision} must be one of {', '.join(PRECISIONS)}"
-            )
+        check_precision(precision)
         self.precision = precision
         # The full-size pass (the second, or the only one) in float32 unless all is INT8: the
         # quantized weights lose the faintest small faces there. The first pass looks only
@@ -472,10 +477,7 @@ def check_detector_settings(
         raise ModelLoadError(
             f"EMOTION_DETECT_THRESHOLD={threshold} must lie between 0 and 1 (a face's score)"
         )
-    if precision not in PRECISIONS:
-        raise ModelLoadError(
-            f"EMOTION_DETECT_PRECISION={precision} must be one of {', '.join(PRECISIONS)}"
-        )
+    check_precision(precision)
     if importlib.util.find_spec(PACKAGES[name]) is None:
         raise ModelLoadError(
             f"the {name} detector needs the {PACKAGES[name]!r} package, which is not installed "
