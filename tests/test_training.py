@@ -624,3 +624,59 @@ def test_users_own_h5_is_served_after_one_export(tmp_path):
             assert np.abs(expected - got).max() <= 1e-4
     finally:
         server.stop()
+
+
+@pytest.mark.e2e
+def test_a_lost_run_is_recovered_from_its_exported_h5(fer, tmp_path):
+    """`recover` rebuilds a run from the .h5 and card `export --run` wrote: the same weights
+    as the run's best.pt once the logit adjustment built into the bias is taken out; an
+    ensemble member like any run, and refused as a run to resume."""
+    import shutil
+
+    from emotion_server.training.export import export_run
+    from emotion_server.training.recover import recover_run
+    from emotion_server.training.train import load_recipe, load_run_model, runs_dir, train
+
+    train(
+        load_recipe(ROOT / "configs" / "smoke.toml"),
+        "lost",
+        data_path=str(fer),
+        progress=lambda _: None,
+    )
+    h5 = tmp_path / "out" / "lost.h5"
+    export_run("lost", h5, views="flip", data_path=str(fer))
+    # Build a known logit adjustment into the shipped bias and its card, as `--balance auto`
+    # does, so that recovering must take it out again.
+    shipped = keras.saving.load_model(h5, compile=False)
+    info = json.loads(h5.with_suffix(".train.json").read_text())
+    final = shipped.get_layer(info["architecture"]["name"]).get_layer("probabilities")
+    shift = np.linspace(-0.5, 0.7, 7).astype(np.float32)
+    kernel, bias = final.get_weights()
+    final.set_weights([kernel, bias + shift])
+    shipped.save(h5)
+    info["balance"] = {"tau": 0.3, "bias": shift.tolist()}
+    h5.with_suffix(".train.json").write_text(json.dumps(info))
+    original = load_run_model("lost")
+    shutil.rmtree(runs_dir() / "lost")  # the machine is new: the run folder is gone
+
+    report = recover_run(h5, "found")
+    assert report["views"] == "flip" and report["parity_max_abs_diff"] <= 1e-4
+    recovered = load_run_model("found")
+    for key, value in original.state_dict().items():
+        if key.endswith("num_batches_tracked"):  # a training counter, not a weight
+            continue
+        assert torch.allclose(recovered.state_dict()[key], value, atol=1e-6), key
+    faces = np.round(sample_inputs(8)[..., 0] * 255).astype(np.uint8)
+    assert np.abs(predict_proba(recovered, faces) - predict_proba(original, faces)).max() < 1e-5
+
+    result = subprocess.run(
+        [*CLI, "train", "--resume", "found", "--data", str(fer)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "recovered from" in result.stderr
+    again = subprocess.run(
+        [*CLI, "recover", str(h5), "--name", "found"], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 2 and "already holds a run" in again.stderr

@@ -1,4 +1,4 @@
-"""`emotion-server serve | classify | train | export | quantize | ensemble | evaluate`.
+"""`emotion-server serve | classify | train | export | quantize | ensemble | recover | evaluate`.
 
 Training commands import PyTorch and Keras lazily, so a serving install without them still
 runs `serve` and `classify`.
@@ -162,6 +162,22 @@ def _ensemble(args: argparse.Namespace) -> int:
     print(
         f"ensemble PublicTest {report['public_test_accuracy']:.4f} with {report['views']} "
         f"views; saved {args.output}"
+    )
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from emotion_server.training.recover import recover_run
+
+    try:
+        report = recover_run(args.model, args.name, card=args.card)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {report['run']} ({report['views']} views match the .h5 within "
+        f"{report['parity_max_abs_diff']:.1e}); use it in: emotion-server ensemble "
+        f"{args.name} ... or as a teacher"
     )
     return 0
 
@@ -358,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ensemble.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
     ensemble.set_defaults(func=_ensemble)
+
+    recover = commands.add_parser(
+        "recover",
+        help="rebuild a finished run's folder from the .h5 and card that `export --run` wrote",
+    )
+    recover.add_argument("model", help="the .h5 (for example models/emotion_model.h5)")
+    recover.add_argument("--name", required=True, help="run name (or folder) to write")
+    recover.add_argument("--card", help="its model card (default: the .json beside the .h5)")
+    recover.set_defaults(func=_recover)
 
     evaluate = commands.add_parser(
         "evaluate", help="score an ONNX model on PrivateTest and write its model card"

@@ -114,6 +114,31 @@ def copy_weights(torch_model, body: keras.Model) -> None:
         layer.set_weights([np.ascontiguousarray(w, dtype=np.float32) for w in weights])
 
 
+def copy_weights_to_torch(body: keras.Model, torch_model) -> None:
+    """The reverse of `copy_weights`: a trained Keras body's weights into a `torch_nets.Net`
+    of the same arch, layer by name (`training.recover`)."""
+    import torch
+    from torch import nn
+
+    for name, module in torch_model.layers.items():
+        weights = [np.asarray(w, dtype=np.float32) for w in body.get_layer(name).get_weights()]
+        if isinstance(module, nn.Conv2d):
+            tensors = {"weight": weights[0].transpose(3, 2, 0, 1)}
+        elif isinstance(module, nn.BatchNorm2d):
+            keys = ("weight", "bias", "running_mean", "running_var")
+            tensors = dict(zip(keys, weights, strict=True))
+        elif isinstance(module, nn.Linear):
+            tensors = {"weight": weights[0].T, "bias": weights[1]}
+        else:  # pragma: no cover - every layer of Net is one of the above
+            raise TypeError(f"cannot copy {type(module).__name__} {name}")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                target = getattr(module, key)
+                if tuple(target.shape) != value.shape:
+                    raise ValueError(f"{name}.{key}: {value.shape} does not fit {target.shape}")
+                target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+
 def from_torch(torch_model, views: str = "centre", name: str | None = None) -> keras.Model:
     """The shipped Keras model of a trained PyTorch network."""
     arch = torch_model.arch

@@ -247,8 +247,10 @@ def runs_summary(run: str | os.PathLike) -> dict:
         "epochs_done": state["epoch"],
         "epochs": state["recipe"]["epochs"],
         "best": state["best"],
-        "train_wall_seconds": round(sum(row["epoch_seconds"] for row in log), 1),
+        "train_wall_seconds": state.get("train_wall_seconds")
+        or round(sum(row["epoch_seconds"] for row in log), 1),
         "last_epoch": log[-1] if log else None,
+        **({"recovered_from": state["recovered_from"]} if state.get("recovered_from") else {}),
     }
 
 
@@ -350,6 +352,11 @@ def train(
         if not checkpoint_path.exists():
             raise FileNotFoundError(f"no checkpoint to resume in {folder}")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("recovered_from"):
+            raise ValueError(
+                f"{folder} was recovered from {state['recovered_from']} and has no optimizer "
+                "state: it can be an ensemble member or a teacher, not resumed"
+            )
         recipe = Recipe(**state["recipe"])
         if epochs is not None and epochs != recipe.epochs:
             if epochs <= state["epoch"]:
