@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -447,6 +448,59 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
 
 
 @pytest.mark.e2e
+def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(fer, tmp_path):
+    """`ensemble --views centre --balance auto`: one logit adjustment fitted on PublicTest and
+    built into each member's bias; `recover` gets every member back, adjustment taken out."""
+    import shutil
+
+    from emotion_server.model import EmotionModel
+    from emotion_server.training.balance import class_prior
+    from emotion_server.training.ensemble import build_ensemble
+    from emotion_server.training.recover import recover_run
+    from emotion_server.training.train import load_recipe, load_run_model, runs_dir, train
+
+    for path in sorted((fer / "train" / "disgust").iterdir())[4:]:
+        path.unlink()  # a rare class, so that the adjustment is not a constant shift
+    for seed in (1, 2):
+        recipe = load_recipe(ROOT / "configs" / "smoke.toml", seed=seed)
+        train(recipe, f"m{seed}", data_path=str(fer), progress=lambda _: None)
+    report = build_ensemble(
+        ["m1", "m2"],
+        tmp_path / "ens.h5",
+        views="centre",
+        balance="auto",
+        data_path=str(fer),
+        taus=(0.5,),  # the grid is real (`fit_balance`); one value makes the shift certain
+    )
+    assert report["views"] == "centre" and report["balance"]["tau"] == 0.5
+    tau = report["balance"]["tau"]
+    prior = class_prior(load_fer2013(str(fer))["Training"].labels)
+    assert np.allclose(report["balance"]["bias"], -tau * np.log(prior), atol=1e-5)
+    weights = [m["weight"] for m in report["members"]]
+    nets = [load_run_model(name) for name in ("m1", "m2")]
+    faces = np.round(sample_inputs(8)[..., 0] * 255).astype(np.uint8)
+    shift = prior ** (-tau)
+    adjusted = [predict_proba(net, faces, "centre") * shift for net in nets]
+    expected = sum(
+        w * a / a.sum(1, keepdims=True) for a, w in zip(adjusted, weights, strict=True)
+    ) / sum(weights)
+    served = EmotionModel(tmp_path / "ens.onnx").predict(faces[..., None] / np.float32(255))
+    assert np.abs(served - expected).max() <= 1e-4
+
+    kept = [name for name, w in zip(("m1", "m2"), weights, strict=True) if w]
+    for name in ("m1", "m2"):
+        shutil.rmtree(runs_dir() / name)
+    reports = recover_run(tmp_path / "ens.h5")
+    assert [Path(r["run"]).name for r in reports] == kept
+    for name in kept:
+        original = nets[int(name[1]) - 1].state_dict()
+        recovered = load_run_model(name).state_dict()
+        for key, value in original.items():
+            if not key.endswith("num_batches_tracked"):
+                assert torch.allclose(recovered[key], value, atol=1e-6), key
+
+
+@pytest.mark.e2e
 def test_distillation_moves_the_student_towards_its_teacher(fer):
     from emotion_server.training.train import load_recipe, train
 
@@ -659,7 +713,7 @@ def test_a_lost_run_is_recovered_from_its_exported_h5(fer, tmp_path):
     original = load_run_model("lost")
     shutil.rmtree(runs_dir() / "lost")  # the machine is new: the run folder is gone
 
-    report = recover_run(h5, "found")
+    (report,) = recover_run(h5, "found")
     assert report["views"] == "flip" and report["parity_max_abs_diff"] <= 1e-4
     recovered = load_run_model("found")
     for key, value in original.state_dict().items():

@@ -153,7 +153,9 @@ def _quantize(args: argparse.Namespace) -> int:
 def _ensemble(args: argparse.Namespace) -> int:
     from emotion_server.training.ensemble import build_ensemble
 
-    report = build_ensemble(args.runs, args.output, views=args.views, data_path=args.data)
+    report = build_ensemble(
+        args.runs, args.output, views=args.views, data_path=args.data, balance=args.balance
+    )
     for member in report["members"]:
         print(
             f"{member['run']}: PublicTest {member['public_test_accuracy']:.4f}, "
@@ -170,15 +172,16 @@ def _recover(args: argparse.Namespace) -> int:
     from emotion_server.training.recover import recover_run
 
     try:
-        report = recover_run(args.model, args.name, card=args.card)
+        reports = recover_run(args.model, args.name, card=args.card)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"wrote {report['run']} ({report['views']} views match the .h5 within "
-        f"{report['parity_max_abs_diff']:.1e}); use it in: emotion-server ensemble "
-        f"{args.name} ... or as a teacher"
-    )
+    for report in reports:
+        print(
+            f"wrote {report['run']} ({report['views']} views match the .h5 within "
+            f"{report['parity_max_abs_diff']:.1e})"
+        )
+    print("use them in `emotion-server ensemble`, or as teachers (`train --teachers`)")
     return 0
 
 
@@ -368,19 +371,31 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--output", required=True, help=".h5 file to write (and its .onnx)")
     ensemble.add_argument(
         "--views",
-        choices=["auto", "flip", "tencrop"],
+        choices=["auto", "centre", "flip", "tencrop"],
         default="auto",
-        help="test-time views of each member (auto: the better on PublicTest)",
+        help="test-time views of each member (auto: the better of flip and tencrop on "
+        "PublicTest; centre: one view, the cheapest)",
+    )
+    ensemble.add_argument(
+        "--balance",
+        choices=["auto", "none"],
+        default="none",
+        help="auto: fit a logit adjustment for the rare classes on PublicTest (as export's)",
     )
     ensemble.add_argument("--data", help="FER2013 .tar.gz, Kaggle folder or fer2013.csv")
     ensemble.set_defaults(func=_ensemble)
 
     recover = commands.add_parser(
         "recover",
-        help="rebuild a finished run's folder from the .h5 and card that `export --run` wrote",
+        help="rebuild finished runs' folders from an .h5 and card that `export --run` or "
+        "`ensemble` wrote",
     )
     recover.add_argument("model", help="the .h5 (for example models/emotion_model.h5)")
-    recover.add_argument("--name", required=True, help="run name (or folder) to write")
+    recover.add_argument(
+        "--name",
+        help="run name (or folder) to write for one network (default: the name its card "
+        "records); an ensemble's members take the names its card records",
+    )
     recover.add_argument("--card", help="its model card (default: the .json beside the .h5)")
     recover.set_defaults(func=_recover)
 

@@ -45,9 +45,15 @@ def build_ensemble(
     output: str | os.PathLike,
     views: str = "auto",
     data_path: str | None = None,
+    balance: str = "none",
+    taus: tuple[float, ...] | None = None,
 ) -> dict:
     """Weight the runs on PublicTest, save the ensemble as `output` (.h5) and its .onnx,
-    with `<stem>.train.json` describing members, weights and views; return that report."""
+    with `<stem>.train.json` describing members, weights and views; return that report.
+
+    `balance="auto"` fits one logit adjustment for the rare classes on the ensemble's
+    PublicTest answers (`training.balance`, as `export --balance auto` does for one network)
+    and builds it into every member's final bias; `taus` overrides the values it tries."""
     import keras
     import onnxruntime as ort
     import torch
@@ -74,6 +80,28 @@ def build_ensemble(
     # Ties go to the cheaper views (listed first).
     chosen = max(candidates, key=lambda option: scores[option]["accuracy"])
     weights = scores[chosen]["weights"]
+    balanced = None
+    if balance == "auto":
+        from emotion_server.training.balance import class_prior, fit_balance
+        from emotion_server.training.train import predict_views
+
+        # Each member's views, repeated by its weight: their plain mean is the ensemble's.
+        weighted_views = [
+            view
+            for net, weight in zip(nets, weights, strict=True)
+            for view in predict_views(net, public.images, chosen) * weight
+        ]
+        balanced = fit_balance(
+            weighted_views,
+            public.labels,
+            class_prior(data["Training"].labels),
+            **({"taus": taus} if taus else {}),
+        )
+        with torch.no_grad():
+            for net in nets:
+                net.layers["probabilities"].bias += torch.tensor(balanced.bias, dtype=torch.float32)
+    elif balance != "none":
+        raise ValueError(f"balance must be 'auto' or 'none', got {balance!r}")
     model = keras_nets.ensemble([keras_nets.from_torch(net, chosen) for net in nets], weights)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +129,7 @@ def build_ensemble(
         "views": chosen,
         "views_public_test_accuracy": {k: round(v["accuracy"], 4) for k, v in scores.items()},
         "public_test_accuracy": round(scores[chosen]["accuracy"], 4),
+        "balance": balanced.to_dict() if balanced else None,
         "parameters": int(sum(sum(p.numel() for p in n.parameters()) for n in nets)),
         "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
         "shipped_as": f"Keras {keras.__version__} .h5",

@@ -5,7 +5,8 @@ Run folders live outside the work tree, so a new machine starts without them; th
 finished run: the network's description, its trained weights and the logit adjustment that
 export built into the final bias. `recover_run` takes that adjustment back out and writes
 `best.pt` and a finished `checkpoint.pt` that `ensemble`, `export` and `--teachers` read like
-any other run's. It has no optimizer state, so it cannot be resumed.
+any other run's; from an ensemble's `.h5`, one run per member. A recovered run has no
+optimizer state, so it cannot be resumed.
 """
 
 from __future__ import annotations
@@ -19,27 +20,10 @@ import numpy as np
 from emotion_server.contract import scale
 
 
-def recover_run(
-    model: str | os.PathLike,
-    run: str | os.PathLike,
-    card: str | os.PathLike | None = None,
-) -> dict:
-    """Write the run folder `run` (a name or path) from `model` (.h5) and its card (the
-    `.json` or `.train.json` beside it unless given); return what was written and the parity
-    measured."""
-    import keras
-    import torch
-
-    from emotion_server.training.architectures import Architecture
-    from emotion_server.training.export import check_parity, keras_predict, sample_inputs
-    from emotion_server.training.keras_nets import copy_weights_to_torch
-    from emotion_server.training.torch_nets import build_torch
-    from emotion_server.training.train import BEST, CHECKPOINT, predict_proba, resolve_run
-
-    model = Path(model)
+def _card(model: Path, card: str | os.PathLike | None) -> tuple[Path, dict]:
     if card:
         card_path = Path(card)
-    else:  # the model card `evaluate` wrote, else the `.train.json` of `export --run`
+    else:  # the model card `evaluate` wrote, else the `.train.json` of `export` or `ensemble`
         card_path = next(
             (
                 p
@@ -53,65 +37,119 @@ def recover_run(
             f"no model card {card_path}: recover needs the card (or .train.json) export wrote"
         )
     described = json.loads(card_path.read_text())
-    training = described.get("training", described) or {}
-    if "architecture" not in training or "recipe" not in training:
-        raise ValueError(
-            f"{card_path} does not describe one trained network (an ensemble's card, or a "
-            "model not written by `export --run`): there is no run to recover"
+    return card_path, described.get("training", described) or {}
+
+
+def recover_run(
+    model: str | os.PathLike,
+    run: str | os.PathLike | None = None,
+    card: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Write run folders from `model` (.h5) and its card (the `.json` or `.train.json` beside
+    it unless given): one for a network `export --run` wrote (named `run`, or the name the
+    card records), one per member for an ensemble (each under the name the card records).
+    Return, for each, the folder written, its views and the parity measured."""
+    import keras
+
+    model = Path(model)
+    card_path, training = _card(model, card)
+    if "members" in training:
+        if run is not None:
+            raise ValueError(
+                f"{model} is an ensemble: its members are recovered under the run names its "
+                "card records, without --name"
+            )
+        members = [m for m in training["members"] if m.get("weight", 1)]
+    else:
+        members = [{**training, "run": run or training.get("run")}]
+    for member in members:
+        if "architecture" not in member or "recipe" not in member or not member.get("run"):
+            raise ValueError(
+                f"{card_path} does not describe the trained networks in {model} (a model not "
+                "written by `export --run` or `ensemble`): there is no run to recover"
+            )
+    from emotion_server.training.train import CHECKPOINT, resolve_run
+
+    for name in [run] if run else [m["run"] for m in members]:
+        if (resolve_run(name) / CHECKPOINT).exists():
+            raise FileExistsError(f"{resolve_run(name)} already holds a run: choose another name")
+    shipped = keras.saving.load_model(model, compile=False)
+    views = training.get("views", "centre")
+    balance = (training.get("balance") or {}).get("bias")
+    reports = []
+    for index, member in enumerate(training.get("members", [None])):
+        if member is not None and not member.get("weight", 1):
+            continue  # a weight-0 member is not in the file
+        member = member or members[0]
+        if "members" in training:
+            prefix = f"member{index}_"
+            (container,) = [layer for layer in shipped.layers if layer.name.startswith(prefix)]
+        else:
+            container = shipped
+        reports.append(
+            _recover_one(container, member, views, balance, str(model), run or member["run"])
         )
+    return reports
+
+
+def _recover_one(container, member: dict, views: str, balance, source: str, run) -> dict:
+    import torch
+
+    from emotion_server.training.architectures import Architecture
+    from emotion_server.training.export import check_parity, keras_predict, sample_inputs
+    from emotion_server.training.keras_nets import copy_weights_to_torch
+    from emotion_server.training.torch_nets import build_torch
+    from emotion_server.training.train import BEST, CHECKPOINT, predict_proba, resolve_run
+
     folder = resolve_run(run)
     if (folder / CHECKPOINT).exists():
         raise FileExistsError(f"{folder} already holds a run: choose another name")
-
-    arch = Architecture.from_dict(training["architecture"])
+    arch = Architecture.from_dict(member["architecture"])
     net = build_torch(arch).eval()
-    shipped = keras.saving.load_model(model, compile=False)
     try:
-        body = shipped.get_layer(arch.name)
+        body = container.get_layer(arch.name)
     except ValueError as exc:
-        raise ValueError(f"{model} has no network named {arch.name!r} inside it") from exc
+        raise ValueError(f"{source} has no network named {arch.name!r} inside it") from exc
     copy_weights_to_torch(body, net)
 
     # The shipped model answers with the card's views and the adjusted bias: check that the
     # copied network does the same before taking the adjustment out.
     faces = np.round(sample_inputs()[..., 0] * 255).astype(np.uint8)
-    views = training.get("views", "centre")
     parity = check_parity(
         "the recovered network and the .h5",
         predict_proba(net, faces, views),
-        keras_predict(shipped, scale(faces)),
+        keras_predict(container, scale(faces)),
     )
-    balance = training.get("balance") or {}
-    if balance.get("bias"):
+    if balance:
         with torch.no_grad():
-            net.layers["probabilities"].bias -= torch.tensor(balance["bias"], dtype=torch.float32)
+            net.layers["probabilities"].bias -= torch.tensor(balance, dtype=torch.float32)
 
-    best = training.get("best") or {
-        "accuracy": training.get("public_test_accuracy"),
-        "epoch": training.get("best_epoch"),
+    best = member.get("best") or {
+        "accuracy": member.get("public_test_accuracy"),
+        "epoch": member.get("best_epoch"),
     }
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "arch": arch.to_dict(),
-            "recipe": training["recipe"],
+            "recipe": member["recipe"],
             "epoch": best["epoch"],
             "public_test_flip": best["accuracy"],
             "weights": net.state_dict(),
         },
         folder / BEST,
     )
-    last = training.get("last_epoch")
+    last = member.get("last_epoch")
     torch.save(
         {
             "format": 1,
-            "recovered_from": str(model),
-            "recipe": training["recipe"],
+            "recovered_from": source,
+            "recipe": member["recipe"],
             "arch": arch.to_dict(),
-            "epoch": training.get("epochs_done", training["recipe"]["epochs"]),
+            "epoch": member.get("epochs_done", member["recipe"]["epochs"]),
             "best": best,
             "log": [last] if last else [],
-            "train_wall_seconds": training.get("train_wall_seconds"),
+            "train_wall_seconds": member.get("train_wall_seconds"),
         },
         folder / CHECKPOINT,
     )
