@@ -132,3 +132,44 @@ def test_the_models_table_quotes_each_bundled_card(docs):
         assert f"{other['accuracy'] * 100:.2f}%" in accurate
     else:
         assert "not shipped yet" in accurate
+
+
+def test_an_ensemble_card_lists_every_member_and_their_summed_training_time():
+    """The model-card table names each member of an ensemble, with its weight and recipe, and
+    adds the members' training time; a single run's card has its own recipe line."""
+    spec = importlib.util.spec_from_file_location(
+        "model_card_md", ROOT / "scripts" / "model" / "model_card_md.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    card = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+
+    def member(run: str, seed: int, epochs: int, seconds: float, weight: int) -> dict:
+        recipe = {"name": "vgg48", "architecture": "vgg", "epochs": epochs, "seed": seed}
+        return {
+            "run": run,
+            "recipe": recipe,
+            "best": {"epoch": epochs - 1},
+            "train_wall_seconds": seconds,
+            "public_test_accuracy": 0.66,
+            "weight": weight,
+        }
+
+    card["training"] = {
+        "members": [member("a-s1", 1, 50, 3600.0, 2), member("a-s2", 2, 40, 1800.0, 1)],
+        "views": "centre",
+        "balance": {"tau": 0.3},
+        "trained_with": "PyTorch 2.13.0",
+    }
+    table = module.render(card)
+    members = next(line for line in table.splitlines() if line.startswith("| members |"))
+    assert "`a-s1` (weight 2" in members and "`a-s2` (weight 1" in members
+    assert "40 epochs, best epoch 39, seed 2" in members
+    training = next(line for line in table.splitlines() if line.startswith("| training |"))
+    assert "5400 s (1.5 h) over 2 runs" in training
+    assert "views in the graph: centre" in training and "tau 0.3" in training
+
+    card["training"] = member("b-s1", 7, 30, 720.0, 1)
+    table = module.render(card)
+    assert "| recipe | `vgg48`: vgg None, 30 epochs, best epoch 29, seed 7 |" in table
+    assert "| training | 720 s (0.2 h) |" in table

@@ -10,10 +10,53 @@ import sys
 from pathlib import Path
 
 
+def _one_recipe(run: dict) -> str:
+    recipe = run.get("recipe") or {}
+    best = run.get("best_epoch") or (run.get("best") or {}).get("epoch")
+    return (
+        f"`{recipe.get('name')}`: {recipe.get('architecture')} {recipe.get('arch_args')}, "
+        f"{recipe.get('epochs')} epochs, best epoch {best}, "
+        f"seed {recipe.get('seed')}"
+    )
+
+
+def _recipe(training: dict) -> str:
+    """The recipe of a single run, or one line per member of an ensemble."""
+    if "members" not in training:
+        return _one_recipe(training)
+    return "<br>".join(
+        f"`{m.get('run')}` (weight {m.get('weight')}, PublicTest {m.get('public_test_accuracy')}): "
+        f"{_one_recipe(m)}"
+        for m in training["members"]
+    )
+
+
+def _training(training: dict) -> str:
+    """How long training took and on what: the runs' wall time (members summed)."""
+    runs = training.get("members") or [training]
+    seconds = [m.get("train_wall_seconds") for m in runs]
+    if any(s is None for s in seconds):
+        wall = "training time not recorded"
+    else:
+        wall = f"{sum(seconds):.0f} s ({sum(seconds) / 3600:.1f} h)"
+        if len(runs) > 1:
+            wall += f" over {len(runs)} runs"
+    done_by = training.get("trained_with") or training.get("hardware")
+    views = training.get("views")
+    tau = (training.get("balance") or {}).get("tau")
+    parts = [wall]
+    if done_by:
+        parts.append(f"with {done_by}")
+    if views:
+        parts.append(f"test-time views in the graph: {views}")
+    if tau is not None:
+        parts.append(f"logit adjustment tau {tau}")
+    return "; ".join(parts)
+
+
 def render(card: dict) -> str:
     private, public = card["metrics"]["PrivateTest"], card["metrics"]["PublicTest"]
     training = card.get("training") or {}
-    recipe = training.get("recipe", {})
     calibration = card.get("calibration") or {}
     lines = [
         f"| | |\n|---|---|\n"
@@ -27,12 +70,8 @@ def render(card: dict) -> str:
         f"{calibration.get('private_test_ece_after')} after |\n"
         f"| parameters | {card.get('parameters'):,} |\n"
         f"| ms per face, 1 thread, TTA included | {card.get('ms_per_face_1_thread')} |\n"
-        f"| recipe | `{recipe.get('name')}`: {recipe.get('architecture')} "
-        f"{recipe.get('arch_args')}, "
-        f"{recipe.get('epochs')} epochs, best epoch {training.get('best_epoch')}, "
-        f"seed {recipe.get('seed')} |\n"
-        f"| training | {training.get('train_wall_seconds')} s on {training.get('hardware')} "
-        f"(Keras {training.get('keras_version')}, {training.get('backend')}) |\n"
+        f"| {'members' if 'members' in training else 'recipe'} | {_recipe(training)} |\n"
+        f"| training | {_training(training)} |\n"
         f"| framework | {card['framework']} |\n"
         f"| created | {card['created_at']} |\n"
         f"| dataset sha256 | `{card.get('dataset_sha256')}` |",
