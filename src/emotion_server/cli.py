@@ -40,37 +40,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["EMOTION_MODE"] = args.mode
     if args.workers:
         os.environ["WEB_CONCURRENCY"] = str(args.workers)
-    # Fail fast, with a clear message, before gunicorn forks workers that would each fail.
-    from emotion_server.config import Settings, bundled_model
-    from emotion_server.errors import ModelLoadError
-    from emotion_server.faces import check_detector_settings
-    from emotion_server.model import EmotionModel
-
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:  # an unknown EMOTION_MODE
-        print(f"emotion-server: {exc}", file=sys.stderr)
-        return 2
-    bundled = settings.model_path == bundled_model(settings.mode)
-    if bundled and settings.mode != "default" and not os.path.exists(settings.model_path):
-        print(
-            f"emotion-server: EMOTION_MODE={settings.mode}: this install has no such model "
-            f"({settings.model_path} is missing)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        EmotionModel(settings.model_path)
-        check_detector_settings(
-            settings.detector,
-            settings.detect_large_face,
-            settings.detect_max_side,
-            settings.detect_threshold,
-            settings.detect_precision,
-        )
-    except ModelLoadError as exc:
-        print(f"emotion-server: {exc}", file=sys.stderr)
-        return 2
+    # The settings and the model are checked by gunicorn's master as it reads its config
+    # (gunicorn_conf.py, ops.startup_problem), before it forks workers that would each fail:
+    # a bad setting still ends `serve` with status 2 and the message, and the modules that
+    # check loads are imported once, there, instead of here and again after the exec.
     # Prometheus' multiprocess folder, fresh for this run, inherited by gunicorn and its workers.
     from emotion_server.ops import prepare_metrics_dir
 

@@ -1,7 +1,16 @@
 """gunicorn settings for `emotion-server serve`, from the same environment as the app."""
 
-from emotion_server.config import Settings
+import sys
 
+from emotion_server.config import Settings
+from emotion_server.ops import startup_problem
+
+# Refuse bad settings or an unloadable model here, in the master, before any worker is forked:
+# status 2 and the message (gunicorn lets a SystemExit from its config module through).
+_problem = startup_problem()
+if _problem is not None:
+    print(f"emotion-server: {_problem}", file=sys.stderr)
+    sys.exit(2)
 _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from emotion_server import metrics
 from emotion_server.contract import EMOTIONS, INPUT_SIZE
 from emotion_server.errors import ModelLoadError
 from emotion_server.runtime import session_options
@@ -95,6 +94,10 @@ class EmotionModel:
             return np.zeros((0, len(EMOTIONS)), np.float32)
         if self.fixed_batch == 1 and len(batch) > 1:
             return np.concatenate([self.predict(batch[i : i + 1]) for i in range(len(batch))])
+        # Imported here, not at the top: gunicorn's master loads a model to check it
+        # (ops.startup_problem) and must not import prometheus_client (metrics.py says why).
+        from emotion_server import metrics
+
         started = time.perf_counter()
         (probabilities,) = self.session.run(None, {self.input_name: batch})
         metrics.observe_model_call(len(batch), time.perf_counter() - started)

@@ -1,10 +1,11 @@
 """Process-level operations for gunicorn: the Prometheus multiprocess folder and server hooks.
 
-`prepare_metrics_dir()` runs in gunicorn's master before it forks the workers (and in
-`emotion-server serve` before it execs gunicorn); `child_exit`, `worker_exit` and `on_exit` are
-gunicorn server hooks, picked up by name from the gunicorn config module. Nothing here imports
-prometheus_client at module level: it picks its in-memory or multiprocess mode when first
-imported, and that must happen in the workers, after $PROMETHEUS_MULTIPROC_DIR is set.
+`startup_problem()` and `prepare_metrics_dir()` run in gunicorn's master before it forks the
+workers (the latter also in `emotion-server serve` before it execs gunicorn); `child_exit`,
+`worker_exit` and `on_exit` are gunicorn server hooks, picked up by name from the gunicorn
+config module. Nothing here imports prometheus_client, nor does the model check: it picks its
+in-memory or multiprocess mode when first imported, and that must happen in the workers, after
+$PROMETHEUS_MULTIPROC_DIR is set.
 """
 
 from __future__ import annotations
@@ -21,6 +22,40 @@ METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Set to the pid of the process that made a temporary metrics folder: `serve` execs gunicorn in
 # the same process, so gunicorn's master (same pid) knows the folder is its own to remove.
 CREATED_BY_VARIABLE = "EMOTION_METRICS_DIR_CREATED_BY"
+
+
+def startup_problem() -> str | None:
+    """What stops the server from starting with the environment's settings, as a message for
+    the operator (the setting to change); None where it can start. gunicorn's master calls it
+    as it reads its config (gunicorn_conf.py), before forking workers that would each fail; the
+    modules it loads (numpy, ONNX Runtime, Pillow) are then inherited by the workers."""
+    from emotion_server.config import Settings, bundled_model
+    from emotion_server.errors import ModelLoadError
+    from emotion_server.faces import check_detector_settings
+    from emotion_server.model import EmotionModel
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # an unknown EMOTION_MODE
+        return str(exc)
+    bundled = settings.model_path == bundled_model(settings.mode)
+    if bundled and settings.mode != "default" and not os.path.exists(settings.model_path):
+        return (
+            f"EMOTION_MODE={settings.mode}: this install has no such model "
+            f"({settings.model_path} is missing)"
+        )
+    try:
+        EmotionModel(settings.model_path)
+        check_detector_settings(
+            settings.detector,
+            settings.detect_large_face,
+            settings.detect_max_side,
+            settings.detect_threshold,
+            settings.detect_precision,
+        )
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
 
 
 def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> Path:
