@@ -94,3 +94,33 @@ def test_missing_corrupt_and_keras_files_fail_clearly(tmp_path):
         EmotionModel(corrupt)
     with pytest.raises(ModelLoadError, match="emotion-server export"):
         EmotionModel(tmp_path / "mine.h5")
+
+
+def test_only_shipped_models_are_tracked_each_under_40_mb():
+    """models/ holds the bundled models alone (each mode's .h5, float32 and INT8 ONNX and their
+    cards), never an experiment's file, and no tracked model or weights file reaches 40 MB."""
+    import subprocess
+
+    from conftest import ROOT
+
+    from emotion_server.config import MODES
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "models", "src/emotion_server/weights"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    files = [name for name in listed.stdout.split("\0") if name]
+    assert "models/emotion_model.h5" in files and "models/emotion_model.int8.onnx" in files
+    shipped = {
+        f"models/{stem}{suffix}"
+        for stem in MODES.values()
+        for suffix in (".h5", ".onnx", ".json", ".int8.onnx", ".int8.json")
+    }
+    assert not {name for name in files if name.startswith("models/")} - shipped
+    sizes = {name: (ROOT / name).stat().st_size for name in files}
+    assert not {name: size for name, size in sizes.items() if size >= 40_000_000}
