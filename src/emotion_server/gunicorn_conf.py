@@ -3,13 +3,15 @@
 import sys
 
 from emotion_server.config import Settings
-from emotion_server.ops import startup_problem
+from emotion_server.ops import on_exit, startup_problem
 
 # Refuse bad settings or an unloadable model here, in the master, before any worker is forked:
-# status 2 and the message (gunicorn lets a SystemExit from its config module through).
+# status 2 and the message (gunicorn lets a SystemExit from its config module through). The
+# metrics folder `serve` made before the exec is removed, as on any other exit.
 _problem = startup_problem()
 if _problem is not None:
     print(f"emotion-server: {_problem}", file=sys.stderr)
+    on_exit(None)
     sys.exit(2)
 _settings = Settings.from_env()
 
