@@ -5,11 +5,15 @@ SIGTERM under load, and bad model files at start-up."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
+import requests
+from conftest import ROOT, GunicornServer, encode
 
 pytestmark = pytest.mark.e2e
 OPS = ROOT / "scripts" / "ops"
@@ -78,6 +82,35 @@ def test_sigterm_under_load_drops_nothing():
     assert report["requests_before_sigterm"] > 0 and report["in_flight_at_sigterm"] > 0
     assert report["failed_before_sigterm"] == [], report
     assert report["master_exit_code"] == 0
+
+
+def test_sigterm_stops_the_server_without_waiting_for_the_graceful_timeout(astronaut):
+    """Workers that have run the model exit by themselves at SIGTERM. A worker forked from a
+    master that had imported ONNX Runtime hung in the library's exit handlers until gunicorn's
+    graceful timeout (20 s) killed it; so the master must not map the library, and an idle
+    server stops in well under that timeout."""
+    server = GunicornServer(workers=2)
+    try:
+        for _ in range(4):  # both workers are likely to have answered one
+            answer = requests.post(
+                server.url + "/inference",
+                data=encode(astronaut),
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=30,
+            )
+            assert answer.json()["prediction"] in {"happy", "neutral", "surprise"}
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+        assert "onnxruntime" not in maps, "gunicorn's master has loaded ONNX Runtime"
+        started = time.monotonic()
+        exit_code = server.stop(timeout=60)
+        stop_s = time.monotonic() - started
+    finally:
+        server.stop()
+    assert exit_code == 0
+    # (gunicorn_conf.py is read, not imported: importing it runs the start-up check)
+    conf = (ROOT / "src" / "emotion_server" / "gunicorn_conf.py").read_text()
+    graceful_timeout = float(re.search(r"^graceful_timeout = (\d+)", conf, re.M).group(1))
+    assert stop_s < graceful_timeout / 2, (stop_s, server.stopped.output[-2000:])
 
 
 def test_bad_model_files_fail_fast_with_a_clear_message():

@@ -3,12 +3,13 @@
 import sys
 
 from emotion_server.config import Settings
-from emotion_server.ops import on_exit, startup_problem
+from emotion_server.ops import on_exit, startup_problem_in_child
 
-# Refuse bad settings or an unloadable model here, in the master, before any worker is forked:
-# status 2 and the message (gunicorn lets a SystemExit from its config module through). The
-# metrics folder `serve` made before the exec is removed, as on any other exit.
-_problem = startup_problem()
+# Refuse bad settings or an unloadable model here, before any worker is forked (checked in a
+# child of the master, which must not import ONNX Runtime: ops.py says why): status 2 and the
+# message (gunicorn lets a SystemExit from its config module through). The metrics folder
+# `serve` made before the exec is removed, as on any other exit.
+_problem = startup_problem_in_child()
 if _problem is not None:
     print(f"emotion-server: {_problem}", file=sys.stderr)
     on_exit(None)

@@ -1,11 +1,11 @@
 """Process-level operations for gunicorn: the Prometheus multiprocess folder and server hooks.
 
-`startup_problem()` and `prepare_metrics_dir()` run in gunicorn's master before it forks the
-workers (the latter also in `emotion-server serve` before it execs gunicorn); `child_exit`,
-`worker_exit` and `on_exit` are gunicorn server hooks, picked up by name from the gunicorn
-config module. Nothing here imports prometheus_client, nor does the model check: it picks its
-in-memory or multiprocess mode when first imported, and that must happen in the workers, after
-$PROMETHEUS_MULTIPROC_DIR is set.
+`startup_problem_in_child()` and `prepare_metrics_dir()` run in gunicorn's master before it
+forks the workers (the latter also in `emotion-server serve` before it execs gunicorn);
+`child_exit`, `worker_exit` and `on_exit` are gunicorn server hooks, picked up by name from the
+gunicorn config module. Nothing here imports prometheus_client, nor does the model check: it
+picks its in-memory or multiprocess mode when first imported, and that must happen in the
+workers, after $PROMETHEUS_MULTIPROC_DIR is set.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import MutableMapping
@@ -24,11 +25,48 @@ METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 CREATED_BY_VARIABLE = "EMOTION_METRICS_DIR_CREATED_BY"
 
 
+def startup_problem_in_child() -> str | None:
+    """`startup_problem()` run in a forked child, for gunicorn's master.
+
+    The master must not import ONNX Runtime: a worker forked from a process that had imported
+    it hangs as it exits, in the library's exit handlers (pthread_cond_destroy), until
+    gunicorn's graceful timeout kills it, so every stop took 20 s instead of 1-3. The child
+    makes and drops the sessions and answers through a pipe; the master imports only numpy and
+    Pillow, which the workers inherit.
+    """
+    import numpy  # noqa: F401  (inherited by the workers; ONNX Runtime must not be)
+    import PIL.Image  # noqa: F401
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe and leave without any exit handler
+        status = 1
+        try:
+            os.close(read_end)
+            problem = startup_problem()
+            os.write(write_end, (problem or "").encode())
+            status = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        message = answer.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return message or "the start-up check failed unexpectedly (the error is above)"
+    return message or None
+
+
 def startup_problem() -> str | None:
     """What stops the server from starting with the environment's settings, as a message for
-    the operator (the setting to change); None where it can start. gunicorn's master calls it
-    as it reads its config (gunicorn_conf.py), before forking workers that would each fail; the
-    modules it loads (numpy, ONNX Runtime, Pillow) are then inherited by the workers."""
+    the operator (the setting to change); None where it can start. gunicorn's master runs it
+    in a child (`startup_problem_in_child`) as it reads its config (gunicorn_conf.py), before
+    forking workers that would each fail."""
     from emotion_server.config import Settings, bundled_model
     from emotion_server.errors import ModelLoadError
     from emotion_server.faces import check_detector_settings
