@@ -156,6 +156,8 @@ checks = {
         if f.count("/") >= 2
     ),
     "podman stop: exit 0, graceful": report["stop_exit_code"] == 0 and report["shutdown_logged"],
+    # workers that hang as they exit make a stop wait for gunicorn's 20 s graceful timeout
+    "podman stop within 10 s": report["stop_seconds"] < 10,
     "healthz < 1 s with 64 slow clients": all(
         s is not None and s < 1 for s in report["healthz_s_with_slow_clients"]
     ),
