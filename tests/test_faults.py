@@ -113,6 +113,24 @@ def test_sigterm_stops_the_server_without_waiting_for_the_graceful_timeout(astro
     assert stop_s < graceful_timeout / 2, (stop_s, server.stopped.output[-2000:])
 
 
+def test_the_start_up_check_answers_from_its_child(monkeypatch, capfd):
+    """gunicorn's master gets the check's message, None, or a clear failure when the check
+    itself crashed (the child's traceback goes to stderr), through the forked child."""
+    from emotion_server import ops
+
+    monkeypatch.setattr(ops, "startup_problem", lambda: "model file not found: x.onnx")
+    assert ops.startup_problem_in_child() == "model file not found: x.onnx"
+    monkeypatch.setattr(ops, "startup_problem", lambda: None)
+    assert ops.startup_problem_in_child() is None
+
+    def crash():
+        raise RuntimeError("the check broke")
+
+    monkeypatch.setattr(ops, "startup_problem", crash)
+    assert "start-up check failed unexpectedly" in ops.startup_problem_in_child()
+    assert "RuntimeError: the check broke" in capfd.readouterr().err
+
+
 def test_bad_model_files_fail_fast_with_a_clear_message():
     report = drill(str(OPS / "faults.py"), "bad-model")
     for name, case in report["cases"].items():

@@ -31,12 +31,8 @@ def startup_problem_in_child() -> str | None:
     The master must not import ONNX Runtime: a worker forked from a process that had imported
     it hangs as it exits, in the library's exit handlers (pthread_cond_destroy), until
     gunicorn's graceful timeout kills it, so every stop took 20 s instead of 1-3. The child
-    makes and drops the sessions and answers through a pipe; the master imports only numpy and
-    Pillow, which the workers inherit.
+    makes and drops the sessions and answers through a pipe.
     """
-    import numpy  # noqa: F401  (inherited by the workers; ONNX Runtime must not be)
-    import PIL.Image  # noqa: F401
-
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: answer through the pipe and leave without any exit handler
@@ -53,6 +49,14 @@ def startup_problem_in_child() -> str | None:
         finally:
             sys.stderr.flush()
             os._exit(status)
+    # While the child checks, the master imports what the workers will inherit (flask and
+    # flask_openapi3 with pydantic are most of a worker's imports): ONNX Runtime must not be
+    # among them.
+    import flask  # noqa: F401
+    import flask_openapi3  # noqa: F401
+    import numpy  # noqa: F401
+    import PIL.Image  # noqa: F401
+
     os.close(write_end)
     with os.fdopen(read_end, "rb") as answer:
         message = answer.read().decode(errors="replace")
