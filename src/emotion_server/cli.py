@@ -40,10 +40,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["EMOTION_MODE"] = args.mode
     if args.workers:
         os.environ["WEB_CONCURRENCY"] = str(args.workers)
-    # The settings and the model are checked by gunicorn's master as it reads its config
-    # (gunicorn_conf.py, ops.startup_problem), before it forks workers that would each fail:
-    # a bad setting still ends `serve` with status 2 and the message, and the modules that
-    # check loads are imported once, there, instead of here and again after the exec.
+    # The settings and the model are checked as gunicorn's master reads its config, in a
+    # child of the master (gunicorn_conf.py, ops.startup_problem_in_child), before it forks
+    # workers that would each fail: a bad setting still ends `serve` with status 2 and the
+    # message. Nothing is checked here, so nothing is loaded twice across the exec.
     # Prometheus' multiprocess folder, fresh for this run, inherited by gunicorn and its workers.
     from emotion_server.ops import prepare_metrics_dir
 
