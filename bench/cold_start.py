@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
-import os
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import requests
 
 from emotion_server.launcher import Server
 
@@ -32,19 +32,10 @@ def one_start(tree: Path) -> tuple[float, float]:
     """(cold start s, stop s) of one server run from `tree`."""
     env = {"PYTHONPATH": str(tree / "src"), "EMOTION_MODEL_PATH": None, "MODEL_PATH": None}
     server = Server(env=env, workers=2, cwd=tree)
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    connection.request(
-        "POST",
-        "/inference",
-        body=PHOTO.read_bytes(),
-        headers={"Content-Type": "application/octet-stream"},
-    )
-    answer = connection.getresponse()
-    answer.read()
-    connection.close()
-    if answer.status != 200:
+    answer = requests.post(server.url + "/inference", data=PHOTO.read_bytes(), timeout=30)
+    if answer.status_code != 200:
         server.stop()
-        raise SystemExit(f"{tree}: /inference answered {answer.status}")
+        raise SystemExit(f"{tree}: /inference answered {answer.status_code}")
     started = time.monotonic()
     server.stop(timeout=60)
     return server.ready_s, time.monotonic() - started
@@ -69,7 +60,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--starts", type=int, default=5, help="starts per side per round")
     args = parser.parse_args()
-    os.environ.pop("PYTHONPATH", None)
     with worktree(args.against) as other:
         sides = {"this tree": ROOT, args.against: other}
         starts: dict[str, list[float]] = {name: [] for name in sides}

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from emotion_server import ops
 from emotion_server.config import ENV_NAMES, Settings
 
 DEPLOY = ROOT / "deploy"
@@ -96,9 +97,7 @@ def test_pod_runs_as_the_images_non_root_user(manifests):
 def test_shutdown_fits_in_the_grace_period(manifests):
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     sleep = int(_container(manifests)["lifecycle"]["preStop"]["exec"]["command"][-1])
-    conf = (ROOT / "src" / "emotion_server" / "gunicorn_conf.py").read_text()
-    graceful = int(re.search(r"^graceful_timeout = (\d+)", conf, re.M).group(1))
-    assert pod["terminationGracePeriodSeconds"] > sleep + graceful
+    assert pod["terminationGracePeriodSeconds"] > sleep + ops.GRACEFUL_TIMEOUT_S
 
 
 def test_every_server_variable_in_the_manifest_is_a_setting(manifests):

@@ -3,7 +3,7 @@
 import sys
 
 from emotion_server.config import Settings
-from emotion_server.ops import on_exit, startup_problem_in_child
+from emotion_server.ops import GRACEFUL_TIMEOUT_S, on_exit, startup_problem_in_child
 
 # Refuse bad settings or an unloadable model here, before any worker is forked (checked in a
 # child of the master, which must not import ONNX Runtime: ops.py says why): status 2 and the
@@ -27,7 +27,7 @@ worker_class = (
     "emotion_server.workers.ThreadWorker" if threads > 1 else "emotion_server.workers.GeventWorker"
 )
 timeout = _settings.timeout
-graceful_timeout = 20
+graceful_timeout = GRACEFUL_TIMEOUT_S
 accesslog = "-"
 # The app is built in each worker (model and detector loaded once per worker), not preloaded.
 preload_app = False

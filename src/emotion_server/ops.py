@@ -23,6 +23,8 @@ METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Set to the pid of the process that made a temporary metrics folder: `serve` execs gunicorn in
 # the same process, so gunicorn's master (same pid) knows the folder is its own to remove.
 CREATED_BY_VARIABLE = "EMOTION_METRICS_DIR_CREATED_BY"
+# gunicorn's graceful_timeout: how long a stopping worker may take before it is killed.
+GRACEFUL_TIMEOUT_S = 20
 
 
 def startup_problem_in_child() -> str | None:
