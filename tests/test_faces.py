@@ -1,4 +1,5 @@
 import importlib.util
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -459,3 +460,22 @@ def test_blazeface_cascade_misses_a_small_face_beside_a_large_one(blazeface, ast
     cascade = make_detector("blazeface", large_face=SERVED.detect_large_face)
     assert len(cascade.detect(pair)) == 1
     assert len(make_detector("centerface", large_face=SERVED.detect_large_face).detect(pair)) == 2
+
+
+def test_every_shipped_detector_file_has_its_notice_and_licence():
+    """weights/NOTICE.md names every model and licence file shipped beside it, each licence it
+    names is there, and each licence carries its copyright line (MIT and Apache-2.0 require
+    the notice to travel with the weights)."""
+    folder = resources.files("emotion_server") / "weights"
+    shipped = {entry.name for entry in folder.iterdir() if entry.name != "NOTICE.md"}
+    notice = (folder / "NOTICE.md").read_text()
+    named = set(re.findall(r"`([\w.-]+\.(?:onnx|txt))`", notice))
+    assert shipped - named == set(), "shipped but not in NOTICE.md"
+    assert {name for name in named if name.startswith("LICENSE")} <= shipped
+    # Each model's paragraph (it opens with the file's name) gives its authors' copyright.
+    for paragraph in notice.split("\n\n"):
+        if re.match(r"`[\w.-]+\.onnx`", paragraph):
+            assert "Copyright" in paragraph, paragraph
+    for name in shipped:
+        if name.startswith("LICENSE-MIT"):
+            assert re.search(r"^Copyright \(c\) \d{4} \S", (folder / name).read_text(), re.M), name
