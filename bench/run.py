@@ -1,7 +1,7 @@
 """Benchmark the server side by side with the original design and with its own ceiling.
 
     .venv/bin/pip install -e ".[bench,dev]" && apt-get install -y wrk
-    .venv/bin/python bench/run.py [--duration 10] [--out bench/results]
+    .venv/bin/python bench/run.py [--duration 10] [--rounds 3] [--out bench/results]
 
 Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same run:
 - baseline: bench/baseline_server.py, Flask's built-in server + Keras `model.predict` per
@@ -15,9 +15,16 @@ Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same 
   example the float32 model or another worker layout, each with its own ceiling.
 Workloads: a 48x48 greyscale face crop (JPEG) and a 640x480 photo with one face, both made
 from scikit-image's astronaut photo; concurrency 1, 8 and 32. Each run also records the CPU
-time all the server's processes used per request, which says where the time goes. Writes
-results.json and results.md into --out and prints the markdown, with the issue's goals as
-ratios (ours / baseline, ours / ceiling) and whether each is met.
+time all the server's processes used per request, which says where the time goes.
+
+The machine's speed drifts by tens of percent within minutes, so all the contenders run at
+once (idle while another is loaded) and the load goes round them --rounds times: each
+workload and concurrency to every contender in turn (the order rotated each round), and each
+round measures the ceilings again. The tables keep, per row, the run with the median
+throughput and list every round's; each ratio is computed within each round (its contenders
+measured minutes apart at most) and the median of those is reported. Writes results.json and
+results.md into --out and prints the markdown, with the issue's goals as ratios (ours /
+baseline, ours / ceiling) and whether each is met.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import platform
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,8 +233,9 @@ def to_markdown(result: dict) -> str:
         f"Benchmark of {result['date']} on {result['machine']} (`{result['command']}`; "
         "wrk, 1 thread, loopback; server CPU: all the server's processes, per request).",
         "",
-        "| contender | workload | conc. | req/s | p50 ms | p99 ms | errors | server CPU ms/req |",
-        "|---|---|---|---|---|---|---|---|",
+        "| contender | workload | conc. | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
+        "| req/s of each round |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, contender in result["contenders"].items():
         for workload, rows in contender["workloads"].items():
@@ -234,7 +243,7 @@ def to_markdown(result: dict) -> str:
                 lines.append(
                     f"| {name} | {workload} | {row['connections']} | {row['throughput_rps']} | "
                     f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} | "
-                    f"{row['server_cpu_ms_per_request']} |"
+                    f"{row['server_cpu_ms_per_request']} | {_listed(row.get('rounds_rps'))} |"
                 )
     lines += [
         "",
@@ -249,18 +258,74 @@ def to_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| ceiling of | model | faces/s in-process | threads | TTA |",
-        "|---|---|---|---|---|",
+        "| ceiling of | model | faces/s in-process | threads | TTA | faces/s of each round |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in result["ceilings"].items():
         lines.append(
-            f"| {name} | {row['model']} | {row['faces_per_s']} | {row['threads']} | {row['tta']} |"
+            f"| {name} | {row['model']} | {row['faces_per_s']} | {row['threads']} | {row['tta']} "
+            f"| {_listed(row.get('rounds'))} |"
         )
-    lines += ["", "| ratio | measured | goal | met |", "|---|---|---|---|"]
+    by_round = result.get("ratio_rounds", {})
+    lines += [
+        "",
+        "| ratio | measured (median of the rounds) | goal | met | each round |",
+        "|---|---|---|---|---|",
+    ]
     for key, (value, goal) in result["ratios"].items():
         met = "-" if goal == "(bound)" else ("yes" if goal_met(value, goal) else "no")
-        lines.append(f"| {key} | {value} | {goal} | {met} |")
+        lines.append(f"| {key} | {value} | {goal} | {met} | {_listed(by_round.get(key))} |")
     return "\n".join(lines) + "\n"
+
+
+def _listed(values: list | None) -> str:
+    return ", ".join(map(str, values)) if values else "-"
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (the lower of the two middle ones for an even
+    count), with every run's throughput listed beside it."""
+    ranked = sorted(runs, key=lambda row: row["throughput_rps"])
+    return {**ranked[(len(ranked) - 1) // 2], "rounds_rps": [r["throughput_rps"] for r in runs]}
+
+
+def combine_rounds(result: dict, rounds: list[dict], servers: list[str]) -> None:
+    """Fill `result` from the rounds: per row the median run, the median ceiling, and each
+    ratio computed within every round, the median of them reported."""
+    for name, entry in result["contenders"].items():
+        entry["workloads"] = {
+            workload: [
+                median_run([r["contenders"][name]["workloads"][workload][i] for r in rounds])
+                for i in range(len(rows))
+            ]
+            for workload, rows in rounds[0]["contenders"][name]["workloads"].items()
+        }
+    result["ceilings"] = {
+        name: {
+            **rounds[0]["ceilings"][name],
+            "faces_per_s": statistics.median(r["ceilings"][name]["faces_per_s"] for r in rounds),
+            "rounds": [r["ceilings"][name]["faces_per_s"] for r in rounds],
+        }
+        for name in servers
+    }
+    per_round = []
+    for r in rounds:
+        view = {
+            "contenders": {
+                name: {
+                    **result["contenders"][name],
+                    "workloads": r["contenders"][name]["workloads"],
+                }
+                for name in result["contenders"]
+            },
+            "ceilings": r["ceilings"],
+        }
+        per_round.append(ratios(view, servers))
+    result["ratio_rounds"] = {key: [found[key][0] for found in per_round] for key in per_round[0]}
+    result["ratios"] = {
+        key: (statistics.median(values), per_round[0][key][1])
+        for key, values in result["ratio_rounds"].items()
+    }
 
 
 def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
@@ -311,6 +376,7 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="times round every contender")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument(
@@ -351,28 +417,42 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
         "contenders": {},
     }
-    for name, (command, env) in contenders.items():
-        contender = Contender(name, command, env, crop_body)
-        try:
-            entry = {"cold_start_s": round(contender.cold_start_s, 2), "workloads": {}}
-            for workload, path in workloads.items():
-                run_wrk(contender.url, path, 8, 2)  # warm-up
-                entry["workloads"][workload] = [
-                    contender.load(path, c, args.duration) for c in CONCURRENCY
-                ]
-            contender.settle()
-            entry["worker_rss_mb"] = contender.worker_rss_mb()
-            entry["worker_peak_rss_mb"] = contender.worker_rss_mb("VmHWM")
-        finally:
-            contender.stop()
-        result["contenders"][name] = entry
-        print(f"{name}: done", file=sys.stderr)
     servers = [name for name in contenders if name not in ("baseline", FLOOR)]
-    result["ceilings"] = {name: ceiling(contenders[name][1]) for name in servers}
-    result["ratios"] = ratios(result, servers)
+    started: dict[str, Contender] = {}
+    try:
+        # Started one after the other (each cold start timed on an otherwise idle machine),
+        # then all kept running: an idle contender costs the loaded one next to nothing.
+        for name, (command, env) in contenders.items():
+            started[name] = Contender(name, command, env, crop_body)
+            result["contenders"][name] = {"cold_start_s": round(started[name].cold_start_s, 2)}
+        for contender in started.values():
+            for path in workloads.values():
+                run_wrk(contender.url, path, 8, 2)  # warm-up
+        rounds = []
+        for index in range(args.rounds):
+            order = list(started.values())
+            order = order[index % len(order) :] + order[: index % len(order)]
+            measured = {c.name: {"workloads": {w: [] for w in workloads}} for c in order}
+            for workload, path in workloads.items():
+                for connections in CONCURRENCY:
+                    for contender in order:
+                        row = contender.load(path, connections, args.duration)
+                        measured[contender.name]["workloads"][workload].append(row)
+            ceilings = {name: ceiling(contenders[name][1]) for name in servers}
+            rounds.append({"contenders": measured, "ceilings": ceilings})
+            print(f"round {index + 1} of {args.rounds}: done", file=sys.stderr)
+        for name, contender in started.items():
+            contender.settle()
+            result["contenders"][name]["worker_rss_mb"] = contender.worker_rss_mb()
+            result["contenders"][name]["worker_peak_rss_mb"] = contender.worker_rss_mb("VmHWM")
+    finally:
+        for contender in started.values():
+            contender.stop()
+    combine_rounds(result, rounds, servers)
 
     write_results(Path(args.out), "results", result, to_markdown(result))
 
