@@ -237,6 +237,54 @@ def test_int8_detector_is_the_shipped_quantized_file_and_agrees_with_float32(ast
         assert b.score != a.score
 
 
+def _passes(search_pass: str, threads: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"search_pass": search_pass, "threads": threads}
+    return REGISTRY.get_sample_value("emotion_detector_passes_total", labels) or 0.0
+
+
+def test_a_lone_search_runs_its_int8_pass_on_the_idle_threads_and_finds_the_same(astronaut):
+    """With idle() true the INT8 first pass runs on the session with `idle_threads` threads
+    (counted as such in the detector's metric), with idle() false on the worker's own; both
+    find the same face. The full-size float32 pass always keeps to the worker's threads."""
+    alone = [True]
+    detector = CenterFaceDetector(
+        precision="mixed", large_face=56, threads=1, idle_threads=2, idle=lambda: alone[0]
+    )
+    photo = np.full((480, 640, 3), 128, np.uint8)
+    photo[:, 80:560] = np.asarray(Image.fromarray(astronaut).resize((480, 480)))
+    before = {t: _passes("first", t) for t in ("idle", "worker")}
+    lone = detector.detect(photo)
+    alone[0] = False
+    shared = detector.detect(photo)
+    assert _passes("first", "idle") - before["idle"] == 1
+    assert _passes("first", "worker") - before["worker"] == 1
+    assert len(lone) == len(shared) == 1
+    (a,), (b,) = lone, shared
+    assert _overlap(a, (b.x, b.y, b.x + b.width, b.y + b.height)) > 0.95
+    assert abs(a.score - b.score) < 1e-3
+
+    alone[0] = True  # a small face alone: the full-size pass, on the worker's threads
+    full_before = _passes("full", "worker")
+    small = np.full((1000, 1000, 3), 128, np.uint8)
+    face = Image.fromarray(astronaut).crop((150, 20, 300, 220)).resize((30, 40))
+    small[600:640, 300:330] = np.asarray(face)
+    assert len(detector.detect(small)) == 1
+    assert _passes("full", "worker") - full_before == 1
+    assert _passes("full", "idle") == 0
+
+
+def test_no_idle_session_where_it_would_not_add_threads_or_weights_are_float32():
+    assert (
+        CenterFaceDetector(precision="mixed", threads=2, idle_threads=2, idle=bool).idle_session
+        is None
+    )
+    assert CenterFaceDetector(precision="float32", idle_threads=4, idle=bool).idle_session is None
+    assert CenterFaceDetector(precision="int8", idle_threads=2).idle_session is None  # no idle()
+    assert CenterFaceDetector(precision="int8", idle_threads=2, idle=bool).idle_session is not None
+
+
 def test_mixed_precision_is_int8_in_the_first_pass_and_float32_in_the_full_size_pass(astronaut):
     """EMOTION_DETECT_PRECISION=mixed (the default): a face found in the first pass comes with
     the INT8 weights' box and score, one found only at full size with float32's."""

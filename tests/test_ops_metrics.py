@@ -147,7 +147,13 @@ def test_model_metric_functions():
 def ops_server(tmp_path_factory):
     (ROOT / ".pytest_cache").mkdir(exist_ok=True)
     folder = tmp_path_factory.mktemp("prometheus")
-    server = GunicornServer(env={"PROMETHEUS_MULTIPROC_DIR": str(folder)}, workers=2)
+    # One runtime thread per worker, two for a lone photo's face search, whatever the CPUs.
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "EMOTION_THREADS": "1",
+        "EMOTION_DETECT_IDLE_THREADS": "2",
+    }
+    server = GunicornServer(env=env, workers=2)
     server.metrics_dir = folder
     yield server
     server.stop()
@@ -222,6 +228,23 @@ def test_model_metrics_are_fed(loaded_server):
     assert calls >= SENT["faces"] + SENT["crops"]
     assert value(samples, "emotion_model_batch_size_sum") >= calls
     assert value(samples, "emotion_model_inference_seconds_count") == calls
+
+
+@pytest.mark.e2e
+def test_photos_sent_one_at_a_time_search_on_the_idle_cores(loaded_server, astronaut):
+    """Nothing else in progress on the server: each photo's first pass runs on the idle
+    threads, whichever worker takes it (the workers share their counts: activity.py)."""
+    passes = "emotion_detector_passes_total"
+    before = _scrape(loaded_server)
+    photo = encode(astronaut)
+    for _ in range(6):
+        response = requests.post(loaded_server.url + "/inference", data=photo, headers=RAW)
+        assert response.status_code == 200 and response.json()["face_detected"]
+    after = _scrape(loaded_server)
+    idle = {"search_pass": "first", "threads": "idle"}
+    own = {"search_pass": "first", "threads": "worker"}
+    assert value(after, passes, **idle) - value(before, passes, **idle) == 6
+    assert value(after, passes, **own) == value(before, passes, **own)
 
 
 @pytest.mark.e2e

@@ -203,6 +203,8 @@ class CenterFaceDetector(TwoPassDetector):
         threads: int = 1,
         large_face: int = 0,
         precision: str = "float32",
+        idle_threads: int = 0,
+        idle: Callable[[], bool] | None = None,
     ):
         check_precision(precision)
         self.precision = precision
@@ -221,6 +223,19 @@ class CenterFaceDetector(TwoPassDetector):
             self.session = session(_centerface(FLOAT32_CENTERFACE))
             mixed = precision == "mixed"
             self.first_session = session(_centerface(INT8_CENTERFACE)) if mixed else self.session
+        # The INT8 passes again on `idle_threads` threads, for when `idle()` says nothing else
+        # is being analysed on the server (activity.py): a lone photo's search then uses the
+        # cores the other workers leave idle. A second INT8 session takes a few milliseconds to
+        # make and about 15 MB once it has run (its arena is kept, as the first pass's is);
+        # float32's would add most of a second to every worker's start: not made.
+        self.idle = idle
+        self.idle_session = None
+        if idle is not None and idle_threads > threads and precision != "float32":
+            self.idle_session = ort.InferenceSession(
+                _centerface(INT8_CENTERFACE),
+                session_options(idle_threads),
+                providers=["CPUExecutionProvider"],
+            )
         # A 640x480 photo takes about 100 MB of activations at full size. ONNX Runtime's arena
         # would keep that peak resident in every worker for good; shrinking it after the pass
         # hands it back (docs/performance.md: resident memory against photo latency). A small
@@ -251,6 +266,12 @@ class CenterFaceDetector(TwoPassDetector):
         # A pass below the full size is the first pass of the two.
         first = max_side < self.max_side
         session = self.first_session if first else self.session
+        idle = self.idle_session is not None and session is self.first_session and self.idle()
+        if idle:
+            session = self.idle_session
+        from emotion_server import metrics  # in workers only, as model.py says
+
+        metrics.observe_detector_pass(first, idle)
         keep = (
             first
             and self.precision != "float32"
@@ -469,17 +490,22 @@ def make_detector(
     threads: int = 1,
     large_face: int = 0,
     precision: str = "float32",
+    idle_threads: int = 0,
+    idle: Callable[[], bool] | None = None,
 ) -> FaceDetector:
     """The detector named by EMOTION_DETECTOR: 'centerface', 'blazeface' (BlazeFace, then
     CenterFace where it finds no face), 'yunet' or 'none'; CenterFace's weights in
-    `precision` (EMOTION_DETECT_PRECISION)."""
+    `precision` (EMOTION_DETECT_PRECISION), its INT8 passes on `idle_threads` threads when
+    `idle()` says nothing else is being analysed."""
     check_detector_settings(name, large_face, max_side, threshold, precision)
     if name == "none":
         return NoDetector()
     searched = {"threshold": threshold, "max_side": max_side, "large_face": large_face}
     if name == "yunet":
         return YuNetDetector(threads=threads, **searched)
-    centerface = CenterFaceDetector(threads=threads, precision=precision, **searched)
+    centerface = CenterFaceDetector(
+        threads=threads, precision=precision, idle_threads=idle_threads, idle=idle, **searched
+    )
     if name == "blazeface":
         return CascadeDetector(name, BlazeFaceDetector(threshold, threads), centerface)
     return centerface

@@ -36,10 +36,13 @@ preload_app = False
 control_socket_disable = True
 
 # Operations hooks: a fresh Prometheus multiprocess folder before the workers fork, dead
-# workers marked, the folder removed on exit, stopping sync workers answer queued connections.
+# workers marked, the folder removed on exit, stopping sync workers answer queued connections;
+# each worker's slot in the shared count of analyses in progress (activity.py).
 from emotion_server.ops import (  # noqa: E402, F401
     child_exit,
     on_exit,
+    post_fork,
+    pre_fork,
     prepare_metrics_dir,
     worker_exit,
 )

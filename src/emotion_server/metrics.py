@@ -70,6 +70,17 @@ MODEL_BATCH_SIZE = Histogram(
     "Crops in one call of the emotion model (test-time augmentation's copies included)",
     buckets=BATCH_BUCKETS,
 )
+DETECTOR_PASSES = Counter(
+    f"{PREFIX}_detector_passes",
+    "Passes of the face detector over an image, by pass (first: at reduced size, for the "
+    "large faces; full: at EMOTION_DETECT_MAX_SIDE) and threads (worker: the worker's share of "
+    "the CPUs; idle: the server's idle CPUs, when nothing else was being analysed)",
+    ["search_pass", "threads"],
+)
+
+
+def observe_detector_pass(first: bool, idle: bool) -> None:
+    DETECTOR_PASSES.labels("first" if first else "full", "idle" if idle else "worker").inc()
 
 
 def observe_model_call(batch_size: int, seconds: float) -> None:

@@ -2,10 +2,10 @@
 
 `startup_problem_in_child()` and `prepare_metrics_dir()` run in gunicorn's master before it
 forks the workers (the latter also in `emotion-server serve` before it execs gunicorn);
-`child_exit`, `worker_exit` and `on_exit` are gunicorn server hooks, picked up by name from the
-gunicorn config module. Nothing here imports prometheus_client, nor does the model check: it
-picks its in-memory or multiprocess mode when first imported, and that must happen in the
-workers, after $PROMETHEUS_MULTIPROC_DIR is set.
+`pre_fork`, `post_fork`, `child_exit`, `worker_exit` and `on_exit` are gunicorn server hooks,
+picked up by name from the gunicorn config module. Nothing here imports prometheus_client,
+nor does the model check: it picks its in-memory or multiprocess mode when first imported, and
+that must happen in the workers, after $PROMETHEUS_MULTIPROC_DIR is set.
 """
 
 from __future__ import annotations
@@ -122,9 +122,30 @@ def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> Path
     return folder
 
 
+def pre_fork(server, worker) -> None:
+    """gunicorn hook, in the master before it forks a worker: the worker's slot in the shared
+    count of analyses in progress (activity.py), one no live worker holds."""
+    from emotion_server import activity
+
+    activity.share()  # mapped here, before the fork, so that every worker shares it
+    taken = {getattr(w, "activity_slot", -1) for w in server.WORKERS.values()}
+    worker.activity_slot = activity.free_slot(taken)
+
+
+def post_fork(server, worker) -> None:
+    """gunicorn hook, in a worker just forked: it counts its analyses in its own slot."""
+    from emotion_server import activity
+
+    activity.attach(getattr(worker, "activity_slot", 0))
+
+
 def child_exit(server, worker) -> None:
     """gunicorn hook, in the master after a worker exited (or was killed): its live gauges
-    (requests in progress) stop counting; its counters and histograms stay in the totals."""
+    (requests in progress) stop counting; its counters and histograms stay in the totals; its
+    slot of analyses in progress is zeroed (activity.py)."""
+    from emotion_server import activity
+
+    activity.share().clear(getattr(worker, "activity_slot", 0))
     path = os.environ.get(METRICS_DIR_VARIABLE)
     if path and os.path.isdir(path):
         from prometheus_client import multiprocess

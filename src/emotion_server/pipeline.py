@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from emotion_server import activity
+from emotion_server.activity import Activity
 from emotion_server.batching import InFlight, MicroBatcher
 from emotion_server.config import Settings
 from emotion_server.contract import apply_temperature, mirror_average
@@ -78,8 +80,11 @@ class Pipeline:
         model: EmotionModel,
         detector: FaceDetector,
         options: PipelineOptions | None = None,
+        server: Activity | None = None,
     ):
         options = options or PipelineOptions()
+        # Every analysis is counted in the server's activity while it runs (activity.py).
+        self.server = server or Activity()
         self.model = model
         self.detector = detector
         tta = options.tta
@@ -104,7 +109,10 @@ class Pipeline:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
+    def from_settings(cls, settings: Settings, server: Activity | None = None) -> Pipeline:
+        """The pipeline of one worker; `server` counts the analyses in progress on the whole
+        server (activity.py; this process's own count where not given)."""
+        server = server or activity.current()
         model = EmotionModel(settings.model_path, threads=settings.intra_op_threads)
         detector = make_detector(
             settings.detector,
@@ -113,8 +121,10 @@ class Pipeline:
             threads=settings.intra_op_threads,
             large_face=settings.detect_large_face,
             precision=settings.detect_precision,
+            idle_threads=settings.idle_detect_threads,
+            idle=server.alone,
         )
-        return cls(model, detector, PipelineOptions.from_settings(settings))
+        return cls(model, detector, PipelineOptions.from_settings(settings), server)
 
     def classify_crops(self, gray_crops: list[np.ndarray]) -> np.ndarray:
         """Greyscale face crops -> [N,7] probabilities, with TTA and calibration applied.
@@ -135,11 +145,12 @@ class Pipeline:
 
     def analyze(self, data: bytes) -> InferenceResult:
         """Image bytes -> per-face emotions (or the whole image's, as the original service)."""
-        with self.in_flight:
+        with self.in_flight, self.server:
             image = self.decode(data)
             return self.analyze_image(image)
 
     def analyze_image(self, image: DecodedImage) -> InferenceResult:
+        """A decoded image -> its result; the caller counts it in `self.server` (activity.py)."""
         located = self.locate_faces(image)
         return self.assemble(located, self.classify_crops(located.crops))
 
@@ -151,6 +162,12 @@ class Pipeline:
         An item that already failed (an unreadable file, one over a limit) and an image that
         cannot be decoded keep their error in their place; the others are unaffected.
         """
+        with self.server:
+            return self._analyze_batch(images)
+
+    def _analyze_batch(
+        self, images: Sequence[bytes | EmotionServerError]
+    ) -> list[InferenceResult | EmotionServerError]:
         located: list[LocatedFaces | EmotionServerError] = []
         for item in images:
             if isinstance(item, EmotionServerError):

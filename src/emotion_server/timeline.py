@@ -116,7 +116,7 @@ class VideoTimeline:
                 )
             width, height = frame.picture.size
             image = DecodedImage(frame.picture, "VIDEO", full_width=width, full_height=height)
-            with self.pipeline.in_flight:
+            with self.pipeline.in_flight, self.pipeline.server:
                 result = self.pipeline.analyze_image(image)
             if result.faces:
                 found = [(f.box, f.classification) for f in result.faces]
