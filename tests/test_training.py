@@ -446,6 +446,25 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
     served = EmotionModel(tmp_path / "ens.onnx").predict(faces[..., None] / np.float32(255))
     assert np.abs(served - expected).max() <= 1e-4
 
+    # An ensemble of large members ships in INT8 only (its float32 file would pass 40 MB):
+    # the quantized ensemble keeps the contract, quantizes every member's convolutions and
+    # averages the members' probabilities in float32.
+    import onnx
+
+    from emotion_server.training.quantize import probability_nodes, quantize_onnx
+
+    quantized = quantize_onnx(tmp_path / "ens.onnx", tmp_path / "ens.int8.onnx", faces)
+    int8 = EmotionModel(quantized)
+    assert int8.info().precision == "int8"
+    answered = int8.predict(faces[..., None] / np.float32(255))
+    assert answered.shape == (8, 7) and np.allclose(answered.sum(1), 1, atol=1e-5)
+    assert np.abs(answered - served).max() < 0.1
+    graph = onnx.load(quantized).graph
+    assert "QuantizeLinear" in {node.op_type for node in graph.node}
+    after = set(probability_nodes(graph))  # from each member's Softmax to the weighted mean
+    assert after
+    assert not [n for n in graph.node if n.name in after and "Linear" in n.op_type]
+
 
 @pytest.mark.e2e
 def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(fer, tmp_path):
