@@ -64,6 +64,55 @@ def test_runtime_threads_share_the_cpus_among_the_workers():
     assert Settings.from_env({"EMOTION_THREADS": "2"}).intra_op_threads == 2
 
 
+def _write(folder, **files: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("_", ".", 1)).write_text(text + "\n")
+
+
+def test_cgroup_v2_quota_is_the_smallest_on_the_path(tmp_path):
+    from emotion_server.config import cgroup_cpu_limit
+
+    _write(tmp_path, cpu_max="max 100000")
+    pod = tmp_path / "kubepods" / "pod1"
+    _write(pod, cpu_max="150000 100000")  # a Kubernetes limit of 1.5 CPUs
+    assert cgroup_cpu_limit(tmp_path, "0::/kubepods/pod1\n") == 1.5
+    _write(tmp_path / "kubepods", cpu_max="100000 100000")  # a tighter limit above it
+    assert cgroup_cpu_limit(tmp_path, "0::/kubepods/pod1\n") == 1.0
+    # Inside a container's cgroup namespace the path is "/": the root folder is its own.
+    assert cgroup_cpu_limit(pod, "0::/\n") == 1.5
+    assert cgroup_cpu_limit(tmp_path / "none", "0::/\n") is None  # nothing to read
+
+
+def test_cgroup_v1_quota_and_no_quota(tmp_path):
+    from emotion_server.config import cgroup_cpu_limit
+
+    membership = "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n"
+    _write(tmp_path / "cpu,cpuacct", cpu_cfs_quota_us="-1", cpu_cfs_period_us="100000")
+    assert cgroup_cpu_limit(tmp_path, membership) is None  # -1: no quota
+    container = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    _write(container, cpu_cfs_quota_us="200000", cpu_cfs_period_us="100000")
+    assert cgroup_cpu_limit(tmp_path, membership) == 2.0
+    # A container without its own cgroup namespace sees the host's path, which does not
+    # exist in its /sys/fs/cgroup: its own quota is at the top folder.
+    _write(tmp_path / "cpu", cpu_cfs_quota_us="50000", cpu_cfs_period_us="100000")
+    assert cgroup_cpu_limit(tmp_path, "1:cpu:/libpod_parent/libpod-1\n") == 0.5
+
+
+def test_available_cpus_keeps_to_the_quota_rounded_up(monkeypatch):
+    from emotion_server import config
+
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: 1.5)
+    assert config.available_cpus() == 2
+    assert Settings(workers=2).intra_op_threads == 1  # not 32 on a 64-CPU host
+    assert Settings().idle_detect_threads == 2
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: 0.2)
+    assert config.available_cpus() == 1
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: None)
+    assert config.available_cpus() == 64
+
+
 def test_read_deadline_settings():
     settings = Settings.from_env({"EMOTION_READ_TIMEOUT_S": "2.5", "EMOTION_READ_MIN_RATE": "0"})
     assert settings.read_timeout_s == 2.5 and settings.read_min_rate == 0

@@ -114,10 +114,14 @@ check() {
     stop_seconds=$(( $(date +%s) - started ))
     exit_code=$(podman inspect -f '{{.State.ExitCode}}' "$NAME")
     logs=$(podman logs "$NAME" 2>&1 | tail -5)
+    # A CPU limit (docker run --cpus, a Kubernetes limit) leaves the host's CPUs visible: the
+    # server must size its threads by the quota, not by the CPUs it sees.
+    cpus_limited=$(podman run --rm --network host --cpus 1 "$IMAGE" \
+        python -c 'from emotion_server.config import available_cpus; print(available_cpus())')
 
     HEALTH=$health SUMMARY=$summary INFERENCE=$inference USER_ID=$uid EXIT_CODE=$exit_code \
     STOP_SECONDS=$stop_seconds LOGS=$logs METRICS=$metrics HEALTHCHECK=$healthcheck SLOW=$slow \
-    CONTENTS=$contents \
+    CONTENTS=$contents CPUS_LIMITED=$cpus_limited \
     "$PYTHON" - <<'PY'
 import json, os, re
 
@@ -134,6 +138,7 @@ report = {
     "shutdown_logged": "Shutting down: Master" in os.environ["LOGS"],
     "image_healthcheck": os.environ["HEALTHCHECK"],
     "app_files": os.environ["CONTENTS"].split(),
+    "cpus_seen_with_cpus_1": int(os.environ["CPUS_LIMITED"]),
     "metrics_inference_200": re.findall(
         r'emotion_http_requests_total\{endpoint="/inference",method="POST",status="200"\} (\S+)',
         os.environ["METRICS"],
@@ -158,6 +163,7 @@ checks = {
     "podman stop: exit 0, graceful": report["stop_exit_code"] == 0 and report["shutdown_logged"],
     # workers that hang as they exit make a stop wait for gunicorn's 20 s graceful timeout
     "podman stop within 10 s": report["stop_seconds"] < 10,
+    "threads sized by a CPU limit (--cpus 1)": report["cpus_seen_with_cpus_1"] == 1,
     "healthz < 1 s with 64 slow clients": all(
         s is not None and s < 1 for s in report["healthz_s_with_slow_clients"]
     ),

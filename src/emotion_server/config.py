@@ -7,6 +7,7 @@ reader of the environment in the serving code.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -135,11 +136,68 @@ _PARSERS = {"str": str, "int": int, "float": float}
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset included)."""
+    """CPUs this process may use: those it may run on (a container's cpuset included), no more
+    than its cgroup's CPU quota allows, rounded up (`docker run --cpus`, a Kubernetes CPU
+    limit: the host's CPUs stay visible there, but threads beyond the quota are throttled)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cpus, math.ceil(limit))) if limit is not None else cpus
+
+
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), membership: str | None = None
+) -> float | None:
+    """The CPU quota of this process's cgroup and of those above it (the smallest), in CPUs,
+    from cgroup v2's `cpu.max` or v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us`; None where
+    none is set or none can be read. `membership` is /proc/self/cgroup's text."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits = []
+    for line in membership.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            folders, read = [root], _v2_quota
+        elif "cpu" in controllers.split(","):
+            folders, read = [root / controllers, root / "cpu"], _v1_quota
+        else:
+            continue
+        for folder in folders:
+            for level in _levels(folder, path):
+                quota = read(level)
+                if quota is not None:
+                    limits.append(quota)
+    return min(limits) if limits else None
+
+
+def _levels(folder: Path, path: str) -> list[Path]:
+    """`folder`/`path` and each folder above it up to `folder`, those that exist. Inside a
+    container's cgroup namespace the path is "/" and `folder` is the container's own."""
+    parts = [part for part in path.split("/") if part]
+    levels = [folder.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+    return [level for level in levels if level.is_dir()]
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def _split(value: str) -> tuple[str, ...]:
