@@ -82,6 +82,7 @@ def test_cgroup_v2_quota_is_the_smallest_on_the_path(tmp_path):
     # Inside a container's cgroup namespace the path is "/": the root folder is its own.
     assert cgroup_cpu_limit(pod, "0::/\n") == 1.5
     assert cgroup_cpu_limit(tmp_path / "none", "0::/\n") is None  # nothing to read
+    assert cgroup_cpu_limit(tmp_path, "garbage\n\n0::/kubepods/pod1\n") == 1.0
 
 
 def test_cgroup_v1_quota_and_no_quota(tmp_path):

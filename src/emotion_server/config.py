@@ -160,7 +160,10 @@ def cgroup_cpu_limit(
             return None
     limits = []
     for line in membership.splitlines():
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":  # cgroup v2
             folders, read = [root], _v2_quota
         elif "cpu" in controllers.split(","):
