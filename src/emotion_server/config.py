@@ -160,10 +160,10 @@ def cgroup_cpu_limit(
             return None
     limits = []
     for line in membership.splitlines():
-        fields = line.split(":", 2)
-        if len(fields) != 3:
+        entry = line.split(":", 2)
+        if len(entry) != 3:
             continue
-        _, controllers, path = fields
+        _, controllers, path = entry
         if controllers == "":  # cgroup v2
             folders, read = [root], _v2_quota
         elif "cpu" in controllers.split(","):
@@ -190,7 +190,7 @@ def _v2_quota(folder: Path) -> float | None:
     try:
         quota, period = (folder / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         return None
 
 
