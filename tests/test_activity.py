@@ -49,14 +49,14 @@ def _fork_worker(server, program) -> tuple[SimpleNamespace, int, int]:
 
 def _busy_until_told(read_fd: int, write_fd: int) -> None:
     """A worker analysing an image: in progress until the master writes a byte."""
-    with activity.current():
+    with activity.share():
         os.write(write_fd, b"busy")
         os.read(read_fd, 1)
 
 
 def _dies_busy(read_fd: int, write_fd: int) -> None:
     """A worker killed in the middle of an analysis: it never leaves it."""
-    activity.current().__enter__()
+    activity.share().__enter__()
     os.write(write_fd, b"busy")
     os.read(read_fd, 1)
     os._exit(9)
@@ -65,7 +65,7 @@ def _dies_busy(read_fd: int, write_fd: int) -> None:
 def _reports_alone(read_fd: int, write_fd: int) -> None:
     """Each time the master writes a byte, analyse and report whether it was alone."""
     while os.read(read_fd, 1):
-        with activity.current() as mine:
+        with activity.share() as mine:
             os.write(write_fd, b"1" if mine.alone() else b"0")
 
 

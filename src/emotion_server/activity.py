@@ -61,7 +61,9 @@ _shared: Activity | None = None
 
 
 def share() -> Activity:
-    """The server's block, mapped once in gunicorn's master before any worker is forked."""
+    """This process's view of the server's block: mapped once in gunicorn's master before any
+    worker is forked, attached to a worker's slot after the fork; a block of its own outside
+    gunicorn."""
     global _shared
     if _shared is None:
         _shared = Activity()
@@ -72,11 +74,6 @@ def attach(slot: int) -> None:
     """In a worker just forked: count in `slot` of the block inherited from the master."""
     global _shared
     _shared = share().for_worker(slot)
-
-
-def current() -> Activity:
-    """This process's view of the server's activity (a block of its own outside gunicorn)."""
-    return share()
 
 
 def free_slot(taken: set[int]) -> int:

@@ -112,7 +112,7 @@ class Pipeline:
     def from_settings(cls, settings: Settings, server: Activity | None = None) -> Pipeline:
         """The pipeline of one worker; `server` counts the analyses in progress on the whole
         server (activity.py; this process's own count where not given)."""
-        server = server or activity.current()
+        server = server or activity.share()
         model = EmotionModel(settings.model_path, threads=settings.intra_op_threads)
         detector = make_detector(
             settings.detector,
