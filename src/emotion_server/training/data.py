@@ -124,7 +124,9 @@ def _load_csv(path: Path) -> dict[str, Split]:
             grouped[row["Usage"]].append((f"row{index}", pixels, int(row["emotion"])))
     return {
         split: Split(
-            images=np.stack([r[1] for r in rows]),
+            images=np.stack([r[1] for r in rows])
+            if rows
+            else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8),
             labels=np.array([r[2] for r in rows], dtype=np.int64),
             names=tuple(r[0] for r in rows),
         )
@@ -159,6 +161,34 @@ def load_fer2013(path: str | os.PathLike | None = None) -> Fer2013:
     if not len(splits["Training"].labels):
         raise ValueError(f"no Training images found in {location}")
     return Fer2013(splits=splits, source=str(location), sha256=_sha256(location))
+
+
+def encoded_files(
+    split: str, path: str | os.PathLike | None = None
+) -> list[tuple[str, int, bytes]]:
+    """A split's images as the files a client would send: (name, label, encoded bytes), sorted
+    by name. Folders and archives give their JPEG files untouched; fer2013.csv's pixel rows are
+    written as lossless PNGs (the same pixels `load_fer2013` gives)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
+    location = find_dataset(path)
+    if location is None:
+        raise FileNotFoundError(f"FER2013 not found: pass a path or set ${DATA_ENV}")
+    if location.suffix == ".csv":
+        rows = _load_csv(location)[split]
+        found = []
+        for name, pixels, label in zip(rows.names, rows.images, rows.labels, strict=True):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "PNG")
+            found.append((name, int(label), buffer.getvalue()))
+        return found
+    items = _iter_folder(location) if location.is_dir() else _iter_tar(location)
+    found = [
+        (filename, _label_from_folder(folder), data)
+        for folder, filename, data in items
+        if _split_from_filename(filename) == split
+    ]
+    return sorted(found)
 
 
 def load_cached(path: str | os.PathLike | None = None) -> Fer2013:
