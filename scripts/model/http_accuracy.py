@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url.rstrip("/")
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
 
-    card = requests.get(url + "/summary", headers=headers, timeout=30).json()
+    summary = requests.get(url + "/summary", headers=headers, timeout=30)
+    if summary.status_code != 200:
+        print(f"GET /summary: HTTP {summary.status_code}: {summary.text[:200]}", file=sys.stderr)
+        return 2
+    card = summary.json()
     files = encoded_files(args.split, args.data)
     if not files:
         print(f"no {args.split} images in the dataset", file=sys.stderr)

@@ -166,9 +166,9 @@ def load_fer2013(path: str | os.PathLike | None = None) -> Fer2013:
 def encoded_files(
     split: str, path: str | os.PathLike | None = None
 ) -> list[tuple[str, int, bytes]]:
-    """A split's images as the files a client would send: (name, label, encoded bytes), sorted
-    by name. Folders and archives give their JPEG files untouched; fer2013.csv's pixel rows are
-    written as lossless PNGs (the same pixels `load_fer2013` gives)."""
+    """A split's images as the files a client would send: (name, label, encoded bytes), by file
+    name. Folders and archives give their JPEG files untouched; fer2013.csv's pixel rows are
+    written as lossless PNGs (the same pixels `load_fer2013` gives), in the file's order."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
     location = find_dataset(path)
