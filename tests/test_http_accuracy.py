@@ -99,3 +99,22 @@ def test_private_test_through_http_agrees_with_the_card(server, tmp_path):
     assert figures["accuracy"] == pytest.approx(figures["model"]["accuracy"], abs=1e-4)
     assert figures["summary_agrees"] is True
     assert status == 0
+
+
+def test_api_key_is_sent_and_a_refusal_is_reported(tmp_path, capsys):
+    """A server that needs a key: without one the script stops at /summary (exit 2); with it
+    every image is answered."""
+    from conftest import GunicornServer
+
+    data = synthetic_dataset(tmp_path / "fer")
+    keyed = GunicornServer(env={"EMOTION_API_KEYS": "secret-key"})
+    try:
+        script = load_script()
+        assert script.main([keyed.url, "--data", str(data)]) == 2
+        assert "GET /summary: HTTP 401" in capsys.readouterr().err
+        out = tmp_path / "figures.json"
+        script.main([keyed.url, "--data", str(data), "--api-key", "secret-key", "--json", str(out)])
+        figures = json.loads(out.read_text())
+        assert figures["images"] == 14 and figures["failures"] == 0
+    finally:
+        keyed.stop()
