@@ -130,3 +130,26 @@ def test_threads_of_one_worker_count_in_its_slot():
         with mine:
             assert not mine.alone() and mine.in_progress() == 2
     assert mine.in_progress() == 0
+
+
+def test_a_worker_between_two_analyses_is_still_busy(monkeypatch):
+    """Another worker's analysis that ended within RECENT_S counts as busy (under load it is
+    reading its next request), this worker's own last one does not, and an old one does not."""
+    now = [1000.0]
+    monkeypatch.setattr(activity.time, "monotonic", lambda: now[0])
+    mine = activity.Activity()
+    other = mine.for_worker(1)
+    with other:
+        pass
+    with mine:
+        assert not mine.alone(), "the other worker ended an analysis this instant"
+    now[0] += activity.RECENT_S / 2
+    assert not mine.alone()
+    now[0] += activity.RECENT_S
+    with mine:
+        assert mine.alone(), "the other worker's last analysis is old: alone"
+    assert mine.alone(), "its own last analysis never counts against it"
+    with other:
+        pass
+    mine.clear(1)  # the master clears a dead worker's slot: its last analysis goes too
+    assert mine.alone()

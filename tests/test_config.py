@@ -64,6 +64,13 @@ def test_runtime_threads_share_the_cpus_among_the_workers():
     assert Settings.from_env({"EMOTION_THREADS": "2"}).intra_op_threads == 2
 
 
+def test_idle_threads_setting_and_its_first_name():
+    assert Settings.from_env({"EMOTION_IDLE_THREADS": "3"}).idle_intra_op_threads == 3
+    assert Settings.from_env({"EMOTION_DETECT_IDLE_THREADS": "1"}).idle_intra_op_threads == 1
+    both = {"EMOTION_IDLE_THREADS": "4", "EMOTION_DETECT_IDLE_THREADS": "1"}
+    assert Settings.from_env(both).idle_threads == 4  # the current name wins
+
+
 def _write(folder, **files: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -107,7 +114,7 @@ def test_available_cpus_keeps_to_the_quota_rounded_up(monkeypatch):
     monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: 1.5)
     assert config.available_cpus() == 2
     assert Settings(workers=2).intra_op_threads == 1  # not 32 on a 64-CPU host
-    assert Settings().idle_detect_threads == 2
+    assert Settings().idle_intra_op_threads == 2
     monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: 0.2)
     assert config.available_cpus() == 1
     monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: None)

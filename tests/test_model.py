@@ -53,6 +53,34 @@ def test_empty_batch(model):
     assert model.predict(np.zeros((0, 48, 48, 1), np.float32)).shape == (0, 7)
 
 
+def _calls(threads: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("emotion_model_calls_total", {"threads": threads}) or 0.0
+
+
+def test_lone_calls_run_on_the_idle_threads_with_the_same_probabilities():
+    """idle() true: the call runs on the session with `idle_threads` threads (counted as such);
+    false: on the worker's own; both give the same probabilities."""
+    alone = [True]
+    model = EmotionModel(BUNDLED_MODEL, threads=1, idle_threads=2, idle=lambda: alone[0])
+    batch = np.random.default_rng(3).random((5, 48, 48, 1), dtype=np.float32)
+    before = {t: _calls(t) for t in ("idle", "worker")}
+    lone = model.predict(batch)
+    alone[0] = False
+    shared = model.predict(batch)
+    assert _calls("idle") - before["idle"] == 1
+    assert _calls("worker") - before["worker"] == 1
+    np.testing.assert_allclose(lone, shared, atol=1e-5)
+    assert (lone.argmax(1) == shared.argmax(1)).all()
+
+
+def test_no_idle_session_where_it_would_not_add_threads():
+    assert EmotionModel(BUNDLED_MODEL, threads=2, idle_threads=2, idle=bool).idle_session is None
+    assert EmotionModel(BUNDLED_MODEL, threads=1, idle_threads=2).idle_session is None  # no idle()
+    assert EmotionModel(BUNDLED_MODEL, threads=1, idle_threads=2, idle=bool).idle_session
+
+
 def test_bundled_model_has_a_card(model):
     info = model.info()
     assert info.input_shape == [1, 48, 48, 1] and info.output_shape == [1, 7]

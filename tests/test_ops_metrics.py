@@ -147,7 +147,8 @@ def test_model_metric_functions():
 def ops_server(tmp_path_factory):
     (ROOT / ".pytest_cache").mkdir(exist_ok=True)
     folder = tmp_path_factory.mktemp("prometheus")
-    # One runtime thread per worker, two for a lone photo's face search, whatever the CPUs.
+    # One runtime thread per worker, two for a lone request's analysis, whatever the CPUs
+    # (by the setting's first name, still read).
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(folder),
         "EMOTION_THREADS": "1",
@@ -232,9 +233,10 @@ def test_model_metrics_are_fed(loaded_server):
 
 @pytest.mark.e2e
 def test_photos_sent_one_at_a_time_search_on_the_idle_cores(loaded_server, astronaut):
-    """Nothing else in progress on the server: each photo's first pass runs on the idle
-    threads, whichever worker takes it (the workers share their counts: activity.py)."""
-    passes = "emotion_detector_passes_total"
+    """Nothing else in progress on the server: each photo's first pass and its emotion model
+    call run on the idle threads, whichever worker takes it (the workers share their counts:
+    activity.py)."""
+    passes, calls = "emotion_detector_passes_total", "emotion_model_calls_total"
     before = _scrape(loaded_server)
     photo = encode(astronaut)
     for _ in range(6):
@@ -245,6 +247,8 @@ def test_photos_sent_one_at_a_time_search_on_the_idle_cores(loaded_server, astro
     own = {"search_pass": "first", "threads": "worker"}
     assert value(after, passes, **idle) - value(before, passes, **idle) == 6
     assert value(after, passes, **own) == value(before, passes, **own)
+    assert value(after, calls, threads="idle") - value(before, calls, threads="idle") == 6
+    assert value(after, calls, threads="worker") == value(before, calls, threads="worker")
 
 
 @pytest.mark.e2e

@@ -17,17 +17,27 @@ from __future__ import annotations
 
 import mmap
 import threading
+import time
+
+import numpy as np
 
 SLOTS = 256  # worker processes the block can tell apart; more share slot 0's neighbours
+# A worker whose last analysis ended less than this long ago is taken as still busy: under
+# load a worker spends a moment between two analyses (answering one, reading the next), and
+# a lone analysis that took the idle cores then would contend with it. A lone user's next
+# request comes later than this (a round trip, a decode).
+RECENT_S = 0.005
 
 
 class Activity:
-    """The analyses in progress in every worker (one int32 slot each), and this worker's slot."""
+    """The analyses in progress in every worker (one int32 slot each) and when each worker's
+    last one ended (one float64 each, monotonic clock), and this worker's slot."""
 
     def __init__(self, block: mmap.mmap | None = None, slot: int = 0):
         # An anonymous shared mapping: a fork's child sees the same memory as its parent.
-        self._block = block if block is not None else mmap.mmap(-1, SLOTS * 4)
-        self._counts = memoryview(self._block).cast("i")
+        self._block = block if block is not None else mmap.mmap(-1, SLOTS * (4 + 8))
+        self._counts = np.frombuffer(self._block, np.int32, SLOTS)
+        self._ended = np.frombuffer(self._block, np.float64, SLOTS, offset=SLOTS * 4)
         self.slot = slot % SLOTS
         self._lock = threading.Lock()  # a gthread worker's threads share the slot
 
@@ -39,14 +49,20 @@ class Activity:
     def __exit__(self, *exc) -> None:
         with self._lock:
             self._counts[self.slot] -= 1
+            self._ended[self.slot] = time.monotonic()
 
     def in_progress(self) -> int:
         """Analyses in progress on the whole server, this one included."""
-        return sum(self._counts)
+        return int(self._counts.sum())
 
     def alone(self) -> bool:
-        """True when no other analysis is in progress on the server than the caller's."""
-        return self.in_progress() <= 1
+        """True when no other analysis is in progress on the server than the caller's, and no
+        other worker ended one in the last RECENT_S (it is likely between two)."""
+        if self.in_progress() > 1:
+            return False
+        others = self._ended > time.monotonic() - RECENT_S
+        others[self.slot] = False
+        return not others.any()
 
     def for_worker(self, slot: int) -> Activity:
         """The same block, seen from another worker's slot (in that worker, after the fork)."""
@@ -55,6 +71,7 @@ class Activity:
     def clear(self, slot: int) -> None:
         """Zero a dead worker's slot (in the master): what it had in progress never ends."""
         self._counts[slot % SLOTS] = 0
+        self._ended[slot % SLOTS] = 0.0
 
 
 _shared: Activity | None = None

@@ -76,9 +76,11 @@ class Settings:
     video_fps: float = 2.0  # frames analysed per second of video, unless the request says
     video_max_fps: float = 15.0  # the most a request may ask for
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0: the CPUs shared by the workers
-    # Threads for a photo's INT8 face search when nothing else is being analysed on the server
-    # (activity.py); 0: all the CPUs this process may use; 1 or no more than `threads`: off.
-    detect_idle_threads: int = 0
+    # Threads for an analysis when nothing else is being analysed on the server (activity.py):
+    # a photo's INT8 face search and the emotion model's call then use the cores the other
+    # workers leave idle; 0: all the CPUs this process may use; 1 or no more than `threads`:
+    # off. EMOTION_IDLE_THREADS (EMOTION_DETECT_IDLE_THREADS, its first name, is read too).
+    idle_threads: int = 0
     workers: int = 2
     worker_threads: int = 1  # gunicorn threads per worker (gthread worker when > 1)
     batch_max_size: int = 32  # micro-batching: most crops in one model call
@@ -103,9 +105,9 @@ class Settings:
         return self.threads or max(1, available_cpus() // max(1, self.workers))
 
     @property
-    def idle_detect_threads(self) -> int:
-        """`detect_idle_threads`, or where it is 0 every CPU this process may use."""
-        return self.detect_idle_threads or available_cpus()
+    def idle_intra_op_threads(self) -> int:
+        """`idle_threads`, or where it is 0 every CPU this process may use."""
+        return self.idle_threads or available_cpus()
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
@@ -214,4 +216,5 @@ ENV_NAMES = {
     "port": ("PORT",),
     "workers": ("WEB_CONCURRENCY", "EMOTION_WORKERS"),
     "model_path": ("EMOTION_MODEL_PATH", "MODEL_PATH"),
+    "idle_threads": ("EMOTION_IDLE_THREADS", "EMOTION_DETECT_IDLE_THREADS"),
 }

@@ -70,6 +70,12 @@ MODEL_BATCH_SIZE = Histogram(
     "Crops in one call of the emotion model (test-time augmentation's copies included)",
     buckets=BATCH_BUCKETS,
 )
+MODEL_CALLS = Counter(
+    f"{PREFIX}_model_calls",
+    "Calls of the emotion model, by threads (worker: the worker's share of the CPUs; idle: the "
+    "server's idle CPUs, when nothing else was being analysed)",
+    ["threads"],
+)
 DETECTOR_PASSES = Counter(
     f"{PREFIX}_detector_passes",
     "Passes of the face detector over an image, by pass (first: at reduced size, for the "
@@ -83,12 +89,14 @@ def observe_detector_pass(first: bool, idle: bool) -> None:
     DETECTOR_PASSES.labels("first" if first else "full", "idle" if idle else "worker").inc()
 
 
-def observe_model_call(batch_size: int, seconds: float) -> None:
-    """One call of the emotion model: `batch_size` crops in `seconds`.
+def observe_model_call(batch_size: int, seconds: float, idle: bool = False) -> None:
+    """One call of the emotion model: `batch_size` crops in `seconds`, on the idle CPUs or the
+    worker's share.
 
     For `model`/`pipeline` to call around the ONNX Runtime session's run().
     """
     MODEL_BATCH_SIZE.observe(batch_size)
+    MODEL_CALLS.labels("idle" if idle else "worker").inc()
     MODEL_SECONDS.observe(seconds)
 
 

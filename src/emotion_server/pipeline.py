@@ -113,7 +113,12 @@ class Pipeline:
         """The pipeline of one worker; `server` counts the analyses in progress on the whole
         server (activity.py; this process's own count where not given)."""
         server = server or activity.share()
-        model = EmotionModel(settings.model_path, threads=settings.intra_op_threads)
+        model = EmotionModel(
+            settings.model_path,
+            threads=settings.intra_op_threads,
+            idle_threads=settings.idle_intra_op_threads,
+            idle=server.alone,
+        )
         detector = make_detector(
             settings.detector,
             threshold=settings.detect_threshold,
@@ -121,7 +126,7 @@ class Pipeline:
             threads=settings.intra_op_threads,
             large_face=settings.detect_large_face,
             precision=settings.detect_precision,
-            idle_threads=settings.idle_detect_threads,
+            idle_threads=settings.idle_intra_op_threads,
             idle=server.alone,
         )
         return cls(model, detector, PipelineOptions.from_settings(settings), server)
