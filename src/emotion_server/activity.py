@@ -1,11 +1,12 @@
 """Images being analysed on the whole server, across gunicorn's worker processes.
 
-A photo's face search may use more than its worker's share of the cores when nothing else is
-being analysed anywhere on the server (faces.py: CenterFace's INT8 pass on the idle threads):
-a lone user waits less, and under load every worker keeps to its share. Each worker counts its
-own analyses in progress in its slot of a small block of shared memory that gunicorn's master
-maps before it forks the workers (`share`, and the `pre_fork`/`post_fork`/`child_exit` hooks in
-ops.py); any worker reads them all. Only a slot's own worker writes it, and the master zeroes
+A request may use more than its worker's share of the cores when nothing else is being
+analysed anywhere on the server (faces.py: CenterFace's INT8 pass, and model.py: the emotion
+model's call, on the idle threads): a lone user waits less, and under load every worker keeps
+to its share. Each worker counts its own analyses in progress, and notes when its last one
+ended, in its slot of a small block of shared memory that gunicorn's master maps before it
+forks the workers (`share`, and the `pre_fork`/`post_fork`/`child_exit` hooks in ops.py); any
+worker reads them all. Only a slot's own worker writes it, and the master zeroes
 the slot of a worker that died, so no lock between processes is needed: a stale read costs at
 most one image's choice of threads. Outside gunicorn (the tests, `python app.py`, the CLI) a
 process gets a block of its own and sees only itself.
