@@ -169,7 +169,9 @@ def cgroup_cpu_limit(
         if controllers == "":  # cgroup v2
             folders, read = [root], _v2_quota
         elif "cpu" in controllers.split(","):
-            folders, read = [root / controllers, root / "cpu"], _v1_quota
+            # "cpu,cpuacct" and "cpu" are usually one folder under two names: read it once.
+            folders = list(dict.fromkeys(f.resolve() for f in (root / controllers, root / "cpu")))
+            read = _v1_quota
         else:
             continue
         for folder in folders:

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from emotion_server.errors import ModelLoadError
-from emotion_server.runtime import session_options
+from emotion_server.runtime import cpu_session, idle_session
 
 
 @dataclass(frozen=True)
@@ -208,34 +208,29 @@ class CenterFaceDetector(TwoPassDetector):
     ):
         check_precision(precision)
         self.precision = precision
+
         # The full-size pass (the second, or the only one) in float32 unless all is INT8: the
         # quantized weights lose the faintest small faces there. The first pass looks only
         # for faces `large_face` wide or more, which INT8 finds as float32 does, for about
         # 60% of the CPU (bench/detectors.py).
-        options = session_options(threads)
-
-        def session(weights: bytes) -> ort.InferenceSession:
-            return ort.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
-
         if precision == "int8":
-            self.session = self.first_session = session(_centerface(INT8_CENTERFACE))
+            self.session = self.first_session = cpu_session(_centerface(INT8_CENTERFACE), threads)
         else:
-            self.session = session(_centerface(FLOAT32_CENTERFACE))
+            self.session = cpu_session(_centerface(FLOAT32_CENTERFACE), threads)
             mixed = precision == "mixed"
-            self.first_session = session(_centerface(INT8_CENTERFACE)) if mixed else self.session
+            int8 = cpu_session(_centerface(INT8_CENTERFACE), threads) if mixed else None
+            self.first_session = int8 or self.session
         # The INT8 passes again on `idle_threads` threads, for when `idle()` says nothing else
         # is being analysed on the server (activity.py): a lone photo's search then uses the
         # cores the other workers leave idle. A second INT8 session takes a few milliseconds to
         # make and about 15 MB once it has run (its arena is kept, as the first pass's is);
         # float32's would add most of a second to every worker's start: not made.
         self.idle = idle
-        self.idle_session = None
-        if idle is not None and idle_threads > threads and precision != "float32":
-            self.idle_session = ort.InferenceSession(
-                _centerface(INT8_CENTERFACE),
-                session_options(idle_threads),
-                providers=["CPUExecutionProvider"],
-            )
+        self.idle_session = (
+            idle_session(_centerface(INT8_CENTERFACE), threads, idle_threads, idle)
+            if precision != "float32"
+            else None
+        )
         # A 640x480 photo takes about 100 MB of activations at full size. ONNX Runtime's arena
         # would keep that peak resident in every worker for good; shrinking it after the pass
         # hands it back (docs/performance.md: resident memory against photo latency). A small
@@ -375,9 +370,7 @@ class BlazeFaceDetector:
 
     def __init__(self, threshold: float = 0.5, threads: int = 1):
         path = resources.files("emotion_server") / "weights" / "blazeface_full_range.onnx"
-        self.session = ort.InferenceSession(
-            path.read_bytes(), session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(path.read_bytes(), threads)
         self.min_logit = np.log(threshold / (1 - threshold))  # the score threshold, as a logit
         centres = (np.arange(self.GRID, dtype=np.float32) + 0.5) / self.GRID
         ys, xs = np.meshgrid(centres, centres, indexing="ij")

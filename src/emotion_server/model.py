@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from emotion_server.contract import EMOTIONS, INPUT_SIZE
 from emotion_server.errors import ModelLoadError
-from emotion_server.runtime import session_options
+from emotion_server.runtime import cpu_session, idle_session
 
 KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
 
@@ -65,21 +64,13 @@ class EmotionModel:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         try:
-            self.session = ort.InferenceSession(
-                str(path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            self.session = cpu_session(str(path), threads)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"cannot load model {path}: {exc}") from exc
-        # The same model again on `idle_threads` threads, for the calls made when `idle()` says
-        # nothing else is being analysed on the server (activity.py): a lone request then uses
-        # the cores the other workers leave idle (about 0.55 of one thread's time per call on
-        # 2 cores for the bundled INT8 model); under load every call keeps to `threads`.
+        # A lone request's call on the idle cores (runtime.idle_session): about 0.55 of one
+        # thread's time on 2 cores for the bundled INT8 model; under load it keeps to `threads`.
         self.idle = idle
-        self.idle_session = None
-        if idle is not None and idle_threads > threads:
-            self.idle_session = ort.InferenceSession(
-                str(path), session_options(idle_threads), providers=["CPUExecutionProvider"]
-            )
+        self.idle_session = idle_session(str(path), threads, idle_threads, idle)
         self.path = path
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:

@@ -113,20 +113,19 @@ class Pipeline:
         """The pipeline of one worker; `server` counts the analyses in progress on the whole
         server (activity.py; this process's own count where not given)."""
         server = server or activity.share()
+        # Each reads the CPU count and the cgroup's quota: once here, for both.
+        threads, idle_threads = settings.intra_op_threads, settings.idle_intra_op_threads
         model = EmotionModel(
-            settings.model_path,
-            threads=settings.intra_op_threads,
-            idle_threads=settings.idle_intra_op_threads,
-            idle=server.alone,
+            settings.model_path, threads=threads, idle_threads=idle_threads, idle=server.alone
         )
         detector = make_detector(
             settings.detector,
             threshold=settings.detect_threshold,
             max_side=settings.detect_max_side,
-            threads=settings.intra_op_threads,
+            threads=threads,
             large_face=settings.detect_large_face,
             precision=settings.detect_precision,
-            idle_threads=settings.idle_intra_op_threads,
+            idle_threads=idle_threads,
             idle=server.alone,
         )
         return cls(model, detector, PipelineOptions.from_settings(settings), server)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnxruntime as ort
 
 
@@ -15,3 +17,20 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def cpu_session(model: str | bytes, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session of `model` (a file's path or its bytes) on `threads` threads."""
+    return ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def idle_session(
+    model: str | bytes, threads: int, idle_threads: int, idle: Callable[[], bool] | None
+) -> ort.InferenceSession | None:
+    """The same model again on `idle_threads` threads, for the calls made while `idle()` says
+    nothing else is being analysed on the server (activity.py), so that a lone request uses
+    the cores the other workers leave idle; None where nobody asks `idle()` or it would add no
+    threads to the worker's `threads`."""
+    if idle is None or idle_threads <= threads:
+        return None
+    return cpu_session(model, idle_threads)
