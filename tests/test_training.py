@@ -359,6 +359,50 @@ def test_a_resumed_run_can_be_given_a_new_length(fer):
     assert refused.returncode == 2 and "has done 4 epochs already" in refused.stderr
 
 
+def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
+    """`train --init RUN` begins from RUN's best weights with a fresh optimizer: at learning
+    rate 0 the network's weights stay exactly those, where a cold start's are random; a
+    recipe of another network is refused before any epoch."""
+    from emotion_server.training.train import BEST, CHECKPOINT, runs_dir
+
+    smoke = (ROOT / "configs" / "smoke.toml").read_text()
+    still = tmp_path / "still.toml"
+    still.write_text(smoke.replace("learning_rate = 0.02", "learning_rate = 0.0"))
+    assert "learning_rate = 0.0" in still.read_text()
+    base = [*CLI, "train", "--data", str(fer)]
+    smoke_path = str(ROOT / "configs" / "smoke.toml")
+    subprocess.run(
+        [*base, "--config", smoke_path, "--name", "source"], check=True, capture_output=True
+    )
+    for name, init in (("warm", ["--init", "source"]), ("cold", [])):
+        subprocess.run(
+            [*base, "--config", str(still), "--name", name, "--epochs", "1", *init],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    source = torch.load(runs_dir() / "source" / BEST, weights_only=False)["weights"]
+    learned = [key for key in source if key.endswith("weight") and source[key].dim() == 4]
+    assert learned
+    for name, same in (("warm", True), ("cold", False)):
+        state = torch.load(runs_dir() / name / CHECKPOINT, weights_only=False)
+        assert state["recipe"]["init_from"] == ("source" if same else None)
+        for weights in (state["model"], state["ema"]):
+            for key in learned:
+                assert torch.equal(weights[key], source[key]) is same, (name, key)
+
+    other = tmp_path / "other.toml"
+    other.write_text(smoke.replace('"tiny"', '"vgg"\narch_args = { width = 8, dense = 16 }'))
+    refused = subprocess.run(
+        [*base, "--config", str(other), "--name", "other", "--init", "source"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "needs the same network" in refused.stderr
+    assert "epoch 1/" not in refused.stdout
+
+
 @pytest.mark.e2e
 def test_train_export_evaluate_end_to_end(fer, tmp_path):
     """`train`, `export --run` and `evaluate` through the CLI on a tiny synthetic FER2013."""

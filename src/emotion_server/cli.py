@@ -66,7 +66,11 @@ def _train(args: argparse.Namespace) -> int:
         run, recipe = args.resume, None
     else:
         recipe = load_recipe(
-            args.config, epochs=args.epochs, seed=args.seed, teachers=args.teachers
+            args.config,
+            epochs=args.epochs,
+            seed=args.seed,
+            teachers=args.teachers,
+            init_from=args.init,
         )
         run = args.name or recipe.name
     try:
@@ -295,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="override the recipe's teachers: runs, or (with fixed targets) ONNX model files "
         "such as models/accurate_model.onnx",
+    )
+    train.add_argument(
+        "--init",
+        metavar="RUN",
+        help="start from that run's best weights (same network) with a fresh optimizer and "
+        "schedule: a warm restart, for example of a run recovered from a shipped .h5",
     )
     train.set_defaults(func=_train)
 

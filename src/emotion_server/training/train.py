@@ -75,6 +75,9 @@ class Recipe:
     # student's training on a CPU); "fixed": each Training image's target is computed once, at
     # the run's start, from its centre crop and mirror image, and kept in the run folder.
     distill_targets: str = "online"
+    # A run (name or folder) whose best.pt starts this one: the network and its moving average
+    # begin from those weights, the optimizer and the schedule from scratch (a warm restart).
+    init_from: str | None = None
     checkpoint_every: int = 1
     seed: int = 1
     limit_train: int | None = None  # tests: only the first N Training images
@@ -233,6 +236,26 @@ def load_run_model(run: str | os.PathLike, which: str = BEST) -> nn.Module:
     model = build_torch(Architecture.from_dict(state["arch"]))
     model.load_state_dict(state["weights"])
     return model.eval()
+
+
+def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Architecture) -> None:
+    """Load `recipe.init_from`'s best weights into the network and its moving average; the
+    two runs must describe the same network."""
+    path = resolve_run(recipe.init_from) / BEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no {path} to start from: train {recipe.init_from} first, or bring a shipped "
+            "model back as that run with `emotion-server recover`"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if Architecture.from_dict(state["arch"]) != spec:
+        raise ValueError(
+            f"{recipe.init_from} is a {state['arch'].get('name', '?')} network, "
+            f"not this recipe's {spec.name}: a warm start needs the same network"
+        )
+    model.load_state_dict(state["weights"])
+    if ema is not None:
+        ema.model.load_state_dict(state["weights"])
 
 
 def runs_summary(run: str | os.PathLike) -> dict:
@@ -432,6 +455,9 @@ def train(
         start_epoch, best, log = state["epoch"], state["best"], state["log"]
         progress(f"resumed {folder} at epoch {start_epoch}/{recipe.epochs}")
     else:
+        if recipe.init_from:
+            _warm_start(model, ema, recipe, spec)
+            progress(f"weights from {resolve_run(recipe.init_from) / BEST}")
         (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
         progress(
             f"run {folder}: {spec.name}, {parameter_count(model) / 1e6:.2f} M parameters, "
