@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_MODEL, ROOT
+from conftest import BUNDLED_MODEL, ROOT, GunicornServer
 from PIL import Image
 
+from emotion_server.config import bundled_model
 from emotion_server.contract import EMOTIONS
 from emotion_server.training.data import encoded_files, find_dataset
 
@@ -98,6 +99,32 @@ def test_private_test_through_http_agrees_with_the_card(server, tmp_path):
     assert figures["images"] == 3589 and figures["failures"] == 0
     assert figures["accuracy"] == pytest.approx(figures["model"]["accuracy"], abs=1e-4)
     assert figures["summary_agrees"] is True
+    assert status == 0
+
+
+@pytest.mark.dataset
+def test_accurate_mode_through_http_agrees_with_its_card(tmp_path):
+    """`EMOTION_MODE=accurate` serves the second bundled model: all of PrivateTest through it
+    over HTTP scores what its card (and so /summary) states, above the default model."""
+    accurate = ROOT / bundled_model("accurate")  # an absolute path stays as it is
+    if not accurate.exists():
+        pytest.skip(f"no accurate model ships ({accurate} is absent)")
+    if find_dataset() is None:
+        pytest.skip("FER2013 not found in ../shared/data and $FER2013_PATH is unset")
+    running = GunicornServer(env={"EMOTION_MODE": "accurate", "EMOTION_MODEL_PATH": None})
+    try:
+        out = tmp_path / "figures.json"
+        status = load_script().main([running.url, "--json", str(out)])
+    finally:
+        running.stop()
+    figures = json.loads(out.read_text())
+    card = json.loads(accurate.with_suffix(".json").read_text())
+    default = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    print(f"accurate mode through HTTP: {figures['accuracy']} (card {card['accuracy']})")
+    assert figures["images"] == 3589 and figures["failures"] == 0
+    assert figures["model"]["accuracy"] == card["accuracy"]
+    assert figures["accuracy"] == pytest.approx(card["accuracy"], abs=1e-4)
+    assert figures["accuracy"] > default["accuracy"]
     assert status == 0
 
 
