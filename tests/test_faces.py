@@ -296,16 +296,17 @@ def test_mixed_precision_is_int8_in_the_first_pass_and_float32_in_the_full_size_
     large[100:612, 300:812] = astronaut  # found in the first pass, at 500 pixels
     small = np.full((1000, 1000, 3), 128, np.uint8)
     face = Image.fromarray(astronaut).crop((150, 20, 300, 220)).resize((30, 40))
-    # 15 pixels wide at 500, too narrow for the first pass; at 800, float32 finds it and INT8
-    # does not (bench/detectors.py's 30-pixel face).
+    # 15 pixels wide at 500, too narrow for the first pass; at 800, float32 finds it. INT8
+    # misses it where ONNX Runtime's INT8 kernels use AVX-512 VNNI (bench/detectors.py's
+    # 30-pixel face) and finds it with another box and score on an AVX2-only CPU: either way
+    # its answer is not float32's.
     small[600:640, 300:330] = np.asarray(face)
     found = {name: d.detect(large) for name, d in detectors.items()}
     assert len(found["mixed"]) == 1
     assert found["mixed"] == found["int8"] != found["float32"]
     found = {name: d.detect(small) for name, d in detectors.items()}
     assert len(found["mixed"]) == 1
-    assert found["mixed"] == found["float32"]
-    assert found["int8"] == []
+    assert found["mixed"] == found["float32"] != found["int8"]
 
 
 def test_second_pass_also_where_the_first_finds_only_narrower_faces_than_it_is_sized_for():

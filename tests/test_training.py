@@ -401,6 +401,13 @@ def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
     )
     assert refused.returncode == 2 and "needs the same network" in refused.stderr
     assert "epoch 1/" not in refused.stdout
+    both = subprocess.run(
+        [*CLI, "train", "--resume", "warm", "--init", "source"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert both.returncode == 2 and "--init starts a new run" in both.stderr
 
 
 @pytest.mark.e2e

@@ -62,6 +62,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from emotion_server.training.train import load_recipe, resolve_run, train
 
+    if args.resume and args.init:
+        print(
+            "emotion-server: --init starts a new run; a resumed run goes on from its own "
+            "checkpoint",
+            file=sys.stderr,
+        )
+        return 2
     if args.resume:
         run, recipe = args.resume, None
     else:
