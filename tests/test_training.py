@@ -36,6 +36,11 @@ FOLDERS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 CLI = [sys.executable, "-m", "emotion_server.cli"]
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """`emotion-server ARGS...` in a subprocess, its output captured as text (for refusals)."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+
+
 def _image(label: int, index: int) -> np.ndarray:
     """A 48x48 image whose mean brightness encodes its label, so a model can learn it."""
     rng = np.random.default_rng(label * 1000 + index)
@@ -313,12 +318,17 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
 def test_train_takes_its_teachers_from_the_command_line(fer):
     """`train --teachers RUN...` replaces the recipe's teachers: a run that does not exist is
     reported by name, with exit status 2, before any epoch is trained."""
-    base = [*CLI, "train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
-    result = subprocess.run(
-        [*base, "--name", "student", "--teachers", "no-such-teacher"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    smoke = str(ROOT / "configs" / "smoke.toml")
+    result = _cli(
+        "train",
+        "--config",
+        smoke,
+        "--data",
+        str(fer),
+        "--name",
+        "student",
+        "--teachers",
+        "no-such-teacher",
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no-such-teacher" in result.stderr
@@ -350,12 +360,7 @@ def test_a_resumed_run_can_be_given_a_new_length(fer):
     assert rates[2] > rates[3] >= 0 and rates[2] > rates[1]
     assert "epochs = 4" in (runs_dir() / "longer" / "recipe.toml").read_text()
 
-    refused = subprocess.run(
-        [*CLI, "train", "--resume", "longer", "--epochs", "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = _cli("train", "--resume", "longer", "--epochs", "3")
     assert refused.returncode == 2 and "has done 4 epochs already" in refused.stderr
 
 
@@ -369,14 +374,14 @@ def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
     still = tmp_path / "still.toml"
     still.write_text(smoke.replace("learning_rate = 0.02", "learning_rate = 0.0"))
     assert "learning_rate = 0.0" in still.read_text()
-    base = [*CLI, "train", "--data", str(fer)]
+    base = ["train", "--data", str(fer)]
     smoke_path = str(ROOT / "configs" / "smoke.toml")
     subprocess.run(
-        [*base, "--config", smoke_path, "--name", "source"], check=True, capture_output=True
+        [*CLI, *base, "--config", smoke_path, "--name", "source"], check=True, capture_output=True
     )
     for name, init in (("warm", ["--init", "source"]), ("cold", [])):
         subprocess.run(
-            [*base, "--config", str(still), "--name", name, "--epochs", "1", *init],
+            [*CLI, *base, "--config", str(still), "--name", name, "--epochs", "1", *init],
             check=True,
             capture_output=True,
             timeout=300,
@@ -393,20 +398,10 @@ def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
 
     other = tmp_path / "other.toml"
     other.write_text(smoke.replace('"tiny"', '"vgg"\narch_args = { width = 8, dense = 16 }'))
-    refused = subprocess.run(
-        [*base, "--config", str(other), "--name", "other", "--init", "source"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = _cli(*base, "--config", str(other), "--name", "other", "--init", "source")
     assert refused.returncode == 2 and "needs the same network" in refused.stderr
     assert "epoch 1/" not in refused.stdout
-    both = subprocess.run(
-        [*CLI, "train", "--resume", "warm", "--init", "source"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    both = _cli("train", "--resume", "warm", "--init", "source")
     assert both.returncode == 2 and "--init starts a new run" in both.stderr
 
 

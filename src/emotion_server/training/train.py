@@ -238,9 +238,9 @@ def load_run_model(run: str | os.PathLike, which: str = BEST) -> nn.Module:
     return model.eval()
 
 
-def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Architecture) -> None:
-    """Load `recipe.init_from`'s best weights into the network and its moving average; the
-    two runs must describe the same network."""
+def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Architecture) -> Path:
+    """Load `recipe.init_from`'s best weights into the network and its moving average (the
+    two runs must describe the same network); returns the file they came from."""
     path = resolve_run(recipe.init_from) / BEST
     if not path.exists():
         raise FileNotFoundError(
@@ -256,6 +256,7 @@ def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Archite
     model.load_state_dict(state["weights"])
     if ema is not None:
         ema.model.load_state_dict(state["weights"])
+    return path
 
 
 def runs_summary(run: str | os.PathLike) -> dict:
@@ -456,8 +457,7 @@ def train(
         progress(f"resumed {folder} at epoch {start_epoch}/{recipe.epochs}")
     else:
         if recipe.init_from:
-            _warm_start(model, ema, recipe, spec)
-            progress(f"weights from {resolve_run(recipe.init_from) / BEST}")
+            progress(f"weights from {_warm_start(model, ema, recipe, spec)}")
         (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
         progress(
             f"run {folder}: {spec.name}, {parameter_count(model) / 1e6:.2f} M parameters, "
