@@ -49,6 +49,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from emotion_server import hostinfo
 from emotion_server.launcher import Server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,12 +221,7 @@ def goal_met(value: float, goal: str) -> bool:
 
 
 def machine() -> str:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model or platform.processor()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    return f"{hostinfo.describe()}, Linux {platform.release()}"
 
 
 def to_markdown(result: dict) -> str:

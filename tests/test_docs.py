@@ -125,6 +125,7 @@ def test_the_models_table_quotes_each_bundled_card(docs):
     default = next(line for line in table.splitlines() if line.startswith("| `default` |"))
     assert f"{card['accuracy'] * 100:.2f}%" in default
     assert str(card["ms_per_face_1_thread"]) in default
+    assert f"| {card.get('cpu', 'not recorded')} |" in default  # the CPU beside the speed
     accurate = next(line for line in table.splitlines() if line.startswith("| `accurate` |"))
     shipped = [path for path in docs.ACCURATE_CARDS if path.exists()]
     if shipped:

@@ -18,6 +18,7 @@ import requests
 from conftest import ROOT, GunicornServer, encode
 
 import emotion_server.training  # noqa: F401  (selects Keras's PyTorch backend)
+from emotion_server import hostinfo
 from emotion_server.contract import EMOTIONS
 from emotion_server.training.data import load_fer2013
 
@@ -465,6 +466,9 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     assert card["framework"].startswith("trained with PyTorch 2.")
     assert "shipped as Keras 3." in card["framework"] and "ONNX Runtime" in card["framework"]
     assert card["parameters"] == info["parameters"] > 0
+    # The speed is stated with the CPU it was measured on (hostinfo.py).
+    assert card["ms_per_face_1_thread"] > 0 and card["cpu"] == hostinfo.cpu()
+    assert card["evaluated_on"].startswith(hostinfo.describe())
     # Temperature scaling is kept only where it lowers PublicTest's calibration error.
     calibration = card["calibration"]
     lowered = calibration["public_test_ece_after"] < calibration["public_test_ece_before"]

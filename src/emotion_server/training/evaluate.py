@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_server import __version__
+from emotion_server import __version__, hostinfo
 from emotion_server.contract import EMOTIONS, INPUT_SHAPE, OUTPUT_SHAPE, apply_temperature
 from emotion_server.faces import NoDetector
 from emotion_server.model import EmotionModel
@@ -304,6 +304,8 @@ def evaluate(
             "private_test_ece_after": metrics["PrivateTest"]["ece_15_bins"],
         },
         "ms_per_face_1_thread": ms_per_face(pipeline),
+        # ...on this CPU: its vector instructions decide the INT8 model's speed (hostinfo.py).
+        "cpu": hostinfo.cpu(),
         "parameters": info.get("parameters"),
         "metrics": {
             split: {k: v for k, v in m.items() if k != "reliability"}
@@ -312,7 +314,7 @@ def evaluate(
         "training": info or None,
         "dataset_sha256": data.sha256,
         "evaluated_on": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+            f"{hostinfo.describe()}, {platform.machine()}, Python {sys.version.split()[0]}"
         ),
         "evaluation_command": "emotion-server evaluate " + " ".join(sys.argv[2:])
         if len(sys.argv) > 1 and sys.argv[1] == "evaluate"

@@ -17,7 +17,6 @@ import csv
 import io
 import math
 import os
-import platform
 import random
 import signal
 import time
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from emotion_server import hostinfo
 from emotion_server.contract import EMOTIONS, scale
 from emotion_server.training.architectures import Architecture, build_spec, view_offsets
 from emotion_server.training.augment import Augmentation, augment
@@ -115,11 +115,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def bf16_is_fast() -> bool:
     """bfloat16 autocast pays only where the CPU multiplies bfloat16 natively (AVX-512 BF16 or
     AMX); on an AVX2-only CPU it is emulated and ~10x slower than float32 (measured)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return not hostinfo.cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 def _use_bf16(setting: str | bool, device: torch.device) -> bool:
@@ -519,7 +515,7 @@ def train(
         "best_epoch": best["epoch"],
         "public_test_flip": best["accuracy"],
         "log": log,
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "hardware": hostinfo.describe(),
     }
 
 
