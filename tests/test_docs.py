@@ -45,6 +45,7 @@ def test_the_generated_regions_are_where_the_figures_are(docs):
         "docs/operations.md": {"frontends"},
         "docs/performance.md": {
             "bench-results",
+            "bench-results-avx2",
             "video-bench",
             "detector-bench",
             "photo-path-bench",
