@@ -365,6 +365,47 @@ def test_a_resumed_run_can_be_given_a_new_length(fer):
     assert refused.returncode == 2 and "has done 4 epochs already" in refused.stderr
 
 
+def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
+    from emotion_server.training.train import epochs_within, parse_duration
+
+    # 1 epoch done, an hour left at 100 s an epoch: 36 more fit.
+    assert epochs_within(1, 40, 3600, 100) == 37
+    assert epochs_within(5, 40, 1e9, 100) == 40  # a budget never lengthens the recipe
+    assert epochs_within(5, 40, 99, 100) == 5  # not one more: the run ends where it is
+    assert epochs_within(5, 40, -10, 100) == 5
+    assert epochs_within(0, 40, 250, 100) == 2
+    assert [parse_duration(text) for text in ("2.5h", "90m", "600s", "600")] == [
+        9000,
+        5400,
+        600,
+        600,
+    ]
+    for bad in ("soon", "0", "-5m", ""):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
+    """`train --time-budget`: with no time left after the first epoch, a 40-epoch run ends
+    there, and its checkpoint and recipe say it is a 1-epoch run (finished, not stopped)."""
+    from emotion_server.training.train import CHECKPOINT, runs_dir
+
+    base = ["train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
+    result = _cli(*base, "--name", "hurried", "--epochs", "40", "--time-budget", "0.001s")
+    assert result.returncode == 0, result.stderr
+    assert "time budget: 39 epochs fewer, the run ends at epoch 1" in result.stdout
+    state = torch.load(runs_dir() / "hurried" / CHECKPOINT, weights_only=False)
+    assert state["epoch"] == 1 and state["recipe"]["epochs"] == 1
+    assert "epochs = 1\n" in (runs_dir() / "hurried" / "recipe.toml").read_text()
+
+    ample = _cli(*base, "--name", "unhurried", "--time-budget", "1h")
+    assert ample.returncode == 0 and "time budget" not in ample.stdout
+    assert torch.load(runs_dir() / "unhurried" / CHECKPOINT, weights_only=False)["epoch"] == 2
+
+    refused = _cli(*base, "--name", "never", "--time-budget", "soon")
+    assert refused.returncode == 2 and "2.5h" in refused.stderr
+
+
 def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
     """`train --init RUN` begins from RUN's best weights with a fresh optimizer: at learning
     rate 0 the network's weights stay exactly those, where a cold start's are random; a

@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from emotion_server.training.train import load_recipe, resolve_run, train
+    from emotion_server.training.train import load_recipe, parse_duration, resolve_run, train
 
     if args.resume and args.init:
         print(
@@ -87,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
             data_path=args.data,
             resume=bool(args.resume),
             epochs=args.epochs if args.resume else None,
+            time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
@@ -298,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="override the recipe's epochs; with --resume, a new length for the run (the "
         "cosine schedule follows it from where it is)",
+    )
+    train.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="end within this long from now (2.5h, 90m, 600s), the schedule complete: the run "
+        "is shortened to the epochs that fit, measured as it goes",
     )
     train.add_argument("--seed", type=int, help="override the recipe's seed")
     train.add_argument(

@@ -182,6 +182,31 @@ def _schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def epochs_within(done: int, planned: int, seconds_left: float, seconds_per_epoch: float) -> int:
+    """How long a run with a time budget lasts, in epochs: `planned`, or fewer where the epochs
+    after the `done` ones, each about `seconds_per_epoch`, do not fit in `seconds_left`; never
+    fewer than `done` (a run out of time ends at the epoch it has reached)."""
+    if seconds_per_epoch <= 0:
+        return planned
+    fits = done + max(0, math.floor(seconds_left / seconds_per_epoch))
+    return max(done, min(planned, fits))
+
+
+def parse_duration(text: str) -> float:
+    """'2.5h', '90m', '600s' or '600' -> seconds (positive)."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], 1.0)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise ValueError(f"a duration like 2.5h, 90m or 600s, not {text!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"a duration must be positive, not {text!r}")
+    return seconds
+
+
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -361,10 +386,17 @@ def train(
     resume: bool = False,
     progress: Callable[[str], None] = print,
     epochs: int | None = None,
+    time_budget_s: float | None = None,
 ) -> dict:
     """Train `recipe` into the run folder `run`, or (resume=True) continue the run there,
     `epochs` long if given: the cosine schedule follows the new length from where it is.
-    Returns the run's summary (best PublicTest accuracy and epoch, log)."""
+
+    With `time_budget_s`, the run ends within that many seconds from now, its schedule
+    complete: after each epoch, where the epochs left (each as long as the slowest of the
+    last three) no longer fit, the run is shortened to the epochs that do, and the cosine
+    decay follows the new length (`epochs_within`). Returns the run's summary (best
+    PublicTest accuracy and epoch, log)."""
+    deadline = time.monotonic() + time_budget_s if time_budget_s else None
     folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
     state = None
@@ -465,7 +497,7 @@ def train(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     epoch = start_epoch
     try:
-        for epoch in range(start_epoch, recipe.epochs):
+        while epoch < recipe.epochs:
             started = time.time()
             loss = fit.train_one_epoch(x_train, y_train, steps_per_epoch)
             train_seconds = time.time() - started
@@ -499,7 +531,19 @@ def train(
                 f"PublicTest {row['public_centre']:.4f} centre / {accuracy:.4f} flip "
                 f"(best {best['accuracy']:.4f} at {best['epoch']}) {row['epoch_seconds']:.0f} s"
             )
-            done = epoch + 1
+            done = epoch = epoch + 1
+            if deadline is not None:
+                slowest = max(r["epoch_seconds"] for r in log[-3:])
+                length = epochs_within(done, recipe.epochs, deadline - time.monotonic(), slowest)
+                if length < recipe.epochs:
+                    progress(
+                        f"time budget: {recipe.epochs - length} epochs fewer, the run ends "
+                        f"at epoch {length} (about {slowest:.0f} s per epoch)"
+                    )
+                    recipe = fit.recipe = replace(recipe, epochs=length)
+                    schedule = _schedule(recipe, steps_per_epoch)
+                    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+                    (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
             if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
                 _atomic_save(fit.checkpoint(spec, done, best, log), checkpoint_path)
                 _write_log(log, folder / "log.csv")
