@@ -406,6 +406,72 @@ def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
     assert refused.returncode == 2 and "2.5h" in refused.stderr
 
 
+def test_the_decoded_cache_is_written_whole_and_read_back_the_same(fer, tmp_path, monkeypatch):
+    """load_cached writes .data/fer2013-<sha>.npz whole and then renames it (runs started side
+    by side each write it), and a second load reads the same arrays from it."""
+    from emotion_server.training.data import load_cached
+
+    archive = tmp_path / "fer.tar.gz"  # archives are cached, folders are read each time
+    with tarfile.open(archive, "w:gz") as tar:
+        for child in fer.iterdir():
+            tar.add(child, arcname=child.name)
+    monkeypatch.chdir(tmp_path)
+    first = load_cached(str(archive))
+    written = sorted(path.name for path in (tmp_path / ".data").iterdir())
+    assert len(written) == 1 and written[0].startswith("fer2013-") and written[0].endswith(".npz")
+    second = load_cached(str(archive))
+    assert second.sha256 == first.sha256
+    for split in ("Training", "PublicTest", "PrivateTest"):
+        assert np.array_equal(first[split].images, second[split].images)
+        assert np.array_equal(first[split].labels, second[split].labels)
+
+
+def test_a_packed_run_comes_home_as_a_finished_run_with_its_best_weights(fer, tmp_path):
+    """transfer.py: a run packed into one file (best weights in float16) unpacks into a run
+    folder whose network answers as the original's does, within float16's rounding, and
+    which is finished: resuming it is refused, as is unpacking over an existing run."""
+    from emotion_server.training.train import BEST, load_run_model, runs_dir
+
+    smoke = str(ROOT / "configs" / "smoke.toml")
+    subprocess.run(
+        [*CLI, "train", "--config", smoke, "--data", str(fer), "--name", "far"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    transfer = [sys.executable, "-m", "emotion_server.training.transfer"]
+    packed = tmp_path / "out" / "far.run.pt"
+    subprocess.run(
+        [*transfer, "pack", "far", "--out", str(packed.parent)], check=True, capture_output=True
+    )
+    original = torch.load(runs_dir() / "far" / BEST, weights_only=False)
+    small = torch.load(packed, weights_only=False)
+    assert small["epochs_done"] == 2 and small["best"]["epoch"] == original["epoch"]
+    assert all(
+        value.dtype == torch.float16
+        for value in small["weights"].values()
+        if value.is_floating_point()
+    )
+    home = subprocess.run(
+        [*transfer, "unpack", str(packed), "--name", "home"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "finished, not resumable" in home.stdout
+    faces = np.round(sample_inputs()[..., 0] * 255).astype(np.uint8)
+    there = predict_proba(load_run_model("far"), faces, "flip")
+    here = predict_proba(load_run_model("home"), faces, "flip")
+    assert np.abs(there - here).max() <= 1e-2
+    assert (there.argmax(1) == here.argmax(1)).mean() >= 0.9
+    refused = _cli("train", "--resume", "home")
+    assert refused.returncode == 2 and "not resumed" in refused.stderr
+    again = subprocess.run(
+        [*transfer, "unpack", str(packed), "--name", "home"], capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
 def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
     """`train --init RUN` begins from RUN's best weights with a fresh optimizer: at learning
     rate 0 the network's weights stay exactly those, where a cold start's are random; a

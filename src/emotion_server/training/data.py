@@ -214,5 +214,10 @@ def load_cached(path: str | os.PathLike | None = None) -> Fer2013:
         arrays[f"{split}_x"] = data[split].images
         arrays[f"{split}_y"] = data[split].labels
         arrays[f"{split}_n"] = np.array(data[split].names)
-    np.savez(cache, **arrays)
+    # Written whole, then renamed: runs started side by side each write it, and none may
+    # read a half-written one.
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as file:
+        np.savez(file, **arrays)
+    os.replace(partial, cache)
     return data

@@ -423,7 +423,9 @@ def train(
         raise ValueError("a recipe is needed to start a run")
     folder.mkdir(parents=True, exist_ok=True)
 
-    threads = recipe.threads or os.cpu_count() or 1
+    # All the CPUs this process may use: a run pinned to some (taskset, a cpuset) uses
+    # those, so runs side by side on one machine do not oversubscribe its cores.
+    threads = recipe.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
