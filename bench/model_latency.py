@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from train_speed import parse_arch_args  # beside this script
 
+from emotion_server import hostinfo
 from emotion_server.training.architectures import build_spec
 from emotion_server.training.export import export_torch_onnx
 from emotion_server.training.quantize import quantize_onnx
@@ -55,11 +56,12 @@ def main() -> None:
     args = parser.parse_args()
 
     noise = np.random.default_rng(1).integers(0, 256, (256, 48, 48), dtype=np.uint8)
+    print(f"On {hostinfo.describe()}:\n")
     print(f"| model | params | views | float32 ms/face | INT8 ms/face ({args.threads} thread) |")
     print("|---|---|---|---|---|")
     if BUNDLED.exists():
         bundled = ms_per_face(BUNDLED, args.threads)
-        print(f"| bundled ({BUNDLED.name}), one view | - | centre | - | {bundled:.2f} |")
+        print(f"| bundled ({BUNDLED.name}), its views | - | as served | - | {bundled:.2f} |")
     with tempfile.TemporaryDirectory() as scratch:
         for text in args.arch_args:
             spec = build_spec(args.architecture, **parse_arch_args(text))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from emotion_server import hostinfo
 from emotion_server.training.architectures import build_spec
 from emotion_server.training.torch_nets import build_torch, parameter_count
 from emotion_server.training.train import (
@@ -66,7 +67,8 @@ def main() -> None:
     per_epoch = EPOCH_IMAGES / args.batch
     print(
         f"{spec.name}: {parameter_count(model) / 1e6:.2f} M parameters, crop {spec.crop}, "
-        f"batch {args.batch}, {torch.get_num_threads()} threads, bf16 {use_bf16}"
+        f"batch {args.batch}, {torch.get_num_threads()} threads, bf16 {use_bf16}, "
+        f"on {hostinfo.describe()}"
     )
 
     # Bare forward/backward/step on one random batch, already cropped.
