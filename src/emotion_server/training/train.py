@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from emotion_server import hostinfo
+from emotion_server.config import available_cpus
 from emotion_server.contract import EMOTIONS, scale
 from emotion_server.training.architectures import Architecture, build_spec, view_offsets
 from emotion_server.training.augment import Augmentation, augment
@@ -423,9 +424,9 @@ def train(
         raise ValueError("a recipe is needed to start a run")
     folder.mkdir(parents=True, exist_ok=True)
 
-    # All the CPUs this process may use: a run pinned to some (taskset, a cpuset) uses
-    # those, so runs side by side on one machine do not oversubscribe its cores.
-    threads = recipe.threads or len(os.sched_getaffinity(0))
+    # The CPUs this process may use (as the server counts them): a run pinned to some
+    # (taskset, a cpuset) uses those, so runs side by side do not oversubscribe the cores.
+    threads = recipe.threads or available_cpus()
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
