@@ -8,7 +8,6 @@ CPU multiplies it natively. So every such figure is written down with this besid
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
@@ -64,6 +63,9 @@ def cpu() -> str:
 
 
 def describe() -> str:
-    """The CPU and how many cores this process may use: "AMD EPYC (AVX2), 2 cores"."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu()}, {cores} cores"
+    """The CPU and how many cores this process may use (config.available_cpus: its affinity
+    and its cgroup's quota): "AMD EPYC (AVX2), 2 cores"."""
+    from emotion_server.config import available_cpus
+
+    cores = available_cpus()
+    return f"{cpu()}, {cores} core{'' if cores == 1 else 's'}"
