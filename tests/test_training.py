@@ -401,6 +401,10 @@ def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
     ample = _cli(*base, "--name", "unhurried", "--time-budget", "1h")
     assert ample.returncode == 0 and "time budget" not in ample.stdout
     assert torch.load(runs_dir() / "unhurried" / CHECKPOINT, weights_only=False)["epoch"] == 2
+    # Resumed with a new length and no time: one epoch more (timed in this process), then done.
+    resumed = _cli("train", "--resume", "unhurried", "--epochs", "40", "--time-budget", "0.001s")
+    assert "the run ends at epoch 3" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert torch.load(runs_dir() / "unhurried" / CHECKPOINT, weights_only=False)["epoch"] == 3
 
     refused = _cli(*base, "--name", "never", "--time-budget", "soon")
     assert refused.returncode == 2 and "2.5h" in refused.stderr

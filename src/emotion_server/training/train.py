@@ -394,9 +394,9 @@ def train(
 
     With `time_budget_s`, the run ends within that many seconds from now, its schedule
     complete: after each epoch, where the epochs left (each as long as the slowest of the
-    last three) no longer fit, the run is shortened to the epochs that do, and the cosine
-    decay follows the new length (`epochs_within`). Returns the run's summary (best
-    PublicTest accuracy and epoch, log)."""
+    last three this process trained) no longer fit, the run is shortened to the epochs that
+    do, and the cosine decay follows the new length (`epochs_within`). Returns the run's
+    summary (best PublicTest accuracy and epoch, log)."""
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
     folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
@@ -536,7 +536,8 @@ def train(
             )
             done = epoch = epoch + 1
             if deadline is not None:
-                slowest = max(r["epoch_seconds"] for r in log[-3:])
+                # Epochs of this process only: a resumed run may be on another machine.
+                slowest = max(r["epoch_seconds"] for r in log[start_epoch:][-3:])
                 length = epochs_within(done, recipe.epochs, deadline - time.monotonic(), slowest)
                 if length < recipe.epochs:
                     progress(
