@@ -373,6 +373,7 @@ def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
     assert epochs_within(5, 40, 1e9, 100) == 40  # a budget never lengthens the recipe
     assert epochs_within(5, 40, 99, 100) == 5  # not one more: the run ends where it is
     assert epochs_within(5, 40, -10, 100) == 5
+    assert epochs_within(5, 40, -10, 0.0) == 5  # out of time, however short the epochs
     assert epochs_within(0, 40, 250, 100) == 2
     assert [parse_duration(text) for text in ("2.5h", "90m", "600s", "600")] == [
         9000,
@@ -380,7 +381,7 @@ def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
         600,
         600,
     ]
-    for bad in ("soon", "0", "-5m", ""):
+    for bad in ("soon", "0", "-5m", "", "inf", "1e400"):
         with pytest.raises(ValueError):
             parse_duration(bad)
 
@@ -393,9 +394,10 @@ def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
     base = ["train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
     result = _cli(*base, "--name", "hurried", "--epochs", "40", "--time-budget", "0.001s")
     assert result.returncode == 0, result.stderr
-    assert "time budget: 39 epochs fewer, the run ends at epoch 1" in result.stdout
+    assert "time budget: the run ends at epoch 1 of the 40 planned" in result.stdout
     state = torch.load(runs_dir() / "hurried" / CHECKPOINT, weights_only=False)
     assert state["epoch"] == 1 and state["recipe"]["epochs"] == 1
+    assert state["time_budget"] == {"seconds": 0.001, "planned_epochs": 40}
     assert "epochs = 1\n" in (runs_dir() / "hurried" / "recipe.toml").read_text()
 
     ample = _cli(*base, "--name", "unhurried", "--time-budget", "1h")
@@ -412,7 +414,8 @@ def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
 
 def test_the_decoded_cache_is_written_whole_and_read_back_the_same(fer, tmp_path, monkeypatch):
     """load_cached writes .data/fer2013-<sha>.npz whole and then renames it (runs started side
-    by side each write it), and a second load reads the same arrays from it."""
+    by side each write it), a second load reads the same arrays from it, and a write that
+    fails leaves nothing behind."""
     from emotion_server.training.data import load_cached
 
     archive = tmp_path / "fer.tar.gz"  # archives are cached, folders are read each time
@@ -428,6 +431,39 @@ def test_the_decoded_cache_is_written_whole_and_read_back_the_same(fer, tmp_path
     for split in ("Training", "PublicTest", "PrivateTest"):
         assert np.array_equal(first[split].images, second[split].images)
         assert np.array_equal(first[split].labels, second[split].labels)
+
+    # A write that fails half-way (a full disk, a kill) leaves no cache to be read later.
+    def half_then_fail(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")
+        raise OSError("no space left on device")
+
+    for path in (tmp_path / ".data").iterdir():
+        path.unlink()
+    monkeypatch.setattr(np, "savez", half_then_fail)
+    with pytest.raises(OSError, match="no space"):
+        load_cached(str(archive))
+    assert list((tmp_path / ".data").iterdir()) == []
+
+
+def test_a_shortened_run_decays_to_zero_on_its_new_length(fer, monkeypatch):
+    """Where the budget fits 3 of 6 planned epochs, the cosine schedule is refitted to 3: the
+    learning rate reaches zero at the end of epoch 3 (on the old schedule it would be half the
+    peak there), and the checkpoint records both lengths."""
+    from emotion_server.training import train as training
+    from emotion_server.training.train import CHECKPOINT, load_recipe, resolve_run
+
+    monkeypatch.setattr(training, "epochs_within", lambda done, planned, left, per: 3)
+    recipe = load_recipe(ROOT / "configs" / "smoke.toml", epochs=6)
+    lines = []
+    summary = training.train(
+        recipe, "refitted", data_path=str(fer), progress=lines.append, time_budget_s=3600
+    )
+    assert summary["epochs_done"] == 3
+    assert any("the run ends at epoch 3 of the 6 planned" in line for line in lines)
+    state = torch.load(resolve_run("refitted") / CHECKPOINT, weights_only=False)
+    assert state["recipe"]["epochs"] == 3 and state["time_budget"]["planned_epochs"] == 6
+    rates = [row["lr"] for row in state["log"]]
+    assert rates[0] > 0.01 and rates[-1] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_packed_run_comes_home_as_a_finished_run_with_its_best_weights(fer, tmp_path):
@@ -462,7 +498,7 @@ def test_a_packed_run_comes_home_as_a_finished_run_with_its_best_weights(fer, tm
         capture_output=True,
         text=True,
     )
-    assert "finished, not resumable" in home.stdout
+    assert "not resumable, finished" in home.stdout
     faces = np.round(sample_inputs()[..., 0] * 255).astype(np.uint8)
     there = predict_proba(load_run_model("far"), faces, "flip")
     here = predict_proba(load_run_model("home"), faces, "flip")

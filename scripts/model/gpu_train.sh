@@ -16,8 +16,15 @@
 # Each run comes back as $OUT/NAME.run.pt (best weights in float16, recipe, log: transfer.py)
 # with its log as $OUT/NAME.log; here, `python -m emotion_server.training.transfer unpack
 # FILE...` makes them runs for `export --run` and `ensemble`.
-# Runs are named gpu-RECIPE-sSEED, so they never collide with the CPU's runs of the same family.
+# Runs are named gpu-RECIPE-sSEED, so they never collide with the CPU's runs of the same family;
+# one already in $EMOTION_RUNS_DIR (the same machine, called again) is resumed within BUDGET.
+# At most 4 runs a call (8 files come back), each packed under 16 MiB (ResNet-18's 11.2 M
+# parameters are 22 MB even in float16: too many to come back this way).
 set -euo pipefail
+if [ $# -eq 0 ]; then
+  echo "usage: [BUDGET=7m] [SEEDS=\"1 2 3\"] bash $0 RECIPE.toml..." >&2
+  exit 2
+fi
 export PYTHONPATH=src PYTHONUNBUFFERED=1 EMOTION_RUNS_DIR=${EMOTION_RUNS_DIR:-/tmp/gpu-runs}
 out=${OUT:-runs}
 mkdir -p "$EMOTION_RUNS_DIR" "$out"
@@ -25,8 +32,14 @@ jobs=()
 for recipe in "$@"; do
   for seed in ${SEEDS:-1}; do jobs+=("$recipe:$seed"); done
 done
-cores=$(nproc)
-share=$(( cores / ${#jobs[@]} ))
+if (( ${#jobs[@]} > 4 )); then
+  echo "gpu_train.sh: ${#jobs[@]} runs would return $(( 2 * ${#jobs[@]} )) files; 8 come back" >&2
+  exit 2
+fi
+# The CPUs this process may run on, by number (nproc can be told otherwise by OMP_NUM_THREADS,
+# and a container's CPUs need not start at 0); each run gets an equal share of them.
+read -r -a cpus <<< "$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+share=$(( ${#cpus[@]} / ${#jobs[@]} ))
 (( share >= 1 )) || share=1
 # FER2013 decoded once, into the cache every run then reads.
 python3 -c "from emotion_server.training.data import load_cached; load_cached('.data/fer2013.tar.gz')"
@@ -35,19 +48,27 @@ for index in "${!jobs[@]}"; do
   recipe=${jobs[$index]%:*} seed=${jobs[$index]##*:}
   name=gpu-$(basename "$recipe" .toml)-s$seed
   names+=("$name")
-  first=$(( index * share % cores ))
+  mine=("${cpus[@]:$(( index * share % ${#cpus[@]} )):$share}")
   pin=()
-  if command -v taskset > /dev/null; then pin=(taskset -c "$first-$(( first + share - 1 ))"); fi
-  "${pin[@]}" python3 -m emotion_server.cli train \
-    --config "$recipe" --seed "$seed" --name "$name" --data .data/fer2013.tar.gz \
-    --time-budget "${BUDGET:-7m}" > "$out/$name.log" 2>&1 &
+  if command -v taskset > /dev/null; then pin=(taskset -c "$(IFS=,; echo "${mine[*]}")"); fi
+  if [ -f "$EMOTION_RUNS_DIR/$name/checkpoint.pt" ]; then
+    args=(--resume "$name")
+  else
+    args=(--config "$recipe" --seed "$seed" --name "$name" --data .data/fer2013.tar.gz)
+  fi
+  "${pin[@]}" python3 -m emotion_server.cli train "${args[@]}" \
+    --time-budget "${BUDGET:-7m}" >> "$out/$name.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 for name in "${names[@]}"; do
-  if [ -f "$EMOTION_RUNS_DIR/$name/best.pt" ]; then
-    python3 -m emotion_server.training.transfer pack "$name" --out "$out"
+  if [ -f "$EMOTION_RUNS_DIR/$name/checkpoint.pt" ]; then
+    python3 -m emotion_server.training.transfer pack "$name" --out "$out" || status=$?
+    if [ -f "$out/$name.run.pt" ] && (( $(stat -c %s "$out/$name.run.pt") > 16 * 1024 * 1024 )); then
+      echo "gpu_train.sh: $out/$name.run.pt is over 16 MiB and will not come back" >&2
+      status=1
+    fi
   fi
   tail -n 3 "$out/$name.log"
 done

@@ -217,7 +217,10 @@ def load_cached(path: str | os.PathLike | None = None) -> Fer2013:
     # Written whole, then renamed: runs started side by side each write it, and none may
     # read a half-written one.
     partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as file:
-        np.savez(file, **arrays)
-    os.replace(partial, cache)
+    try:
+        with open(partial, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(partial, cache)
+    finally:
+        partial.unlink(missing_ok=True)
     return data

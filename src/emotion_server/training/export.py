@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emotion_server import hostinfo
 from emotion_server.contract import EMOTIONS, INPUT_SIZE, scale
 
 MAX_ABS_DIFF = 1e-4
@@ -191,7 +192,7 @@ def export_run(
         "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
         "shipped_as": f"Keras {keras.__version__} .h5",
         "parity_max_abs_diff": report,
-        "exported_on": f"{platform.machine()}, {os.cpu_count()} cores",
+        "exported_on": f"{hostinfo.describe()}, {platform.machine()}",
     }
     info_path = output.with_suffix(".train.json")
     info_path.write_text(json.dumps(info, indent=2) + "\n")

@@ -187,10 +187,47 @@ def epochs_within(done: int, planned: int, seconds_left: float, seconds_per_epoc
     """How long a run with a time budget lasts, in epochs: `planned`, or fewer where the epochs
     after the `done` ones, each about `seconds_per_epoch`, do not fit in `seconds_left`; never
     fewer than `done` (a run out of time ends at the epoch it has reached)."""
+    if seconds_left <= 0:
+        return done
     if seconds_per_epoch <= 0:
         return planned
-    fits = done + max(0, math.floor(seconds_left / seconds_per_epoch))
+    fits = done + math.floor(seconds_left / seconds_per_epoch)
     return max(done, min(planned, fits))
+
+
+class Budget:
+    """A run's time budget: how many of its planned epochs fit, measured as the run goes.
+
+    Each pass of the epoch loop (the epoch, its PublicTest score, its saves) is timed on the
+    monotonic clock. An epoch is counted as long as the slowest of the last three passes and
+    the one in progress; the first pass of the process (start-up, warm caches) is left out
+    once two more are timed, so one slow start does not shorten the run for good: the length
+    follows the measurements both ways, up to the planned one."""
+
+    def __init__(self, seconds: float, planned: Recipe):
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.planned = planned
+        self.passes: list[float] = []
+        self._lap = time.monotonic()
+
+    def lap(self) -> None:
+        """One pass of the loop has ended (after its saves)."""
+        now = time.monotonic()
+        self.passes.append(now - self._lap)
+        self._lap = now
+
+    def seconds_per_epoch(self) -> float:
+        recent = self.passes[1:] if len(self.passes) >= 3 else self.passes
+        return max([*recent[-3:], time.monotonic() - self._lap])
+
+    def recipe(self, done: int) -> Recipe:
+        """The recipe with the length that fits now, `done` epochs done; a warm-up longer than
+        a quarter of a shortened run is cut to that quarter."""
+        left = self.deadline - time.monotonic()
+        length = epochs_within(done, self.planned.epochs, left, self.seconds_per_epoch())
+        warmup = min(self.planned.warmup_epochs, length // 4)
+        return replace(self.planned, epochs=length, warmup_epochs=warmup)
 
 
 def parse_duration(text: str) -> float:
@@ -203,8 +240,8 @@ def parse_duration(text: str) -> float:
         seconds = float(number) * scale
     except ValueError:
         raise ValueError(f"a duration like 2.5h, 90m or 600s, not {text!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"a duration must be positive, not {text!r}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"a duration must be positive and finite, not {text!r}")
     return seconds
 
 
@@ -393,11 +430,10 @@ def train(
     `epochs` long if given: the cosine schedule follows the new length from where it is.
 
     With `time_budget_s`, the run ends within that many seconds from now, its schedule
-    complete: after each epoch, where the epochs left (each as long as the slowest of the
-    last three this process trained) no longer fit, the run is shortened to the epochs that
-    do, and the cosine decay follows the new length (`epochs_within`). Returns the run's
-    summary (best PublicTest accuracy and epoch, log)."""
-    deadline = time.monotonic() + time_budget_s if time_budget_s else None
+    complete: after each epoch, the run's length becomes the planned epochs that fit in the
+    time left, as this process measures them (`Budget`), and the cosine decay follows it.
+    Returns the run's summary (best PublicTest accuracy and epoch, log)."""
+    started_at = time.monotonic()
     folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
     state = None
@@ -496,6 +532,9 @@ def train(
             f"{device.type}, bf16 {use_bf16}"
         )
 
+    budget = None
+    if time_budget_s:
+        budget = Budget(time_budget_s - (time.monotonic() - started_at), recipe)
     # SIGTERM (a time limit, `kill`) ends the epoch loop like Ctrl-C: the last checkpoint stays.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     epoch = start_epoch
@@ -534,23 +573,36 @@ def train(
                 f"PublicTest {row['public_centre']:.4f} centre / {accuracy:.4f} flip "
                 f"(best {best['accuracy']:.4f} at {best['epoch']}) {row['epoch_seconds']:.0f} s"
             )
-            done = epoch = epoch + 1
-            if deadline is not None:
-                # Epochs of this process only: a resumed run may be on another machine.
-                slowest = max(r["epoch_seconds"] for r in log[start_epoch:][-3:])
-                length = epochs_within(done, recipe.epochs, deadline - time.monotonic(), slowest)
-                if length < recipe.epochs:
+            done = epoch + 1
+            if budget is not None:
+                fitted = budget.recipe(done)
+                if fitted != recipe:
                     progress(
-                        f"time budget: {recipe.epochs - length} epochs fewer, the run ends "
-                        f"at epoch {length} (about {slowest:.0f} s per epoch)"
+                        f"time budget: the run ends at epoch {fitted.epochs} of the "
+                        f"{budget.planned.epochs} planned (about "
+                        f"{budget.seconds_per_epoch():.0f} s per epoch)"
+                        + (
+                            "; no time for another, so its learning rate ends where it is"
+                            if fitted.epochs == done < budget.planned.epochs
+                            else ""
+                        )
                     )
-                    recipe = fit.recipe = replace(recipe, epochs=length)
+                    recipe = fit.recipe = fitted
                     schedule = _schedule(recipe, steps_per_epoch)
                     scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
                     (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
             if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
-                _atomic_save(fit.checkpoint(spec, done, best, log), checkpoint_path)
+                state = fit.checkpoint(spec, done, best, log)
+                if budget is not None:  # what was asked, beside what fitted
+                    state["time_budget"] = {
+                        "seconds": time_budget_s,
+                        "planned_epochs": budget.planned.epochs,
+                    }
+                _atomic_save(state, checkpoint_path)
                 _write_log(log, folder / "log.csv")
+            if budget is not None:
+                budget.lap()
+            epoch = done
     except KeyboardInterrupt:
         progress(
             f"stopped during epoch {epoch + 1}; resume with: emotion-server train --resume {folder}"

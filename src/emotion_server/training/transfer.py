@@ -5,7 +5,7 @@ folder holds a checkpoint with the optimizer state and two copies of the weights
 the 64-wide VGG). What is needed here afterwards (`export --run`, `ensemble`, a teacher) is
 the best epoch's weights alone. `pack` keeps those in float16 (half the bytes: 12.6 MB for the
 64-wide VGG) with the recipe, the best epoch and the per-epoch log; `unpack` writes a run
-folder from that file, finished and not resumable, as `recover` does from a shipped `.h5`.
+folder from that file, not resumable, as `recover` does from a shipped `.h5`.
 
     python -m emotion_server.training.transfer pack RUN... --out DIR
     python -m emotion_server.training.transfer unpack DIR/NAME.run.pt... [--name NAME]
@@ -37,7 +37,8 @@ def pack_run(run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         "arch": best["arch"],
         "recipe": state["recipe"],
         "epochs_done": state["epoch"],
-        "best": state["best"],
+        # From best.pt itself: the checkpoint may be a save behind it.
+        "best": {"epoch": best["epoch"], "accuracy": best["public_test_flip"]},
         "log": state["log"],
         "weights": {
             key: value.half() if value.is_floating_point() else value
@@ -54,11 +55,12 @@ def unpack_run(path: str | os.PathLike, name: str | None = None) -> Path:
     """A run folder (under `name`, else the packed run's own) from a `pack_run` file: its
     best.pt in float32 and a finished checkpoint without optimizer state."""
     path = Path(path)
-    packed = torch.load(path, map_location="cpu", weights_only=False)
+    # Tensors and plain values only: a file from another machine runs no pickled code here.
+    packed = torch.load(path, map_location="cpu", weights_only=True)
     if packed.get("format") != 1 or "weights" not in packed:
         raise ValueError(f"{path} is not a packed run (from `transfer pack`)")
     folder = resolve_run(name or packed["run"])
-    if (folder / CHECKPOINT).exists():
+    if (folder / CHECKPOINT).exists() or (folder / BEST).exists():
         raise FileExistsError(f"{folder} already holds a run: choose another name")
     weights = {
         key: value.float() if value.is_floating_point() else value
@@ -79,7 +81,7 @@ def unpack_run(path: str | os.PathLike, name: str | None = None) -> Path:
     torch.save(
         {
             "format": 1,
-            "recovered_from": str(path),
+            "recovered_from": f"{path.name} (transfer pack of run {packed['run']})",
             "recipe": packed["recipe"],
             "arch": packed["arch"],
             "epoch": packed["epochs_done"],
@@ -89,6 +91,13 @@ def unpack_run(path: str | os.PathLike, name: str | None = None) -> Path:
         folder / CHECKPOINT,
     )
     return folder
+
+
+def _unfinished(packed_file: Path) -> str:
+    """', stopped at epoch N of M' for a packed run that did not finish its schedule, else ''."""
+    packed = torch.load(packed_file, map_location="cpu", weights_only=True)
+    done, planned = packed["epochs_done"], packed["recipe"]["epochs"]
+    return f", stopped at epoch {done} of {planned}" if done < planned else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pack":
             for run in args.runs:
                 out = pack_run(run, args.out)
-                print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
+                print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB){_unfinished(out)}")
         else:
             if args.name and len(args.files) > 1:
                 raise ValueError("--name names one run: give one file")
             for file in args.files:
-                print(f"{unpack_run(file, args.name)}: finished, not resumable")
+                folder = unpack_run(file, args.name)
+                print(f"{folder}: not resumable{_unfinished(Path(file)) or ', finished'}")
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"transfer: {exc}", file=sys.stderr)
         return 2
