@@ -384,6 +384,45 @@ def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
     for bad in ("soon", "0", "-5m", "", "inf", "1e400"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    from emotion_server.training.train import Recipe, train
+
+    with pytest.raises(ValueError, match="finite"):
+        train(Recipe(), "never-started", time_budget_s=float("inf"))
+
+
+def test_a_budget_follows_the_measured_epochs(monkeypatch):
+    """Budget on a clock the test moves: a slow first pass shortens the run, is left out once
+    another pass is timed (the run grows back to its plan, early on), and a late slowdown
+    shortens it again with its warm-up cut to a quarter of the new length."""
+    from emotion_server.training import train as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    planned = training.Recipe(epochs=40, warmup_epochs=6)
+    budget = training.Budget(1000.0, planned)
+    recipe = planned
+
+    def epoch(done: int, seconds: float) -> None:
+        nonlocal recipe
+        clock[0] += seconds
+        recipe = budget.recipe(done, recipe)
+        budget.lap()
+
+    epoch(1, 40)  # 960 s left at 40 s an epoch: 24 more
+    assert (recipe.epochs, recipe.warmup_epochs) == (25, 6)
+    epoch(2, 20)  # the slow first pass still counts: 940 s / 40 s
+    assert recipe.epochs == 25
+    epoch(3, 20)  # now 20 s an epoch: 920 s / 20 s fits all 40 planned
+    assert (recipe.epochs, recipe.warmup_epochs) == (40, 6)
+    for done in range(4, 21):
+        epoch(done, 20)
+    assert recipe.epochs == 40 and clock[0] == 420
+    epoch(21, 100)  # 480 s left at 100 s an epoch: 4 more
+    assert (recipe.epochs, recipe.warmup_epochs) == (25, 6)
+    epoch(22, 10)  # faster again, but past the first quarter: no longer schedule
+    assert recipe.epochs == 25
+    clock[0] = 2000  # out of time
+    assert budget.recipe(23, recipe).epochs == 23
 
 
 def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):

@@ -17,7 +17,8 @@
 # with its log as $OUT/NAME.log; here, `python -m emotion_server.training.transfer unpack
 # FILE...` makes them runs for `export --run` and `ensemble`.
 # Runs are named gpu-RECIPE-sSEED, so they never collide with the CPU's runs of the same family;
-# one already in $EMOTION_RUNS_DIR (the same machine, called again) is resumed within BUDGET.
+# one already in $EMOTION_RUNS_DIR (the same machine, called again) is resumed within BUDGET
+# where it stopped part-way, and only packed again where it finished.
 # At most 4 runs a call (8 files come back), each packed under 16 MiB (ResNet-18's 11.2 M
 # parameters are 22 MB even in float16: too many to come back this way).
 set -euo pipefail
@@ -52,11 +53,16 @@ for index in "${!jobs[@]}"; do
   pin=()
   if command -v taskset > /dev/null; then pin=(taskset -c "$(IFS=,; echo "${mine[*]}")"); fi
   if [ -f "$EMOTION_RUNS_DIR/$name/checkpoint.pt" ]; then
+    if python3 -c "import sys, torch; s = torch.load(sys.argv[1], weights_only=False); \
+sys.exit(s['epoch'] < s['recipe']['epochs'])" "$EMOTION_RUNS_DIR/$name/checkpoint.pt"; then
+      echo "$name has finished its schedule: packed again, not trained" >> "$out/$name.log"
+      continue
+    fi
     args=(--resume "$name")
   else
-    args=(--config "$recipe" --seed "$seed" --name "$name" --data .data/fer2013.tar.gz)
+    args=(--config "$recipe" --seed "$seed" --name "$name")
   fi
-  "${pin[@]}" python3 -m emotion_server.cli train "${args[@]}" \
+  "${pin[@]}" python3 -m emotion_server.cli train "${args[@]}" --data .data/fer2013.tar.gz \
     --time-budget "${BUDGET:-7m}" >> "$out/$name.log" 2>&1 &
   pids+=($!)
 done
@@ -65,7 +71,7 @@ for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 for name in "${names[@]}"; do
   if [ -f "$EMOTION_RUNS_DIR/$name/checkpoint.pt" ]; then
     python3 -m emotion_server.training.transfer pack "$name" --out "$out" || status=$?
-    if [ -f "$out/$name.run.pt" ] && (( $(stat -c %s "$out/$name.run.pt") > 16 * 1024 * 1024 )); then
+    if [ -f "$out/$name.run.pt" ] && (( $(wc -c < "$out/$name.run.pt") > 16 * 1024 * 1024 )); then
       echo "gpu_train.sh: $out/$name.run.pt is over 16 MiB and will not come back" >&2
       status=1
     fi

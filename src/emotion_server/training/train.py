@@ -200,13 +200,13 @@ class Budget:
 
     Each pass of the epoch loop (the epoch, its PublicTest score, its saves) is timed on the
     monotonic clock. An epoch is counted as long as the slowest of the last three passes and
-    the one in progress; the first pass of the process (start-up, warm caches) is left out
-    once two more are timed, so one slow start does not shorten the run for good: the length
-    follows the measurements both ways, up to the planned one."""
+    the one in progress; the process's first pass (warm caches, kernel choices) is left out
+    once another is timed. The run is shortened whenever its epochs no longer fit, and grows
+    back toward the planned length only in the first quarter of its current one: later, a
+    longer schedule would raise a learning rate that has begun to decay."""
 
-    def __init__(self, seconds: float, planned: Recipe):
-        self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
+    def __init__(self, deadline: float, planned: Recipe):
+        self.deadline = deadline  # on the monotonic clock
         self.planned = planned
         self.passes: list[float] = []
         self._lap = time.monotonic()
@@ -218,16 +218,22 @@ class Budget:
         self._lap = now
 
     def seconds_per_epoch(self) -> float:
-        recent = self.passes[1:] if len(self.passes) >= 3 else self.passes
-        return max([*recent[-3:], time.monotonic() - self._lap])
+        timed = self.passes[1:] if len(self.passes) >= 2 else self.passes
+        return max([*timed[-3:], time.monotonic() - self._lap])
 
-    def recipe(self, done: int) -> Recipe:
-        """The recipe with the length that fits now, `done` epochs done; a warm-up longer than
-        a quarter of a shortened run is cut to that quarter."""
+    def recipe(self, done: int, current: Recipe) -> Recipe:
+        """`current` with the length that fits now, `done` epochs done; a run shortened below
+        its plan has its warm-up cut to a quarter of its length where that is longer."""
         left = self.deadline - time.monotonic()
         length = epochs_within(done, self.planned.epochs, left, self.seconds_per_epoch())
-        warmup = min(self.planned.warmup_epochs, length // 4)
-        return replace(self.planned, epochs=length, warmup_epochs=warmup)
+        if length > current.epochs and done > current.epochs // 4:
+            length = current.epochs
+        if length == current.epochs:
+            return current
+        warmup = self.planned.warmup_epochs
+        if length < self.planned.epochs:
+            warmup = min(warmup, length // 4)
+        return replace(current, epochs=length, warmup_epochs=warmup)
 
 
 def parse_duration(text: str) -> float:
@@ -433,7 +439,9 @@ def train(
     complete: after each epoch, the run's length becomes the planned epochs that fit in the
     time left, as this process measures them (`Budget`), and the cosine decay follows it.
     Returns the run's summary (best PublicTest accuracy and epoch, log)."""
-    started_at = time.monotonic()
+    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
+        raise ValueError(f"a time budget must be positive and finite, not {time_budget_s!r}")
+    deadline = time.monotonic() + time_budget_s if time_budget_s else None
     folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
     state = None
@@ -532,9 +540,7 @@ def train(
             f"{device.type}, bf16 {use_bf16}"
         )
 
-    budget = None
-    if time_budget_s:
-        budget = Budget(time_budget_s - (time.monotonic() - started_at), recipe)
+    budget = Budget(deadline, recipe) if deadline is not None else None
     # SIGTERM (a time limit, `kill`) ends the epoch loop like Ctrl-C: the last checkpoint stays.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     epoch = start_epoch
@@ -575,7 +581,7 @@ def train(
             )
             done = epoch + 1
             if budget is not None:
-                fitted = budget.recipe(done)
+                fitted = budget.recipe(done, recipe)
                 if fitted != recipe:
                     progress(
                         f"time budget: the run ends at epoch {fitted.epochs} of the "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def unpack_run(path: str | os.PathLike, name: str | None = None) -> Path:
     best.pt in float32 and a finished checkpoint without optimizer state."""
     path = Path(path)
     # Tensors and plain values only: a file from another machine runs no pickled code here.
-    packed = torch.load(path, map_location="cpu", weights_only=True)
-    if packed.get("format") != 1 or "weights" not in packed:
+    try:
+        packed = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        packed = None
+    if not isinstance(packed, dict) or packed.get("format") != 1 or "weights" not in packed:
         raise ValueError(f"{path} is not a packed run (from `transfer pack`)")
     folder = resolve_run(name or packed["run"])
     if (folder / CHECKPOINT).exists() or (folder / BEST).exists():
