@@ -92,6 +92,41 @@ def recover_run(
     return reports
 
 
+def write_finished_run(
+    folder: Path,
+    *,
+    arch: dict,
+    recipe: dict,
+    best: dict,
+    weights: dict,
+    epochs_done: int,
+    log: list,
+    source: str,
+    **extra,
+) -> None:
+    """A run folder that holds a finished network without its optimizer state (from a shipped
+    `.h5` here, from a packed run in transfer.py): its best.pt, and a checkpoint marked
+    `recovered_from` `source`, which `train --resume` refuses."""
+    import torch
+
+    from emotion_server.training.train import BEST, CHECKPOINT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "arch": arch,
+            "recipe": recipe,
+            "epoch": best["epoch"],
+            "public_test_flip": best["accuracy"],
+            "weights": weights,
+        },
+        folder / BEST,
+    )
+    state = {"format": 1, "recovered_from": source, "recipe": recipe, "arch": arch}
+    state.update(epoch=epochs_done, best=best, log=log, **extra)
+    torch.save(state, folder / CHECKPOINT)
+
+
 def _recover_one(container, member: dict, views: str, balance, source: str, run) -> dict:
     import torch
 
@@ -99,7 +134,7 @@ def _recover_one(container, member: dict, views: str, balance, source: str, run)
     from emotion_server.training.export import check_parity, keras_predict, sample_inputs
     from emotion_server.training.keras_nets import copy_weights_to_torch
     from emotion_server.training.torch_nets import build_torch
-    from emotion_server.training.train import BEST, CHECKPOINT, predict_proba, resolve_run
+    from emotion_server.training.train import CHECKPOINT, predict_proba, resolve_run
 
     folder = resolve_run(run)
     if (folder / CHECKPOINT).exists():
@@ -128,29 +163,16 @@ def _recover_one(container, member: dict, views: str, balance, source: str, run)
         "accuracy": member.get("public_test_accuracy"),
         "epoch": member.get("best_epoch"),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "arch": arch.to_dict(),
-            "recipe": member["recipe"],
-            "epoch": best["epoch"],
-            "public_test_flip": best["accuracy"],
-            "weights": net.state_dict(),
-        },
-        folder / BEST,
-    )
     last = member.get("last_epoch")
-    torch.save(
-        {
-            "format": 1,
-            "recovered_from": source,
-            "recipe": member["recipe"],
-            "arch": arch.to_dict(),
-            "epoch": member.get("epochs_done", member["recipe"]["epochs"]),
-            "best": best,
-            "log": [last] if last else [],
-            "train_wall_seconds": member.get("train_wall_seconds"),
-        },
-        folder / CHECKPOINT,
+    write_finished_run(
+        folder,
+        arch=arch.to_dict(),
+        recipe=member["recipe"],
+        best=best,
+        weights=net.state_dict(),
+        epochs_done=member.get("epochs_done", member["recipe"]["epochs"]),
+        log=[last] if last else [],
+        source=source,
+        train_wall_seconds=member.get("train_wall_seconds"),
     )
     return {"run": str(folder), "views": views, "parity_max_abs_diff": parity}

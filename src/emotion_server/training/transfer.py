@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from emotion_server.training.recover import write_finished_run
 from emotion_server.training.train import BEST, CHECKPOINT, resolve_run
 
 SUFFIX = ".run.pt"
@@ -70,29 +71,15 @@ def unpack_run(path: str | os.PathLike, name: str | None = None) -> Path:
         key: value.float() if value.is_floating_point() else value
         for key, value in packed["weights"].items()
     }
-    best = packed["best"]
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "arch": packed["arch"],
-            "recipe": packed["recipe"],
-            "epoch": best["epoch"],
-            "public_test_flip": best["accuracy"],
-            "weights": weights,
-        },
-        folder / BEST,
-    )
-    torch.save(
-        {
-            "format": 1,
-            "recovered_from": f"{path.name} (transfer pack of run {packed['run']})",
-            "recipe": packed["recipe"],
-            "arch": packed["arch"],
-            "epoch": packed["epochs_done"],
-            "best": best,
-            "log": packed["log"],
-        },
-        folder / CHECKPOINT,
+    write_finished_run(
+        folder,
+        arch=packed["arch"],
+        recipe=packed["recipe"],
+        best=packed["best"],
+        weights=weights,
+        epochs_done=packed["epochs_done"],
+        log=packed["log"],
+        source=f"{path.name} (transfer pack of run {packed['run']})",
     )
     return folder
 
