@@ -132,6 +132,34 @@ def test_multipart_without_image_field(client):
     _assert_error(response, 400, "missing_file")
 
 
+def test_a_photo_sent_as_a_text_field_is_told_to_come_as_a_file(client):
+    """curl -F "image=<photo.jpg" sends the bytes as a text field: over Flask's 500 kB form
+    memory limit that was a 413 blaming the body's size, although it was under the limit."""
+    photo = b"\xff\xd8" + bytes(600_000)
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"\r\n\r\n'.encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = client.post(
+        "/inference", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    _assert_error(response, 400, "missing_file")
+    assert "as a file" in response.get_json()["message"]
+
+
+def test_too_many_multipart_parts_is_413_that_says_so(client):
+    boundary = "b0undary"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n'
+    body = (part * 1001 + f"--{boundary}--\r\n").encode()
+    response = client.post(
+        "/inference/batch", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    _assert_error(response, 413, "payload_too_large")
+    assert "parts" in response.get_json()["message"]
+
+
 def test_multipart_with_two_images(client):
     files = [(io.BytesIO(_face_crop()), "a.jpg"), (io.BytesIO(_face_crop()), "b.jpg")]
     response = client.post("/inference", data={"image": files}, content_type="multipart/form-data")
@@ -187,7 +215,9 @@ def test_too_many_pixels_is_413():
 
 def test_unknown_route_and_wrong_method_are_json(client):
     _assert_error(client.get("/nowhere"), 404, "not_found")
-    _assert_error(client.get("/inference"), 405, "method_not_allowed")
+    wrong_method = client.get("/inference")
+    _assert_error(wrong_method, 405, "method_not_allowed")
+    assert "POST" in wrong_method.headers["Allow"]  # RFC 9110: a 405 names what is allowed
 
 
 def test_healthz(client):

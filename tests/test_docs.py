@@ -175,3 +175,34 @@ def test_an_ensemble_card_lists_every_member_and_their_summed_training_time():
     table = module.render(card)
     assert "| recipe | `vgg48`: vgg None, 30 epochs, best epoch 29, seed 7 |" in table
     assert "| training | 720 s (0.2 h) |" in table
+
+
+def _server_error_codes() -> set[str]:
+    """The codes an HTTP answer can carry: our exception types' (less the CLI's own) and the
+    HTTP layer's (api/errors.py)."""
+    from emotion_server import errors
+    from emotion_server.api.errors import HTTP_CODES
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    ours = {cls.code for cls in subclasses(errors.EmotionServerError)}
+    ours -= {errors.UnreadableFile.code}  # `emotion-server classify` only: a file it cannot read
+    unused = {"forbidden", "service_unavailable"}  # kept in the map; nothing raises them
+    return ours | (set(HTTP_CODES.values()) - unused) | {"internal_error", "not_ready"}
+
+
+def test_every_error_code_is_documented_in_the_api_page_and_the_openapi_schema():
+    from emotion_server.api.schemas import ErrorBody
+
+    table = set(
+        re.findall(r"^\| \d{3} \| `([a-z_]+)` \|", (ROOT / "docs/api.md").read_text(), re.M)
+    )
+    described = set(re.findall(r"[a-z_]+", ErrorBody.model_fields["error"].description))
+    codes = _server_error_codes()
+    assert "malformed_body" in codes and "read_timeout" in codes
+    assert codes - table == set(), "codes missing from docs/api.md's error table"
+    assert table - codes == set(), "docs/api.md lists codes the server never sends"
+    assert codes - described == set(), "codes missing from ErrorBody's description"

@@ -86,6 +86,31 @@ def test_body_trickle_is_answered_408_json(server, multipart):
     assert b"connection: close" in data.lower()
 
 
+MALFORMED_CHUNKED = (
+    b"POST /inference HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    # a second request on the same connection, which must not be read from the broken body
+    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+)
+
+
+def _assert_malformed_body_answered_and_closed(server) -> None:
+    sock = _connect(server)
+    sock.sendall(MALFORMED_CHUNKED)
+    data = _answer(sock)  # reads until the server closes
+    status, body = _status_and_body(data)
+    assert status == 400 and body["error"] == "malformed_body" and "chunk" in body["message"]
+    assert b"connection: close" in data.lower()
+    assert data.count(b"HTTP/1.1 ") == 1  # the pipelined request was not answered
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=BOUND_S)
+    connection.request("GET", "/healthz")
+    assert connection.getresponse().status == 200
+
+
+def test_a_malformed_chunked_body_gets_400_json_and_the_connection_closes(server):
+    _assert_malformed_body_answered_and_closed(server)
+
+
 def test_silent_connection_is_closed_without_an_answer(server):
     sock = _connect(server)
     started = time.monotonic()
@@ -195,6 +220,7 @@ def test_gthread_worker_has_the_same_deadline():
         sock.sendall(b"POST /inference HTTP/1.1\r\nHost: localhost\r\n")
         status, body = _status_and_body(_answer(sock, b"X-Slow: " + b"a" * 200))
         assert status == 408 and body["error"] == "read_timeout"
+        _assert_malformed_body_answered_and_closed(threaded)
         assert "ThreadWorker" in threaded.output()
     finally:
         threaded.stop()

@@ -40,6 +40,13 @@ class ReadTimeout(EmotionServerError):
     code, status = "read_timeout", 408
 
 
+class MalformedBody(EmotionServerError):
+    """The body's framing is broken (a chunk size that is not hex, a chunk without its CRLF):
+    answered, then the connection is closed, since where the next request starts is lost."""
+
+    code, status = "malformed_body", 400
+
+
 class UnsupportedMediaType(EmotionServerError):
     code, status = "unsupported_media_type", 415
 

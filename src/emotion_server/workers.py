@@ -338,8 +338,12 @@ class ReadDeadline:
     def answering(self, sock: DeadlineSocket, req):
         """Around gunicorn's handling of one request on `sock`: the request to close if its
         body times out, the response's head held for its body, and, after a 408 answered
-        mid-body, the linger before closing."""
+        mid-body, the linger before closing. A request whose body could not be framed
+        (malformed chunked encoding; the app answered 400 malformed_body) is answered with
+        `Connection: close` and the connection closed: where the next request starts is lost."""
         sock.request = req
+        closes = req.should_close
+        req.should_close = lambda: _body_failed(req) or closes()
         sock.hold_head()
         try:
             yield
@@ -438,6 +442,11 @@ class ThreadWorker(ReadDeadline, gthread.ThreadWorker):
             return False
         sock.next_request()
         return keep
+
+
+def _body_failed(req) -> bool:
+    """Whether reading the request's body raised (gunicorn's Body marks it)."""
+    return bool(getattr(getattr(req, "body", None), "failed", False))
 
 
 class _NoTimeout:

@@ -7,7 +7,12 @@ import logging
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from emotion_server.errors import EmotionServerError, PayloadTooLarge
+from emotion_server.errors import EmotionServerError, MalformedBody, PayloadTooLarge
+
+try:  # raised while the app reads a body that gunicorn's parser cannot frame
+    from gunicorn.http.errors import ParseException
+except ImportError:  # pragma: no cover - gunicorn is a serving dependency
+    ParseException = None
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +47,33 @@ def register(app: Flask) -> None:
     def _too_large(exc: RequestEntityTooLarge):
         # Werkzeug stopped reading at the endpoint's body limit (api/limits.py): answered as
         # our one exception type for it.
-        limit = request.max_content_length
-        return _ours(PayloadTooLarge(f"The request body is over the limit of {limit} bytes."))
+        limit, length = request.max_content_length, request.content_length
+        if request.mimetype == "multipart/form-data" and length is not None and length <= limit:
+            # Not the body's size: the multipart parser's count of parts (Flask's
+            # MAX_FORM_PARTS), a bound on the work a body of tiny parts can cause.
+            message = (
+                f"The multipart body has more than {request.max_form_parts} parts "
+                "(files and fields)."
+            )
+        else:
+            message = f"The request body is over the limit of {limit} bytes."
+        return _ours(PayloadTooLarge(message))
+
+    if ParseException is not None:
+
+        @app.errorhandler(ParseException)
+        def _malformed(exc: Exception):
+            # The worker closes the connection after this answer (workers.py).
+            return _ours(MalformedBody(f"The request body is malformed: {exc}."))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         status = exc.code or 500
+        # The exception's own headers stay (a 405's Allow, a 416's Content-Range); the body
+        # is ours, so its Content-Type is not.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return error_response(
-            HTTP_CODES.get(status, f"http_{status}"), exc.description or exc.name, status
+            HTTP_CODES.get(status, f"http_{status}"), exc.description or exc.name, status, headers
         )
 
     @app.errorhandler(Exception)

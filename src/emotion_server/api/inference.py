@@ -43,6 +43,11 @@ def read_image_bytes() -> bytes:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = request.files.getlist("image")
+        if not files and "image" in request.form:
+            raise MissingFile(
+                "The field 'image' arrived as text, not as a file: send the file itself "
+                "(curl -F image=@face.jpg, not image=<face.jpg)."
+            )
         if not files:
             raise MissingFile(
                 "The multipart body has no file in the field 'image' "

@@ -27,4 +27,9 @@ def body_limit(settings: Settings, endpoint: str | None) -> int:
 def register(app: Flask, settings: Settings) -> None:
     @app.before_request
     def _limit_the_body():
-        request.max_content_length = body_limit(settings, request.endpoint)
+        limit = body_limit(settings, request.endpoint)
+        request.max_content_length = limit
+        # A multipart text field may be as large as the body may be: at Flask's 500 kB a photo
+        # sent as text (curl -F "image=<face.jpg") got a 413 that blamed the body's size,
+        # where the endpoint can say to send it as a file (api/inference.py).
+        request.max_form_memory_size = limit

@@ -34,8 +34,8 @@ class ErrorBody(_Strict):
         "unsupported_image_format, unsupported_media_type, missing_file, payload_too_large, "
         "image_too_large, too_many_images, invalid_parameter, invalid_video, corrupt_video, "
         "no_video_stream, empty_video, unsupported_video_format, unsupported_video_codec, "
-        "video_too_long, read_timeout, unauthorized, origin_not_allowed, not_found, "
-        "method_not_allowed, not_ready, internal_error",
+        "video_too_long, read_timeout, malformed_body, bad_request, unauthorized, "
+        "origin_not_allowed, not_found, method_not_allowed, not_ready, internal_error",
         examples=["invalid_image"],
     )
     message: str = Field(description="What went wrong, for a person", min_length=1)
