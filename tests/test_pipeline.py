@@ -27,6 +27,29 @@ def test_square_crop_pads_at_the_edges():
     assert crop.shape == (45, 45) and (crop == 7).all()
 
 
+@pytest.mark.parametrize(
+    "box",
+    [(0, 0, 30, 30), (180, 90, 40, 30), (-5, 100, 60, 20), (150, -20, 70, 70), (10, 10, 300, 200)],
+    ids=["top-left", "bottom-right", "left", "top", "larger-than-the-image"],
+)
+def test_square_crop_over_an_edge_replicates_it_and_holds_only_the_crop(box):
+    gray = np.random.default_rng(1).integers(0, 256, (120, 200), dtype=np.uint8)
+    face = FaceBox(*box, 0.9)
+    crop = square_crop(gray, face)
+    # The reference: the whole image edge-padded, then cut (what a crop over an edge means).
+    side = crop.shape[0]
+    x0 = int(round(face.x + face.width / 2 - side / 2))
+    y0 = int(round(face.y + face.height / 2 - side / 2))
+    pad = side + 1
+    reference = np.pad(gray, pad, mode="edge")[
+        y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side
+    ]
+    assert crop.shape == (side, side) and np.array_equal(crop, reference)
+    # A face on the edge of a 40 MP photo must not keep a padded copy of the photo alive.
+    owner = crop if crop.base is None else crop.base
+    assert owner.size == side * side
+
+
 def test_to_model_input_scales_and_resizes():
     batch = to_model_input([np.full((48, 48), 255, np.uint8), np.zeros((100, 80), np.uint8)])
     assert batch.shape == (2, 48, 48, 1) and batch.dtype == np.float32

@@ -20,11 +20,14 @@ def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) ->
     cx, cy = face.x + face.width / 2, face.y + face.height / 2
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     height, width = gray.shape
-    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
-    if pad:
-        gray = np.pad(gray, pad, mode="edge")
-        x0, y0 = x0 + pad, y0 + pad
-    return gray[y0 : y0 + side, x0 : x0 + side]
+    if x0 >= 0 and y0 >= 0 and x0 + side <= width and y0 + side <= height:
+        return gray[y0 : y0 + side, x0 : x0 + side]  # a view: nothing copied
+    # Over an edge: each row and column index clamped into the image replicates its edge
+    # pixels, and only the side x side crop is allocated (padding the whole image would
+    # hold a padded copy of it per face).
+    rows = np.clip(np.arange(y0, y0 + side), 0, height - 1)
+    columns = np.clip(np.arange(x0, x0 + side), 0, width - 1)
+    return gray[np.ix_(rows, columns)]
 
 
 def resize_to_input(crop: np.ndarray) -> np.ndarray:
