@@ -416,8 +416,14 @@ def test_finds_the_face_in_the_bundled_sample(detector):
     [
         ({"EMOTION_DETECTOR": "retinaface"}, "unknown detector 'retinaface' (EMOTION_DETECTOR)"),
         ({"EMOTION_MODE": "fast"}, "EMOTION_MODE must be one of default, accurate, not 'fast'"),
+        ({"EMOTION_TTA": "flop"}, "EMOTION_TTA must be one of auto, none, flip, not 'flop'"),
+        (
+            {"EMOTION_VIDEO_FPS": "20", "EMOTION_VIDEO_MAX_FPS": "15"},
+            "EMOTION_VIDEO_FPS (20) must be above 0 and at most EMOTION_VIDEO_MAX_FPS (15)",
+        ),
+        ({"EMOTION_MAX_FACES": "ten"}, "EMOTION_MAX_FACES must be a whole number, not 'ten'"),
     ],
-    ids=["detector", "mode"],
+    ids=["detector", "mode", "tta", "video-fps", "not-a-number"],
 )
 def test_serve_refuses_a_bad_setting_before_starting_workers(environ, message):
     result = serve_refusal(**environ)

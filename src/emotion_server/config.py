@@ -125,7 +125,11 @@ class Settings:
         for item in fields(cls):
             for name in ENV_NAMES.get(item.name, (f"EMOTION_{item.name.upper()}",)):
                 if env.get(name):
-                    values[item.name] = _PARSERS[item.type](env[name])
+                    try:
+                        values[item.name] = _PARSERS[item.type](env[name])
+                    except ValueError:
+                        kind = {"int": "a whole number", "float": "a number"}[item.type]
+                        raise ValueError(f"{name} must be {kind}, not {env[name]!r}") from None
                     break
         return cls(**{**values, **overrides})
 

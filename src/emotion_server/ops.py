@@ -74,14 +74,25 @@ def startup_problem() -> str | None:
     in a child (`startup_problem_in_child`) as it reads its config (gunicorn_conf.py), before
     forking workers that would each fail."""
     from emotion_server.config import Settings, bundled_model
-    from emotion_server.errors import ModelLoadError
+    from emotion_server.errors import InvalidParameter, ModelLoadError
     from emotion_server.faces import check_detector_settings
     from emotion_server.model import EmotionModel
+    from emotion_server.pipeline import TTA_MODES
+    from emotion_server.timeline import check_sampling
 
     try:
         settings = Settings.from_env()
-    except ValueError as exc:  # an unknown EMOTION_MODE
+    except ValueError as exc:  # an unknown EMOTION_MODE, a number that is not one
         return str(exc)
+    if settings.tta not in ("auto", *TTA_MODES):
+        return f"EMOTION_TTA must be one of auto, {', '.join(TTA_MODES)}, not {settings.tta!r}"
+    try:  # the default of every video request that does not give its own fps
+        check_sampling(settings.video_fps, 0.0, settings.video_max_fps)
+    except InvalidParameter:
+        return (
+            f"EMOTION_VIDEO_FPS ({settings.video_fps:g}) must be above 0 and at most "
+            f"EMOTION_VIDEO_MAX_FPS ({settings.video_max_fps:g})"
+        )
     bundled = settings.model_path == bundled_model(settings.mode)
     if bundled and settings.mode != "default" and not os.path.exists(settings.model_path):
         return (
