@@ -14,7 +14,8 @@ import psutil
 import pytest
 import requests
 from conftest import BUNDLED_MODEL, ROOT, GunicornServer, encode
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import metric_value as value
+from conftest import parse_metrics as parse
 
 from emotion_server import metrics
 from emotion_server.api import create_app
@@ -22,19 +23,6 @@ from emotion_server.api.state import state_of
 from emotion_server.launcher import serve
 
 RAW = {"Content-Type": "application/octet-stream"}
-
-
-def parse(text: str) -> dict[tuple[str, frozenset], float]:
-    """Prometheus text -> {(sample name, labels): value}."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def crop() -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 import videos
-from conftest import BUNDLED_MODEL, GunicornServer, encode
+from conftest import BUNDLED_MODEL, GunicornServer, encode, metric_value, parse_metrics
 from PIL import Image
 
 from emotion_server.api import create_app
@@ -260,6 +260,7 @@ def test_stream_that_runs_out_of_time_ends_with_an_error_line(crossing):
     # search: 20 frames with two faces each are then far more than 0.8 s of work.
     app = create_app({"model_path": str(BUNDLED_MODEL), "timeout": 1, "detect_large_face": 0})
     data = crossing[0]
+    before = parse_metrics(app.test_client().get("/metrics").get_data(as_text=True))
     response = app.test_client().post(
         URL + "?fps=10", data=data, headers={**RAW, "Accept": "application/x-ndjson"}
     )
@@ -267,6 +268,18 @@ def test_stream_that_runs_out_of_time_ends_with_an_error_line(crossing):
     lines = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
     assert lines[0]["type"] == "frame" and 1 <= len(lines) < 20
     assert lines[-1]["type"] == "error" and lines[-1]["error"] == "video_too_long"
+    response.close()  # what a WSGI server does once the last byte is sent
+    after = parse_metrics(app.test_client().get("/metrics").get_data(as_text=True))
+
+    def change(name, **labels):
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    # The error line is counted by its code, and the request timed to its end: it ran past
+    # its 0.8 s share of the 1 s timeout, where its first frame came much sooner.
+    assert change("emotion_http_errors_total", endpoint=URL, code="video_too_long") == 1
+    timed = {"endpoint": URL, "method": "POST"}
+    assert change("emotion_http_request_duration_seconds_count", **timed) == 1
+    assert change("emotion_http_request_duration_seconds_sum", **timed) >= 0.8
     plain = app.test_client().post(URL + "?fps=10", data=data, headers=RAW)
     assert plain.status_code == 413 and plain.get_json()["error"] == "video_too_long"
 

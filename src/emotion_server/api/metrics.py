@@ -53,6 +53,12 @@ def _endpoint() -> str:
     return request.url_rule.rule if request.url_rule is not None else UNMATCHED
 
 
+def observe_stream_error(code: str) -> None:
+    """An error that ends a streamed answer (NDJSON) after its 200 status line went out: counted
+    by code like any error response. Called from the stream, in its request's context."""
+    metrics.observe_error(_endpoint(), code)
+
+
 def register(app: Flask) -> None:
     """Time and count every request; registered first, so refused requests are counted too."""
 
@@ -67,8 +73,17 @@ def register(app: Flask) -> None:
         endpoint = _endpoint()
         started = g.get("metrics_started")
         if started is not None:
-            elapsed = time.perf_counter() - started
-            metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
+            method, status = request.method, response.status_code
+
+            def observe():
+                elapsed = time.perf_counter() - started
+                metrics.observe_request(endpoint, method, status, elapsed)
+
+            if response.is_streamed:
+                # The view returned at the stream's start: timed to its last byte instead.
+                response.call_on_close(observe)
+            else:
+                observe()
         code = g.get("error_code")
         if code:
             metrics.observe_error(endpoint, code)

@@ -13,6 +13,7 @@ from typing import BinaryIO
 from flask import Response, jsonify, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
+from emotion_server.api.metrics import observe_stream_error
 from emotion_server.api.schemas import (
     COMMON_RESPONSES,
     VIDEO_OK,
@@ -200,9 +201,11 @@ def _lines(
             )
         )
     except EmotionServerError as error:
+        observe_stream_error(error.code)
         yield _line(VideoErrorLine(type="error", error=error.code, message=error.message))
     except Exception:
         log.exception("unhandled error while streaming a video")
+        observe_stream_error("internal_error")
         yield _line(
             VideoErrorLine(
                 type="error", error="internal_error", message="The server failed on this video."
