@@ -35,13 +35,14 @@ def openapi_document() -> dict:
     document = current_app.api_doc  # generated once per app, then cached by the library
     components = document.setdefault("components", {})
     components.setdefault("schemas", {}).update(video_components())
+    # pop, not del: with threaded workers two first requests may clean it at once.
     if components.get("securitySchemes", {}) is None:
-        del components["securitySchemes"]
+        components.pop("securitySchemes", None)
     schemas = components.get("schemas", {})
     if "ValidationErrorModel" in schemas:
         unused = "#/components/schemas/ValidationErrorModel" not in json.dumps(document["paths"])
         if unused:
-            del schemas["ValidationErrorModel"]
+            schemas.pop("ValidationErrorModel", None)
     return document_security(current_app, document)
 
 
