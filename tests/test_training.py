@@ -624,6 +624,10 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     assert info["epochs_done"] == 2 and 1 <= info["best_epoch"] <= 2
     assert info["parity_max_abs_diff"]["torch_vs_onnx"] <= 1e-4
     assert info["balance"]["tau"] >= 0 and len(info["balance"]["bias"]) == 7
+    # The recorded PublicTest figure is the exported model's own (its views, adjusted bias).
+    public = load_fer2013(str(fer))["PublicTest"]
+    answered = _served_accuracy(h5.with_suffix(".onnx"), public)
+    assert info["public_test_accuracy"] == round(answered, 4)
     result = subprocess.run(
         [
             *CLI,
@@ -660,6 +664,48 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     lowered = calibration["public_test_ece_after"] < calibration["public_test_ece_before"]
     assert calibration["kept"] == lowered
     assert card["temperature"] == (calibration["fitted_temperature"] if lowered else 1.0)
+
+
+def _served_accuracy(onnx_path, split) -> float:
+    from emotion_server.model import EmotionModel
+
+    predicted = EmotionModel(onnx_path).predict(split.images[..., None] / np.float32(255))
+    return float((predicted.argmax(1) == split.labels).mean())
+
+
+def test_an_export_that_fails_its_parity_check_leaves_the_shipped_files(fer, tmp_path, monkeypatch):
+    """The .h5 and .onnx are written beside the output and moved into place only after the
+    PyTorch/Keras/ONNX check: a failed check leaves what was there (and no scratch folder)."""
+    from emotion_server.training import export
+    from emotion_server.training.train import BEST, load_recipe, resolve_run, runs_summary, train
+
+    train(
+        load_recipe(ROOT / "configs" / "smoke.toml"), "parity", data_path=str(fer), progress=print
+    )
+    h5 = tmp_path / "models" / "shipped.h5"
+    export.export_run("parity", h5, views="centre", data_path=str(fer))
+    before = {path.name: path.read_bytes() for path in h5.parent.iterdir()}
+    # views other than flip: PublicTest scored at export, with those views
+    info = json.loads(h5.with_suffix(".train.json").read_text())
+    public = load_fer2013(str(fer))["PublicTest"]
+    assert info["public_test_accuracy"] == round(
+        _served_accuracy(h5.with_suffix(".onnx"), public), 4
+    )
+
+    def refuse(name, expected, got):
+        raise RuntimeError(f"{name} differ")
+
+    monkeypatch.setattr(export, "check_parity", refuse)
+    with pytest.raises(RuntimeError, match="differ"):
+        export.export_run("parity", h5, views="flip", data_path=str(fer))
+    assert {path.name: path.read_bytes() for path in h5.parent.iterdir()} == before
+
+    # A run's best is best.pt's (saved at every improvement), not the checkpoint's record
+    # (saved every `checkpoint_every` epochs, so possibly older).
+    folder = resolve_run("parity")
+    best = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+    torch.save({**best, "epoch": 7, "public_test_flip": 0.5}, folder / BEST)
+    assert runs_summary("parity")["best"] == {"accuracy": 0.5, "epoch": 7}
 
 
 @pytest.mark.e2e
@@ -728,6 +774,11 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
         taus=(0.5,),  # the grid is real (`fit_balance`); one value makes the shift certain
     )
     assert report["views"] == "centre" and report["balance"]["tau"] == 0.5
+    # The recorded PublicTest figure is the shipped ensemble's, adjustment included.
+    public = load_fer2013(str(fer))["PublicTest"]
+    assert report["public_test_accuracy"] == round(
+        _served_accuracy(tmp_path / "ens.onnx", public), 4
+    )
     tau = report["balance"]["tau"]
     prior = class_prior(load_fer2013(str(fer))["Training"].labels)
     assert np.allclose(report["balance"]["bias"], -tau * np.log(prior), atol=1e-5)

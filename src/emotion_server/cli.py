@@ -148,7 +148,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         )
     print(
         f"ensemble PublicTest {report['public_test_accuracy']:.4f} with {report['views']} "
-        f"views; saved {args.output}"
+        f"views (unadjusted {report['public_test_accuracy_unadjusted']:.4f}); saved {args.output}"
     )
     return 0
 

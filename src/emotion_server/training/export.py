@@ -11,11 +11,13 @@ hands the model to `torch.onnx`, keeping the batch dimension dynamic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,20 @@ def check_parity(name: str, expected: np.ndarray, got: np.ndarray) -> float:
     return diff
 
 
+@contextlib.contextmanager
+def staged(output: Path) -> Iterator[tuple[Path, Path]]:
+    """Where to write `output` (.h5) and its .onnx: a scratch folder beside it (one file
+    system, so the files can be renamed into place), whose files replace the outputs only when
+    the block ends without an error: a failed parity check leaves the files that were there."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
+        h5 = Path(scratch) / output.name
+        onnx = h5.with_suffix(".onnx")
+        yield h5, onnx
+        onnx.replace(output.with_suffix(".onnx"))
+        h5.replace(output)
+
+
 def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
     """Write `model_path` as ONNX (default: same name, .onnx) and verify it matches Keras."""
     import onnxruntime as ort
@@ -77,7 +93,8 @@ def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike | None 
     model = load_keras_model(model_path)
     output = Path(output) if output else Path(model_path).with_suffix(".onnx")
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
+    # Beside the output: a rename across file systems (a tmpfs /tmp) would fail.
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
         staged = Path(scratch) / "model.onnx"
         inputs = sample_inputs()
         expected = keras_predict(model, inputs)  # also builds a loaded model
@@ -101,7 +118,10 @@ def export_torch_onnx(
 
     from emotion_server.training.torch_nets import Served
 
-    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         staged = Path(scratch) / "model.onnx"
         torch.onnx.export(
@@ -164,28 +184,42 @@ def export_run(
         raise ValueError(f"balance must be 'auto' or 'none', got {balance!r}")
     model = keras_nets.from_torch(net, views, name=Path(output).stem)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(output)
-    onnx_path = export_torch_onnx([net], views, output.with_suffix(".onnx"))
+    onnx_path = output.with_suffix(".onnx")
+    with staged(output) as (h5_staged, onnx_staged):
+        model.save(h5_staged)
+        export_torch_onnx([net], views, onnx_staged)
 
-    # Three-way parity on sample inputs: the trained network, the shipped file, the served file.
-    from emotion_server.training.train import predict_proba
+        # Three-way parity on sample inputs: the trained network, the shipped file, the served
+        # file; checked before they replace anything.
+        from emotion_server.training.train import predict_proba
 
-    inputs = sample_inputs()
-    expected = predict_proba(net, np.round(inputs[..., 0] * 255).astype(np.uint8), views)
-    as_uint8 = scale(np.round(inputs[..., 0] * 255).astype(np.uint8))
-    shipped = keras_predict(keras.saving.load_model(output, compile=False), as_uint8)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (served,) = session.run(None, {session.get_inputs()[0].name: as_uint8})
-    report = {
-        "torch_vs_keras": check_parity("PyTorch and the .h5", expected, shipped),
-        "torch_vs_onnx": check_parity("PyTorch and the ONNX file", expected, served),
-    }
+        inputs = sample_inputs()
+        expected = predict_proba(net, np.round(inputs[..., 0] * 255).astype(np.uint8), views)
+        as_uint8 = scale(np.round(inputs[..., 0] * 255).astype(np.uint8))
+        shipped = keras_predict(keras.saving.load_model(h5_staged, compile=False), as_uint8)
+        session = ort.InferenceSession(str(onnx_staged), providers=["CPUExecutionProvider"])
+        (served,) = session.run(None, {session.get_inputs()[0].name: as_uint8})
+        report = {
+            "torch_vs_keras": check_parity("PyTorch and the .h5", expected, shipped),
+            "torch_vs_onnx": check_parity("PyTorch and the ONNX file", expected, served),
+        }
     best = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+    if balanced is not None:  # what ships: these views, the adjusted bias
+        shipped_accuracy = balanced.public_test["chosen"]["accuracy"]
+    elif views == "flip":  # training scored best.pt's weights with exactly these views
+        shipped_accuracy = float(best["public_test_flip"])
+    else:
+        from emotion_server.training.data import load_cached
+
+        public = load_cached(data_path)["PublicTest"]
+        shipped_accuracy = float(
+            (predict_proba(net, public.images, views).argmax(1) == public.labels).mean()
+        )
     info = {
         **runs_summary(folder),
         "best_epoch": best["epoch"],
-        "public_test_accuracy": round(float(best["public_test_flip"]), 4),
+        # PublicTest accuracy of the exported model as it answers (its views and bias).
+        "public_test_accuracy": round(float(shipped_accuracy), 4),
         "views": views,
         "balance": balanced.to_dict() if balanced else None,
         "parameters": int(sum(p.numel() for p in net.parameters())),

@@ -107,12 +107,11 @@ def write_finished_run(
     """A run folder that holds a finished network without its optimizer state (from a shipped
     `.h5` here, from a packed run in transfer.py): its best.pt, and a checkpoint marked
     `recovered_from` `source`, which `train --resume` refuses."""
-    import torch
-
-    from emotion_server.training.train import BEST, CHECKPOINT
+    from emotion_server.training.train import BEST, CHECKPOINT, _atomic_save
 
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    # Each file whole or not at all, the checkpoint (which marks the folder a run) last.
+    _atomic_save(
         {
             "arch": arch,
             "recipe": recipe,
@@ -124,7 +123,7 @@ def write_finished_run(
     )
     state = {"format": 1, "recovered_from": source, "recipe": recipe, "arch": arch}
     state.update(epoch=epochs_done, best=best, log=log, **extra)
-    torch.save(state, folder / CHECKPOINT)
+    _atomic_save(state, folder / CHECKPOINT)
 
 
 def _recover_one(container, member: dict, views: str, balance, source: str, run) -> dict:

@@ -329,13 +329,19 @@ def runs_summary(run: str | os.PathLike) -> dict:
     folder = resolve_run(run)
     state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
     log = state["log"]
+    best = state["best"]
+    if (folder / BEST).exists():
+        # best.pt is saved whenever PublicTest improves, the checkpoint only every
+        # `checkpoint_every` epochs: the weights that ship are best.pt's, so is their epoch.
+        saved = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+        best = {"accuracy": saved["public_test_flip"], "epoch": saved["epoch"]}
     return {
         "run": folder.name,
         "recipe": state["recipe"],
         "architecture": state["arch"],
         "epochs_done": state["epoch"],
         "epochs": state["recipe"]["epochs"],
-        "best": state["best"],
+        "best": best,
         "train_wall_seconds": state.get("train_wall_seconds")
         or round(sum(row["epoch_seconds"] for row in log), 1),
         "last_epoch": log[-1] if log else None,
@@ -528,6 +534,9 @@ def train(
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         generator.set_state(state["rng"]["data"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            # Dropout and augmentation on the GPU draw from its own generators.
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_epoch, best, log = state["epoch"], state["best"], state["log"]
         progress(f"resumed {folder} at epoch {start_epoch}/{recipe.epochs}")
     else:
@@ -688,6 +697,7 @@ class Fit:
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
                 "data": self.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             },
             "best": best,
             "log": log,

@@ -65,7 +65,7 @@ def unpack_run(path: str | os.PathLike, name: str | None = None) -> Path:
     if not isinstance(packed, dict) or packed.get("format") != 1 or "weights" not in packed:
         raise ValueError(f"{path} is not a packed run (from `transfer pack`)")
     folder = resolve_run(name or packed["run"])
-    if (folder / CHECKPOINT).exists() or (folder / BEST).exists():
+    if (folder / CHECKPOINT).exists():  # what makes a folder a run (written last)
         raise FileExistsError(f"{folder} already holds a run: choose another name")
     weights = {
         key: value.float() if value.is_floating_point() else value
