@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -115,3 +116,43 @@ def test_serve_fails_fast_on_missing_model(tmp_path):
     result = serve_refusal(EMOTION_MODEL_PATH=str(tmp_path / "absent.onnx"))
     assert result.returncode == 2
     assert "model file not found" in result.stderr
+
+
+def _log_lines(server, marker: str, until: str, timeout: float = 10.0) -> list[str]:
+    """The server's log lines that contain `marker`, once one contains `until` (a worker
+    writes a request's line after sending its answer, so it may come a moment later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in server.output().splitlines() if marker in line]
+        if any(until in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_the_access_log_leaves_out_the_probes_answered_2xx(server):
+    """EMOTION_ACCESS_LOG=requests (the default): a kubelet's /healthz and /readyz every few
+    seconds are not logged; every other request is, a failed one too."""
+    marker = "access-log-check"
+    paths = ("/healthz", "/readyz", "/summary", f"/{marker}")
+    for path in paths:
+        requests.get(f"{server.url}{path}?{marker}=1", timeout=10)
+    lines = _log_lines(server, marker, until=f"GET /{marker}?")
+    logged = {path for path in paths if any(f"GET {path}?" in line for line in lines)}
+    assert logged == {"/summary", f"/{marker}"}
+    assert any('" 404 ' in line for line in lines)  # the refused request, with its status
+
+
+def test_the_access_log_can_list_every_request_or_none():
+    from conftest import GunicornServer
+
+    for mode in ("all", "off"):
+        running = GunicornServer(env={"EMOTION_ACCESS_LOG": mode}, workers=1)
+        try:
+            requests.get(running.url + "/healthz?mode-check=1", timeout=10)
+            requests.get(running.url + "/summary?mode-check=1", timeout=10)
+            requests.get(running.url + "/nowhere?mode-check=last", timeout=10)
+            # "off" waits the whole timeout for a line that must never come
+            logged = _log_lines(running, "mode-check", until="mode-check=last", timeout=3)
+        finally:
+            running.stop()
+        assert len(logged) == (3 if mode == "all" else 0), (mode, logged)

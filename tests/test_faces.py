@@ -422,8 +422,12 @@ def test_finds_the_face_in_the_bundled_sample(detector):
             "EMOTION_VIDEO_FPS (20) must be above 0 and at most EMOTION_VIDEO_MAX_FPS (15)",
         ),
         ({"EMOTION_MAX_FACES": "ten"}, "EMOTION_MAX_FACES must be a whole number, not 'ten'"),
+        (
+            {"EMOTION_ACCESS_LOG": "probes"},
+            "EMOTION_ACCESS_LOG must be one of requests, all, off, not 'probes'",
+        ),
     ],
-    ids=["detector", "mode", "tta", "video-fps", "not-a-number"],
+    ids=["detector", "mode", "tta", "video-fps", "not-a-number", "access-log"],
 )
 def test_serve_refuses_a_bad_setting_before_starting_workers(environ, message):
     result = serve_refusal(**environ)

@@ -86,6 +86,9 @@ class Settings:
     batch_max_size: int = 32  # micro-batching: most crops in one model call
     batch_max_wait_ms: float = 2.0  # micro-batching: longest wait for more crops (0: off)
     timeout: int = 30
+    # gunicorn's access log: "requests" (every request but the health probes answered 2xx),
+    # "all", or "off" (accesslog.py).
+    access_log: str = "requests"
     # Slow clients (workers.py): a request must arrive whole within read_timeout_s seconds,
     # plus 1 s per read_min_rate bytes received, or it is answered 408 and closed.
     read_timeout_s: float = 10.0

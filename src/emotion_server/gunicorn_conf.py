@@ -28,7 +28,10 @@ worker_class = (
 )
 timeout = _settings.timeout
 graceful_timeout = GRACEFUL_TIMEOUT_S
-accesslog = "-"
+# Every request on stdout, less the probes answered 2xx (EMOTION_ACCESS_LOG; accesslog.py).
+accesslog = None if _settings.access_log == "off" else "-"
+if _settings.access_log == "requests":
+    logger_class = "emotion_server.accesslog.AccessLogger"
 # The app is built in each worker (model and detector loaded once per worker), not preloaded.
 preload_app = False
 

@@ -73,6 +73,7 @@ def startup_problem() -> str | None:
     the operator (the setting to change); None where it can start. gunicorn's master runs it
     in a child (`startup_problem_in_child`) as it reads its config (gunicorn_conf.py), before
     forking workers that would each fail."""
+    from emotion_server.accesslog import ACCESS_LOG_MODES
     from emotion_server.config import Settings, bundled_model
     from emotion_server.errors import InvalidParameter, ModelLoadError
     from emotion_server.faces import check_detector_settings
@@ -84,6 +85,11 @@ def startup_problem() -> str | None:
         settings = Settings.from_env()
     except ValueError as exc:  # an unknown EMOTION_MODE, a number that is not one
         return str(exc)
+    if settings.access_log not in ACCESS_LOG_MODES:
+        return (
+            f"EMOTION_ACCESS_LOG must be one of {', '.join(ACCESS_LOG_MODES)}, "
+            f"not {settings.access_log!r}"
+        )
     if settings.tta not in ("auto", *TTA_MODES):
         return f"EMOTION_TTA must be one of auto, {', '.join(TTA_MODES)}, not {settings.tta!r}"
     try:  # the default of every video request that does not give its own fps
