@@ -48,7 +48,8 @@ def register(app: Flask) -> None:
         # Werkzeug stopped reading at the endpoint's body limit (api/limits.py): answered as
         # our one exception type for it.
         limit, length = request.max_content_length, request.content_length
-        if request.mimetype == "multipart/form-data" and length is not None and length <= limit:
+        within = limit is not None and length is not None and length <= limit
+        if request.mimetype == "multipart/form-data" and within:
             # Not the body's size: the multipart parser's count of parts (Flask's
             # MAX_FORM_PARTS), a bound on the work a body of tiny parts can cause.
             message = (
