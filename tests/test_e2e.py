@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode, serve_refusal
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, GunicornServer, encode, serve_refusal
 from test_imaging import _png_header_only
 
 from emotion_server.api.state import state_of
@@ -143,8 +143,6 @@ def test_the_access_log_leaves_out_the_probes_answered_2xx(server):
 
 
 def test_the_access_log_can_list_every_request_or_none():
-    from conftest import GunicornServer
-
     for mode in ("all", "off"):
         running = GunicornServer(env={"EMOTION_ACCESS_LOG": mode}, workers=1)
         try:

@@ -113,28 +113,24 @@ def export_torch_onnx(
     nets: list, views: str, output: Path, weights: list[float] | None = None
 ) -> Path:
     """The served ONNX file straight from PyTorch (`torch_nets.Served`: the networks, their
-    views, their weights), batch dimension dynamic; callers check it against the .h5."""
+    views, their weights), batch dimension dynamic, written to `output` as it is: callers
+    write it into `staged()`'s scratch folder and check it against the .h5 there."""
     import torch
 
     from emotion_server.training.torch_nets import Served
 
-    with (
-        tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch,
-        warnings.catch_warnings(),
-    ):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        staged = Path(scratch) / "model.onnx"
         torch.onnx.export(
             Served(nets, views, weights),
             (torch.zeros(1, INPUT_SIZE, INPUT_SIZE, 1),),
-            str(staged),
+            str(output),
             input_names=["image"],
             output_names=["probabilities"],
             dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )
-        staged.replace(output)
     return output
 
 
