@@ -3,8 +3,10 @@ the real model, detector and decoder."""
 
 from __future__ import annotations
 
+import io
 import json
 
+import av
 import numpy as np
 import pytest
 import requests
@@ -303,3 +305,80 @@ def test_a_video_as_small_as_a_face_crop_is_one_face(server, astronaut):
     ).json()
     assert whole["whole_image_reason"] == "image_is_face_crop"
     assert track["frames"][0]["probabilities"] == pytest.approx(whole["probabilities"], abs=1e-5)
+
+
+def test_multipart_upload_streamed_to_the_end(server):
+    """Werkzeug closes a multipart upload when the view returns, before a streamed answer has
+    read past its first frame: the video must still be read to its summary."""
+    rng = np.random.default_rng(0)
+    # Noise does not compress: 1 MB and more, read by the decoder long after the first frame.
+    frames = [rng.integers(0, 256, (240, 320, 3), np.uint8) for _ in range(30)]
+    data = videos.encode_video(frames, fps=10, options={"preset": "ultrafast"})
+    assert len(data) > 1_000_000
+    response = requests.post(
+        server.url + URL + "?fps=2",
+        files={"video": ("noise.mp4", data, "video/mp4")},
+        headers={"Accept": "application/x-ndjson"},
+        timeout=120,
+    )
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line["type"] for line in lines] == ["frame"] * 6 + ["summary"], lines[-1]
+    assert [line["time"] for line in lines[:-1]] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_video_to_be_turned_is_analysed_upright(server, astronaut, rotation):
+    """A phone's portrait video: frames stored sideways, with a display matrix that turns them.
+    Faces are found and classified in the upright picture, and boxes are in its pixels."""
+    upright = np.full((400, 300, 3), 96, np.uint8)  # portrait: 300 wide, 400 tall
+    face = np.asarray(Image.fromarray(astronaut).resize((240, 240)))
+    upright[100:340, 30:270] = face
+    turns = {90: -1, -90: 1, 180: 2}[rotation]  # stored = upright turned the other way
+    stored = np.ascontiguousarray(np.rot90(upright, k=turns))
+    data = videos.encode_video([stored] * 4, fps=4, rotation=rotation)
+    response = _post(server, data, {"fps": 4})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["video"]["rotation"] == rotation
+    assert (body["video"]["width"], body["video"]["height"]) == (300, 400)
+    (track,) = body["tracks"]
+    x1, y1, x2, y2 = (v * 240 / 512 for v in videos.FACE)
+    expected = (30 + (x1 + x2) / 2, 100 + (y1 + y2) / 2)
+    photo = requests.post(
+        server.url + "/inference", data=encode(upright, "PNG"), headers=RAW, timeout=60
+    ).json()
+    for frame in track["frames"]:
+        centre = _centre(frame["box"])
+        assert abs(centre[0] - expected[0]) < 25 and abs(centre[1] - expected[1]) < 25, centre
+        # The decoded frame is the upright picture, so /inference on it answers the same
+        # (up to the video codec's loss).
+        assert frame["prediction"] == photo["prediction"]
+
+
+def test_low_fps_keeps_one_track_for_a_still_face(server, astronaut):
+    """At fps 0.5 the sampled frames are 2 s apart, more than the tracker's usual 1.5 s gap."""
+    still = videos.scene([videos.actor(astronaut, 240, (200, 100), (200, 100))], 1)[0]
+    data = videos.encode_video([still] * 14, fps=2)  # 7 s
+    response = _post(server, data, {"fps": 0.5})
+    assert response.status_code == 200, response.text
+    (track,) = response.json()["tracks"]
+    assert [frame["time"] for frame in track["frames"]] == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_tags_that_are_not_utf8_do_not_fail_the_video(server, walking):
+    """A Latin-1 title (old cameras, some editors) is no reason to refuse the pictures."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska", metadata_encoding="latin-1") as output:
+        output.metadata["title"] = "caf\u00e9 \u00e0 Montr\u00e9al"
+        stream = output.add_stream("mjpeg", rate=10)
+        stream.height, stream.width = walking[0].shape[:2]
+        stream.pix_fmt = "yuvj420p"
+        for rgb in walking[:3]:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    response = _post(server, buffer.getvalue(), {"fps": 10})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["tracks"][0]["frames"]) == 3

@@ -23,8 +23,10 @@ def encode_video(
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> bytes:
-    """RGB uint8 frames -> a video file's bytes."""
+    """RGB uint8 frames -> a video file's bytes; `rotation`: the display matrix's turn
+    (degrees counter-clockwise a player turns the stored frames to show them)."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as output:
         stream = None
@@ -33,6 +35,8 @@ def encode_video(
                 stream = output.add_stream(codec, rate=fps, options=options or {})
                 stream.height, stream.width = rgb.shape[:2]
                 stream.pix_fmt = pix_fmt
+                if rotation:
+                    stream.set_display_rotation(rotation)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in stream.encode(frame):
                 output.mux(packet)

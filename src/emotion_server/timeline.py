@@ -95,10 +95,13 @@ class VideoTimeline:
         self.pipeline = pipeline
         self.reader = reader
         self.sampling = sampling
-        self.tracker = IoUTracker()
+        # A face is followed across a gap of a few sampled frames (as a missed detection
+        # leaves): at a low fps those are further apart than the tracker's usual 1.5 s.
+        self.tracker = IoUTracker(max_gap_s=max(1.5, 2.5 / sampling.fps))
         self.totals: dict[int, _Totals] = {}
         self.frames_analysed = 0
-        # Past this moment, stop: a sync gunicorn worker busy longer than its timeout is killed.
+        # Past this moment, stop: a worker that runs past gunicorn's timeout without returning
+        # to its event loop misses its heartbeat and is killed.
         self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
         self.time_budget_s = time_budget_s
 
@@ -106,14 +109,17 @@ class VideoTimeline:
     def info(self) -> VideoInfo:
         return self.reader.info
 
+    def _check_time(self, at: float) -> None:
+        """Stops once the request's time is spent; runs on every decoded frame."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise VideoTooLong(
+                f"Analysing this video takes longer than the {self.time_budget_s:.0f} s a "
+                f"request may use (stopped at {at:.1f} s of video): ask for a lower fps, or "
+                "send a shorter or smaller video."
+            )
+
     def frames(self) -> Iterator[FrameResult]:
-        for frame in self.reader.frames(self.sampling.fps):
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                raise VideoTooLong(
-                    f"Analysing this video takes longer than the {self.time_budget_s:.0f} s a "
-                    f"request may use (stopped at {frame.time:.1f} s of video): ask for a "
-                    "lower fps, or send a shorter or smaller video."
-                )
+        for frame in self.reader.frames(self.sampling.fps, check=self._check_time):
             width, height = frame.picture.size
             image = DecodedImage(frame.picture, "VIDEO", full_width=width, full_height=height)
             with self.pipeline.in_flight, self.pipeline.server:

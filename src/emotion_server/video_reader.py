@@ -7,8 +7,10 @@ Every failure a file can cause becomes one of the errors in `errors.py`.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -45,10 +47,13 @@ class VideoInfo:
 
     container: str  # "mp4" (QuickTime's family: MP4, MOV), "matroska" (WebM too), "avi", "gif"
     codec: str  # FFmpeg's decoder name, e.g. "h264", "vp9"
-    width: int
+    width: int  # as shown, upright: after `rotation`
     height: int
     frame_rate: float | None  # the stream's average frames per second, where known
     duration: float | None  # seconds, where the container says
+    # Degrees counter-clockwise the stored pictures are turned to be shown upright (the display
+    # matrix a phone writes for a portrait video): 0, 90, 180 or -90. Known once a frame decodes.
+    rotation: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,21 @@ class VideoFrame:
 
     index: int  # 0-based among all decoded frames (the same as FFmpeg's decode order)
     time: float  # seconds since the first frame
-    picture: Image.Image  # mode "RGB"
+    picture: Image.Image  # mode "RGB", upright (the display rotation applied)
+
+
+# PIL's turns, counter-clockwise like the display matrix's angle.
+TURNS = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    -90: Image.Transpose.ROTATE_270,
+}
+
+
+def _quarter_turns(degrees: float) -> int:
+    """The display rotation to the nearest quarter turn, in (-180, 180]: 0, 90, 180 or -90."""
+    turn = int(round(degrees / 90)) % 4 * 90
+    return turn - 360 if turn == 270 else turn
 
 
 def _looks_like_video(head: bytes) -> bool:
@@ -80,7 +99,8 @@ def _container_name(format_name: str) -> str | None:
 
 class VideoReader:
     """An open, validated video; `frames(fps)` yields its sampled frames. Use it as a context
-    manager (or call `close`) so FFmpeg's buffers are freed when the request ends."""
+    manager (or call `close`) so FFmpeg's buffers are freed when the request ends; a file object
+    given to it is the reader's from then on, and closed with it."""
 
     def __init__(
         self,
@@ -91,6 +111,7 @@ class VideoReader:
     ):
         self.max_seconds = max_seconds
         self.max_pixels = max_pixels
+        self.source = source if hasattr(source, "read") else None
         if isinstance(source, bytes):
             if not source:
                 raise EmptyBody("The request body is empty: send the video bytes.")
@@ -106,7 +127,9 @@ class VideoReader:
             if not head:
                 raise EmptyBody("The file is empty: send the video bytes.")
         try:
-            self.container = av.open(source, mode="r")
+            # Tags that are not UTF-8 (a Latin-1 title) are read with replacement characters:
+            # in strict mode they fail the whole file, and nothing here reads them.
+            self.container = av.open(source, mode="r", metadata_errors="replace")
         except av.error.FFmpegError as exc:
             if _looks_like_video(head):
                 raise CorruptVideo(
@@ -161,6 +184,10 @@ class VideoReader:
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.stream.thread_type = "AUTO"
         self.stream.codec_context.thread_count = max(1, threads)
+        # The decoder's own bound: a stream that grows its pictures part-way far past the size
+        # checked above fails to decode (CorruptVideo) instead of allocating them. Twice the
+        # limit, as decoders count their padded, coded size; `frames` refuses what is between.
+        self.stream.codec_context.options = {"max_pixels": str(2 * max_pixels)}
         return VideoInfo(
             container=name,
             codec=codec,
@@ -170,11 +197,16 @@ class VideoReader:
             duration=duration,
         )
 
-    def frames(self, fps: float) -> Iterator[VideoFrame]:
-        """The first frame at or after each multiple of 1/fps seconds, in order.
+    def frames(
+        self, fps: float, check: Callable[[float], None] | None = None
+    ) -> Iterator[VideoFrame]:
+        """The first frame at or after each multiple of 1/fps seconds, in order, upright.
 
-        Raises CorruptVideo where decoding fails, EmptyVideo where no frame decodes at all, and
-        VideoTooLong at the first frame past the limit (for containers that state no duration).
+        `check(time)` runs on every decoded frame, sampled or not (a time budget raises there:
+        at a low fps most of the work is decoding frames that are passed over).
+        Raises CorruptVideo where decoding fails, EmptyVideo where no frame decodes at all,
+        VideoTooLong at the first frame past the limit (for containers that state no duration)
+        and ImageTooLarge where the pictures grow past the limit part-way.
         """
         interval = 1.0 / fps
         next_time = 0.0
@@ -189,21 +221,32 @@ class VideoReader:
                     stamp = float(frame.time)
                 if start is None:
                     start = stamp
+                    self._learn_rotation(frame)
                 time = stamp - start
+                if check is not None:
+                    check(time)
                 if time > self.max_seconds:
                     raise VideoTooLong(f"The video runs past {self.max_seconds:g} s, the limit.")
-                if time + 1e-6 < next_time:
-                    continue
                 if frame.width * frame.height > self.max_pixels:  # a size change mid-stream
                     raise ImageTooLarge(
                         f"Frame {index} is {frame.width}x{frame.height} pixels; the limit is "
                         f"{self.max_pixels}."
                     )
+                if time + 1e-6 < next_time:
+                    continue
                 next_time = (int(time / interval + 1e-6) + 1) * interval
-                yield VideoFrame(index=index, time=round(time, 6), picture=frame.to_image())
+                picture = frame.to_image()
+                turn = _quarter_turns(frame.rotation)
+                if turn:
+                    picture = picture.transpose(TURNS[turn])
+                yield VideoFrame(index=index, time=round(time, 6), picture=picture)
         except av.error.FFmpegError as exc:
+            hint = ""
+            if exc.errno == errno.EINVAL:  # what the decoder's max_pixels gives, among others
+                hint = f"; or its pictures grow past {2 * self.max_pixels} pixels part-way"
             raise CorruptVideo(
-                f"The video could not be decoded after {index + 1} frames ({exc.strerror or exc})."
+                f"The video could not be decoded after {index + 1} frames "
+                f"({exc.strerror or exc}{hint})."
             ) from None
         if index < 0:
             raise EmptyVideo(
@@ -211,8 +254,19 @@ class VideoReader:
                 "one cut short before its first)."
             )
 
+    def _learn_rotation(self, frame: av.VideoFrame) -> None:
+        """`info` as shown: a quarter turn swaps its width and height."""
+        turn = _quarter_turns(frame.rotation)
+        if turn:
+            width, height = self.info.width, self.info.height
+            if turn != 180:
+                width, height = height, width
+            self.info = dataclasses.replace(self.info, width=width, height=height, rotation=turn)
+
     def close(self) -> None:
         self.container.close()
+        if self.source is not None:
+            self.source.close()
 
     def __enter__(self) -> VideoReader:
         return self

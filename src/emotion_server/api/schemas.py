@@ -154,10 +154,15 @@ class VideoInfoModel(_Strict):
         description="mp4: the QuickTime family (MP4, MOV); matroska: Matroska and WebM"
     )
     codec: str = Field(description="FFmpeg's decoder name, e.g. h264, vp9, gif")
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
+    width: int = Field(ge=1, description="As shown, upright (after `rotation`)")
+    height: int = Field(ge=1, description="As shown, upright (after `rotation`)")
     frame_rate: float | None = Field(description="Average frames per second, where known")
     duration: float | None = Field(description="Seconds, where the container says")
+    rotation: Literal[0, 90, 180, -90] = Field(
+        description="Degrees counter-clockwise the stored pictures were turned to analyse them "
+        "upright, as the file's display matrix says (a phone's portrait video: 90 or -90); "
+        "boxes are in the upright frame"
+    )
 
     @classmethod
     def from_info(cls, info: VideoInfo) -> VideoInfoModel:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -52,14 +54,16 @@ bp = APIBlueprint(
 
 RAW_TYPES = ("application/octet-stream", "video/", "image/gif")
 NDJSON = "application/x-ndjson"
-# A sync gunicorn worker that is busy past its timeout is killed: a video stops short of it.
+# A worker busy past gunicorn's timeout (its heartbeat waits on the work) is killed: a video
+# stops short of it.
 TIME_BUDGET_SHARE = 0.8
 
 
 def read_video(settings: Settings) -> BinaryIO:
-    """The uploaded video as a seekable file: the raw body (in memory, within the limit) or the
-    multipart field `video` (Werkzeug spools a large one to an unnamed temporary file, which
-    is gone when the request ends)."""
+    """The uploaded video as a seekable file of its own: the raw body (in memory, within the
+    limit) or a copy of the multipart field `video` in an unnamed temporary file. Werkzeug
+    closes its uploads when the view returns, before a streamed answer has read them; the
+    copy lives as long as the VideoReader that closes it."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = request.files.getlist("video")
@@ -70,7 +74,14 @@ def read_video(settings: Settings) -> BinaryIO:
             )
         if len(files) > 1:
             raise MissingFile("Send one file in the field 'video'.")
-        return files[0].stream
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 - the VideoReader closes it
+        try:
+            shutil.copyfileobj(files[0].stream, copy, 1 << 20)
+            copy.seek(0)
+        except BaseException:
+            copy.close()
+            raise
+        return copy
     if not mimetype or mimetype.startswith(RAW_TYPES):
         return io.BytesIO(request.get_data(cache=False))
     raise UnsupportedMediaType(
@@ -131,12 +142,16 @@ def inference_video():
         settings.video_max_fps,
     )
     source = read_video(settings)
-    reader = VideoReader(
-        source,
-        max_seconds=settings.video_max_seconds,
-        max_pixels=settings.max_pixels,
-        threads=settings.intra_op_threads,
-    )
+    try:
+        reader = VideoReader(
+            source,
+            max_seconds=settings.video_max_seconds,
+            max_pixels=settings.max_pixels,
+            threads=settings.intra_op_threads,
+        )
+    except BaseException:
+        source.close()
+        raise
     try:
         timeline = VideoTimeline(
             pipeline, reader, sampling, time_budget_s=settings.timeout * TIME_BUDGET_SHARE

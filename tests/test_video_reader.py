@@ -1,0 +1,93 @@
+"""VideoReader and VideoTimeline in-process: what decoding costs is bounded, and what a file
+asks of the decoder is checked."""
+
+from __future__ import annotations
+
+import io
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import videos
+from conftest import BUNDLED_MODEL, encode
+
+from emotion_server.config import Settings
+from emotion_server.errors import CorruptVideo, ImageTooLarge, VideoTooLong
+from emotion_server.faces import NoDetector
+from emotion_server.model import EmotionModel
+from emotion_server.pipeline import Pipeline, PipelineOptions
+from emotion_server.timeline import Sampling, VideoTimeline
+from emotion_server.video_reader import VideoReader
+
+
+@pytest.fixture(scope="module")
+def clip() -> bytes:
+    """2 s at 10 fps, 64x48 grey frames."""
+    return videos.encode_video([np.full((48, 64, 3), 100 + i, np.uint8) for i in range(20)])
+
+
+def test_check_runs_on_every_decoded_frame_sampled_or_not(clip):
+    seen = []
+    with VideoReader(clip, max_seconds=60, max_pixels=10_000) as reader:
+        sampled = [frame.time for frame in reader.frames(0.5, check=seen.append)]
+    assert sampled == [0.0]
+    assert seen == pytest.approx([i / 10 for i in range(20)])
+
+
+def test_time_budget_spent_while_decoding_frames_passed_over(clip):
+    """At a low fps most of the work is decoding: the budget stops it there too."""
+    settings = Settings.from_env({}, model_path=str(BUNDLED_MODEL))
+    pipeline = Pipeline(
+        EmotionModel(settings.model_path), NoDetector(), PipelineOptions.from_settings(settings)
+    )
+    reader = VideoReader(clip, max_seconds=60, max_pixels=10_000)
+    with reader:
+        timeline = VideoTimeline(pipeline, reader, Sampling(fps=0.1, smoothing=0), 60)
+        frames = timeline.frames()
+        assert next(frames).time == 0.0
+        timeline.deadline = time.monotonic() - 1  # the budget is spent after the first frame
+        with pytest.raises(VideoTooLong, match=r"stopped at 0\.1 s of video"):
+            next(frames)
+
+
+def _growing_mjpeg(sides: list[int]) -> bytes:
+    """Motion JPEG in Matroska whose pictures change size from frame to frame."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as output:
+        stream = output.add_stream("mjpeg", rate=5)
+        stream.width = stream.height = sides[0]
+        stream.pix_fmt = "yuvj420p"
+        for index, side in enumerate(sides):
+            packet = av.Packet(encode(np.full((side, side, 3), 128, np.uint8)))
+            packet.stream = stream
+            packet.pts = packet.dts = index
+            packet.time_base = Fraction(1, 5)
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def test_pictures_that_grow_past_the_limit_part_way_are_not_decoded():
+    """Far past the limit the decoder refuses them (nothing allocated); just past, the reader."""
+    data = _growing_mjpeg([32, 32, 400, 32])
+    with VideoReader(data, max_seconds=60, max_pixels=10_000) as reader:
+        assert (reader.info.width, reader.info.height) == (32, 32)
+        frames = reader.frames(5)
+        assert [next(frames).index for _ in range(2)] == [0, 1]
+        with pytest.raises(CorruptVideo, match="grow past 20000 pixels"):
+            next(frames)
+    with (
+        VideoReader(data, max_seconds=60, max_pixels=100_000) as reader,
+        pytest.raises(ImageTooLarge, match="Frame 2 is 400x400"),
+    ):
+        list(reader.frames(5))
+    with VideoReader(data, max_seconds=60, max_pixels=400 * 400) as reader:  # within it
+        assert [frame.picture.size for frame in reader.frames(5)][2] == (400, 400)
+
+
+def test_a_file_object_is_closed_with_the_reader(clip):
+    source = io.BytesIO(clip)
+    with VideoReader(source, max_seconds=60, max_pixels=10_000):
+        assert not source.closed
+    assert source.closed
