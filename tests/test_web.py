@@ -347,6 +347,117 @@ def test_webcam_photo_and_live_mode(watched, server):
     tab.assert_clean()
 
 
+# Page-side instruments (not stand-ins): every camera stream the page opens is kept, every
+# request the page sends is counted while in flight; `window.slowNetwork` ms are added to each
+# request, and `window.decodeDelays` (ms, one per call) to the browser's decoding of photos.
+INSTRUMENTS = """
+window.decodeDelays = [];
+const realCreateImageBitmap = window.createImageBitmap.bind(window);
+window.createImageBitmap = async (...args) => {
+  const delay = window.decodeDelays.shift() || 0;
+  await new Promise((resolve) => setTimeout(resolve, delay));
+  return realCreateImageBitmap(...args);
+};
+window.openedStreams = [];
+const realGetUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (constraints) => {
+  const opened = await realGetUserMedia(constraints);
+  window.openedStreams.push(opened);
+  return opened;
+};
+window.inFlight = 0;
+window.mostInFlight = 0;
+window.slowNetwork = 0;
+const realFetch = window.fetch.bind(window);
+window.fetch = async (...args) => {
+  window.inFlight += 1;
+  window.mostInFlight = Math.max(window.mostInFlight, window.inFlight);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, window.slowNetwork));
+    return await realFetch(...args);
+  } finally {
+    window.inFlight -= 1;
+  }
+};
+"""
+
+
+@pytest.mark.e2e
+def test_camera_started_twice_quickly_opens_one_stream_and_stops_it(watched, server):
+    tab = watched()
+    tab.context.grant_permissions(["camera"], origin=server.url)
+    page = tab.page
+    page.add_init_script(INSTRUMENTS)
+    page.goto(server.url + "/")
+    page.evaluate(
+        "() => { const b = document.getElementById('camera-start'); b.click(); b.click(); }"
+    )
+    page.locator("#video").wait_for()
+    page.get_by_role("button", name="Stop camera").click()
+    states = page.evaluate(
+        "() => window.openedStreams.map((s) => s.getTracks().map((t) => t.readyState))"
+    )
+    assert states == [["ended"]]  # one stream, and the camera is off
+    assert page.get_by_role("button", name="Start camera").is_enabled()
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_live_turned_off_and_on_quickly_never_sends_two_requests(watched, server):
+    tab = watched()
+    tab.context.grant_permissions(["camera"], origin=server.url)
+    page = tab.page
+    page.add_init_script(INSTRUMENTS)
+    page.goto(server.url + "/")
+    page.get_by_role("button", name="Start camera").click()
+    page.locator("#video").wait_for()
+    page.evaluate("() => { window.slowNetwork = 600; }")  # longer than the live interval
+    live = page.get_by_role("button", name="Live")
+    live.click()
+    page.wait_for_function("() => window.inFlight === 1")
+    # Off and on while the first loop's request is on its way.
+    page.evaluate(
+        "() => { const b = document.getElementById('camera-live'); b.click(); b.click(); }"
+    )
+    assert live.get_attribute("aria-pressed") == "true"
+    before = tab.inference_calls()
+    page.wait_for_function(
+        f"() => performance.getEntriesByName('{server.url}/inference').length >= {before + 3}",
+        timeout=30_000,
+    )
+    live.click()
+    page.get_by_role("button", name="Stop camera").click()
+    assert page.evaluate("window.mostInFlight") == 1
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_the_newest_photo_wins(watched, server, astronaut, tmp_path):
+    """Two photos chosen one after the other, the first slower for the browser to decode (a
+    large photo): the second one's answer stays on screen, whichever answer comes last."""
+    first, second = tmp_path / "first.jpg", tmp_path / "second.png"
+    first.write_bytes(encode(np.asarray(Image.fromarray(astronaut).resize((400, 400)))))
+    second.write_bytes(encode(np.asarray(Image.fromarray(astronaut).resize((300, 300))), "PNG"))
+    tab = watched(viewport={"width": 1280, "height": 800})
+    page = tab.page
+    page.add_init_script(INSTRUMENTS)
+    page.goto(server.url + "/")
+    page.evaluate("() => { window.decodeDelays = [800, 0]; }")
+    picker = page.get_by_label("Choose a photo")
+    picker.set_input_files(str(first))
+    picker.set_input_files(str(second))
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.startsWith('1 face found')"
+    )
+    page.wait_for_function("() => window.decodeDelays.length === 0")
+    page.wait_for_timeout(2000)  # the first photo's decoding ends, and an answer would come
+    assert page.locator("#canvas").evaluate("c => [c.width, c.height]") == [300, 300]
+    assert page.locator("#status").inner_text().startswith("1 face found")
+    # The first photo, overtaken while the browser decoded it, was not even sent.
+    assert tab.inference_calls() == 1
+    tab.assert_clean()
+
+
 @pytest.fixture(scope="module")
 def crossing_webm(tmp_path_factory, astronaut) -> Path:
     """2 s of two faces passing each other, as WebM/VP8 (which every Chromium plays)."""
@@ -378,7 +489,7 @@ def _drawn_boxes(page) -> dict[int, list[float]]:
     width = page.locator("#player").evaluate("v => v.videoWidth")
     scale = width / player["width"]
     found = {}
-    for box in page.locator("#video-boxes .box").all():
+    for box in page.locator("#video-boxes .box:not([hidden])").all():
         drawn = box.bounding_box()
         found[int(box.get_attribute("data-track"))] = [
             (drawn["x"] - player["x"]) * scale,
@@ -460,6 +571,90 @@ def test_video_error_is_shown_in_words(watched, server, tmp_path):
     text = alert.inner_text()
     assert "not a video we can read" in text and "invalid_video" in text and "400" in text
     tab.assert_clean(allowed="status of 400")
+
+
+@pytest.mark.e2e
+def test_video_boxes_keep_focus_and_take_clicks_while_playing(watched, server, crossing_webm):
+    """Boxes over a playing video are moved, not made anew on each frame: the keyboard's focus
+    stays on the box that Enter selects, and a click lands."""
+    tab = watched(viewport={"width": 1280, "height": 1000})
+    page = tab.page
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a video").set_input_files(str(crossing_webm))
+    page.wait_for_function(
+        "() => document.getElementById('video-status').textContent.includes('followed')"
+    )
+    page.evaluate("() => { const p = document.getElementById('player'); p.loop = true; p.play(); }")
+    page.wait_for_function("() => document.getElementById('player').currentTime > 0.2")
+    box = page.locator("#video-boxes .box[data-track='2']")
+    box.focus()
+    page.wait_for_timeout(300)  # frames go by
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.dataset.track") == "2"
+    assert box.get_attribute("aria-pressed") == "true"
+    assert page.locator("#timeline-caption").inner_text().startswith("Face 2: mostly")
+    page.locator("#video-boxes .box[data-track='1']").click()
+    assert page.locator("#timeline-caption").inner_text().startswith("Face 1: mostly")
+    assert not page.evaluate("document.getElementById('player').paused")
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_files_dropped_anywhere_on_the_page(watched, server, astronaut_file, crossing_webm):
+    tab = watched(viewport={"width": 1280, "height": 1000})
+    page = tab.page
+    page.goto(server.url + "/")
+
+    def drop(path: Path, mime: str, where: str) -> bool:
+        """Drops the file on `where`; True where the page took it (the browser won't open it)."""
+        return page.evaluate(
+            """([bytes, name, type, where]) => {
+                const data = new DataTransfer();
+                data.items.add(new File([new Uint8Array(bytes)], name, { type }));
+                const event = new DragEvent("drop", { dataTransfer: data, bubbles: true,
+                                                      cancelable: true });
+                document.querySelector(where).dispatchEvent(event);
+                return event.defaultPrevented;
+            }""",
+            [list(path.read_bytes()), path.name, mime, where],
+        )
+
+    assert drop(astronaut_file, "image/jpeg", "header")
+    page.locator("#boxes .box").wait_for()
+    assert drop(crossing_webm, "video/webm", "#chart-title")
+    page.wait_for_function(
+        "() => document.getElementById('video-status').textContent.includes('followed')"
+    )
+    notes = astronaut_file.with_name("notes.txt")
+    notes.write_text("not a photo")
+    assert drop(notes, "text/plain", "main")
+    assert "Drop a photo" in page.locator("#error").inner_text()
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
+def test_video_answer_that_breaks_off_is_said(watched, server, crossing_webm):
+    """A proxy or a dropped connection can end the stream before its summary line."""
+    answer = requests.post(
+        server.url + "/inference/video?fps=5",
+        data=crossing_webm.read_bytes(),
+        headers={**RAW, "Accept": "application/x-ndjson"},
+        timeout=120,
+    ).text
+    first = answer.splitlines()[0] + "\n"
+    tab = watched()
+    page = tab.page
+    page.route(
+        "**/inference/video*",
+        lambda route: route.fulfill(status=200, content_type="application/x-ndjson", body=first),
+    )
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a video").set_input_files(str(crossing_webm))
+    alert = page.locator("#video-error")
+    alert.wait_for()
+    assert "ended before its summary" in alert.inner_text()
+    assert "1 frames so far" in page.locator("#video-status").inner_text()
+    tab.assert_clean()
 
 
 COLOURS_RGB = {

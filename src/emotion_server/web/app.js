@@ -34,8 +34,11 @@
   const chartCaption = $("chart-caption");
 
   let stream = null;
+  let starting = false; // the camera is being opened
   let live = false;
-  let latest = 0; // number of the newest request: older answers are dropped
+  let liveRun = 0; // number of the live loop that may run: a stopped one ends at its next turn
+  let liveDone = Promise.resolve(); // the last live loop's end: a new one waits for it
+  let latest = 0; // number of the newest photo, taken when it was chosen: older answers are dropped
   let result = null;
   let selected = 0;
 
@@ -52,8 +55,9 @@
 
   // ---- Sending an image -------------------------------------------------------------------
 
-  async function classify(blob) {
-    const number = ++latest;
+  // `number`: the photo's, from ++latest when it was chosen or taken.
+  async function classify(blob, number) {
+    if (number !== latest) return null; // a newer photo came while this one was decoded
     showError("");
     setStatus("Analysing…");
     let response;
@@ -84,6 +88,11 @@
       } else {
         showError(`The server answered HTTP ${response.status} ${response.statusText}.`);
       }
+      return null;
+    }
+    if (!body) {
+      setStatus("");
+      showError("The server's answer could not be read (it is not JSON).");
       return null;
     }
     return body;
@@ -191,14 +200,15 @@
   async function analyseFile(file) {
     if (!file) return;
     stopLive();
+    const number = ++latest;
     let bitmap = null;
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     } catch {
       bitmap = null; // e.g. TIFF: the server reads it, this browser cannot show it
     }
-    const body = await classify(file);
-    if (!body) return;
+    const body = await classify(file, number);
+    if (!body || number !== latest) return;
     drawSource(bitmap, body.image.width, body.image.height);
     render(body);
     if (!bitmap) {
@@ -224,27 +234,31 @@
   });
 
   for (const target of [drop, stage]) {
-    target.addEventListener("dragover", (event) => {
-      event.preventDefault();
-      drop.classList.add("dragging");
-    });
+    target.addEventListener("dragover", () => drop.classList.add("dragging"));
     target.addEventListener("dragleave", () => drop.classList.remove("dragging"));
-    target.addEventListener("drop", (event) => {
-      event.preventDefault();
-      drop.classList.remove("dragging");
-      const file = [...event.dataTransfer.files].find((f) => !f.type || f.type.startsWith("image/"));
-      if (file) {
-        analyseFile(file);
-      } else {
-        showError("Drop an image file (JPEG, PNG, WebP, BMP, GIF or TIFF).");
-      }
-    });
   }
+  // A file dropped anywhere on the page is taken (the browser would otherwise open it in the
+  // page's place): a photo here, a video by the video part (video.js).
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dragging");
+    const files = [...event.dataTransfer.files];
+    const photo = files.find((f) => !f.type || f.type.startsWith("image/"));
+    const clip = files.find((f) => f.type.startsWith("video/"));
+    if (photo) {
+      analyseFile(photo);
+    } else if (clip) {
+      document.dispatchEvent(new CustomEvent("emotion:video-file", { detail: clip }));
+    } else {
+      showError("Drop a photo (JPEG, PNG, WebP, BMP, GIF or TIFF) or a video.");
+    }
+  });
 
   // ---- The camera --------------------------------------------------------------------------
 
   function setCameraButtons() {
-    startButton.disabled = Boolean(stream);
+    startButton.disabled = Boolean(stream) || starting;
     shotButton.disabled = !stream || live;
     liveButton.disabled = !stream;
     stopButton.disabled = !stream;
@@ -253,28 +267,35 @@
   }
 
   async function startCamera() {
+    if (stream || starting) return; // one camera stream at a time, however fast the clicks
     showError("");
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       showError("This browser gives no camera access here (it needs HTTPS or localhost).");
       return;
     }
+    starting = true;
+    setCameraButtons();
     try {
-      stream = await navigator.mediaDevices.getUserMedia({
+      const opened = await navigator.mediaDevices.getUserMedia({
         video: { facingMode: "user", width: { ideal: 1280 }, height: { ideal: 720 } },
         audio: false,
       });
+      stream = opened;
+      video.srcObject = opened;
+      await video.play();
+      setStatus("Camera on: take a photo, or turn on Live.");
     } catch (error) {
+      stopCamera();
       showError(`The camera could not be started (${error.name}: ${error.message}).`);
-      return;
+    } finally {
+      starting = false;
+      setCameraButtons();
     }
-    video.srcObject = stream;
-    await video.play();
-    setCameraButtons();
-    setStatus("Camera on: take a photo, or turn on Live.");
   }
 
   function stopLive() {
     live = false;
+    liveRun += 1;
     setCameraButtons();
   }
 
@@ -288,20 +309,21 @@
 
   async function captureFrame() {
     if (!stream || !video.videoWidth) return;
+    const number = ++latest;
     const frame = document.createElement("canvas");
     frame.width = video.videoWidth;
     frame.height = video.videoHeight;
     frame.getContext("2d").drawImage(video, 0, 0);
     const blob = await new Promise((resolve) => frame.toBlob(resolve, "image/jpeg", 0.9));
-    if (!blob) return;
-    const body = await classify(blob);
-    if (!body) return;
+    if (!blob || number !== latest) return;
+    const body = await classify(blob, number);
+    if (!body || number !== latest) return;
     drawSource(frame, frame.width, frame.height);
     render(body);
   }
 
-  async function liveLoop() {
-    while (live && stream) {
+  async function liveLoop(run) {
+    while (live && stream && run === liveRun) {
       const started = performance.now();
       await captureFrame();
       const rest = LIVE_INTERVAL_MS - (performance.now() - started);
@@ -313,8 +335,16 @@
   stopButton.addEventListener("click", stopCamera);
   shotButton.addEventListener("click", captureFrame);
   liveButton.addEventListener("click", () => {
-    live = !live;
+    if (live) {
+      stopLive();
+      return;
+    }
+    live = true;
     setCameraButtons();
-    if (live) liveLoop();
+    // Turned off and on again while a frame was on its way: that loop ends first, so there
+    // are never two requests at once.
+    const run = ++liveRun;
+    const previous = liveDone;
+    liveDone = previous.then(() => liveLoop(run));
   });
 })();

@@ -28,6 +28,7 @@
   const caption = $("timeline-caption");
   const canvas = $("timeline");
   const legend = $("legend");
+  const note = $("video-note");
 
   let frames = []; // NDJSON frame lines, in time order
   let series = new Map(); // track id -> [{time, probabilities}]
@@ -35,6 +36,9 @@
   let selected = null;
   let objectUrl = null;
   let latest = 0; // number of the newest upload: an older stream's lines are dropped
+  let upload = null; // the newest upload's AbortController: a newer one cancels it
+  let finished = false; // the stream's summary or error line has come
+  let shown = new Map(); // track id -> its box over the player, kept while the video plays
 
   const percent = (p) => `${(p * 100).toFixed(1)}%`;
 
@@ -48,11 +52,16 @@
   async function analyse(file) {
     if (!file) return;
     const number = ++latest;
+    if (upload) upload.abort(); // the server stops reading it; its answer is not wanted
+    upload = new AbortController();
     frames = [];
     series = new Map();
     summaries = new Map();
     selected = null;
+    finished = false;
+    shown = new Map();
     boxes.replaceChildren();
+    note.hidden = true;
     trackButtons.replaceChildren();
     caption.textContent = "No face selected.";
     clearTimeline();
@@ -71,9 +80,10 @@
           Accept: "application/x-ndjson",
         },
         body: file,
+        signal: upload.signal,
       });
     } catch (error) {
-      if (number === latest) {
+      if (number === latest && error.name !== "AbortError") {
         statusLine.textContent = "";
         showError(`Could not reach the server (${error.message}).`);
       }
@@ -98,20 +108,31 @@
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (number !== latest) {
-        reader.cancel();
-        return;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (number !== latest) {
+          reader.cancel();
+          return;
+        }
+        buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, newline).trim();
+          buffer = buffer.slice(newline + 1);
+          if (line) handle(JSON.parse(line));
+        }
+        if (done) break;
       }
-      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
-      let newline;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline).trim();
-        buffer = buffer.slice(newline + 1);
-        if (line) handle(JSON.parse(line));
-      }
-      if (done) break;
+    } catch (error) {
+      if (number !== latest) return;
+      showError(
+        `The answer broke off (${error.name}: ${error.message}); the frames before it are shown.`,
+      );
+      return;
+    }
+    if (!finished) {
+      showError("The answer ended before its summary; the frames before it are shown.");
     }
   }
 
@@ -132,7 +153,9 @@
         `analysed frames (${line.sampling.fps} a second). Play the video, or select a face.`;
       renderTrackButtons();
       if (count) select(line.tracks[0].track_id);
+      finished = true;
     } else if (line.type === "error") {
+      finished = true;
       showError(`${line.message} (${line.error}; the frames before it are shown)`);
     }
   }
@@ -156,34 +179,52 @@
     return found;
   }
 
+  // One box per track, made when its face first shows and then only moved and relabelled: a
+  // box replaced on every displayed frame would lose the keyboard focus and the mouse's click.
+  function boxFor(trackId) {
+    let box = shown.get(trackId);
+    if (!box) {
+      box = document.createElement("button");
+      box.type = "button";
+      box.className = "box";
+      box.dataset.track = String(trackId);
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.setAttribute("aria-hidden", "true");
+      box.append(tag);
+      box.addEventListener("click", () => select(trackId));
+      shown.set(trackId, box);
+      boxes.append(box);
+    }
+    return box;
+  }
+
   function drawBoxes() {
     const frame = frameAt(player.currentTime);
     const width = player.videoWidth;
     const height = player.videoHeight;
-    boxes.replaceChildren();
-    if (!frame || !width || !height) return;
-    for (const face of frame.faces) {
-      const box = document.createElement("button");
-      box.type = "button";
-      box.className = "box";
-      box.style.left = `${(100 * face.box.x) / width}%`;
-      box.style.top = `${(100 * face.box.y) / height}%`;
-      box.style.width = `${(100 * face.box.width) / width}%`;
-      box.style.height = `${(100 * face.box.height) / height}%`;
-      box.style.setProperty("--box", COLORS[face.prediction] || "#2755c9");
-      box.dataset.track = String(face.track_id);
-      box.setAttribute(
-        "aria-label",
-        `Face ${face.track_id}: ${face.prediction}, ${percent(face.confidence)}`,
-      );
-      box.setAttribute("aria-pressed", String(face.track_id === selected));
-      const tag = document.createElement("span");
-      tag.className = "tag";
-      tag.textContent = `${face.track_id}: ${face.prediction} ${percent(face.confidence)}`;
-      tag.setAttribute("aria-hidden", "true");
-      box.append(tag);
-      box.addEventListener("click", () => select(face.track_id));
-      boxes.append(box);
+    const present = new Set();
+    if (frame && width && height) {
+      for (const face of frame.faces) {
+        present.add(face.track_id);
+        const box = boxFor(face.track_id);
+        box.hidden = false;
+        box.style.left = `${(100 * face.box.x) / width}%`;
+        box.style.top = `${(100 * face.box.y) / height}%`;
+        box.style.width = `${(100 * face.box.width) / width}%`;
+        box.style.height = `${(100 * face.box.height) / height}%`;
+        box.style.setProperty("--box", COLORS[face.prediction] || "#2755c9");
+        box.setAttribute(
+          "aria-label",
+          `Face ${face.track_id}: ${face.prediction}, ${percent(face.confidence)}`,
+        );
+        box.setAttribute("aria-pressed", String(face.track_id === selected));
+        box.firstChild.textContent =
+          `${face.track_id}: ${face.prediction} ${percent(face.confidence)}`;
+      }
+    }
+    for (const [trackId, box] of shown) {
+      if (!present.has(trackId)) box.hidden = true;
     }
   }
 
@@ -247,7 +288,9 @@
     const right = canvas.width - 12;
     const top = 12;
     const bottom = canvas.height - 30;
-    const end = Math.max(player.duration || 0, points[points.length - 1].time, 0.001);
+    // A WebM recorded in a browser states no duration: Infinity until it has played through.
+    const duration = Number.isFinite(player.duration) ? player.duration : 0;
+    const end = Math.max(duration, points[points.length - 1].time, 0.001);
     const x = (time) => left + (time / end) * (right - left);
     const y = (p) => bottom - p * (bottom - top);
     context.font = "13px system-ui, sans-serif";
@@ -301,6 +344,14 @@
     player.addEventListener(event, onTime);
   }
   followFrames();
+  // The server reads more formats than a browser plays (AVI, GIF, HEVC in some): the analysis
+  // is still shown, without the boxes over the picture.
+  player.addEventListener("error", () => {
+    if (player.src) note.hidden = false;
+  });
+
+  // A video dropped anywhere on the page (app.js takes the drop).
+  document.addEventListener("emotion:video-file", (event) => analyse(event.detail));
 
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter") {
