@@ -60,6 +60,7 @@ def test_two_crossing_faces_keep_their_tracks_and_boxes_follow(server, crossing)
         "height": 480,
         "frame_rate": 10.0,
         "duration": 2.0,
+        "rotation": 0,
     }
     assert body["sampling"] == {"fps": 10.0, "smoothing": 0.0, "frames_analysed": 20}
     assert [track["track_id"] for track in body["tracks"]] == [1, 2]
