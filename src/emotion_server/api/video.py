@@ -4,7 +4,6 @@ per tracked face, as one JSON document or streamed as NDJSON (`Accept: applicati
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -35,6 +34,7 @@ from emotion_server.api.state import app_state
 from emotion_server.config import Settings
 from emotion_server.errors import (
     EmotionServerError,
+    EmptyBody,
     EmptyVideo,
     InvalidParameter,
     MissingFile,
@@ -59,11 +59,28 @@ NDJSON = "application/x-ndjson"
 TIME_BUDGET_SHARE = 0.8
 
 
+# A video held in memory up to this size, in an unnamed temporary file past it: a worker
+# serves many connections at once, and each may send EMOTION_VIDEO_MAX_BYTES.
+SPOOL_BYTES = 8 << 20
+
+
+def _spooled(stream: BinaryIO) -> BinaryIO:
+    """A seekable copy of `stream` of the video's own, which the VideoReader closes."""
+    copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - see above
+    try:
+        shutil.copyfileobj(stream, copy, 1 << 20)
+        copy.seek(0)
+    except BaseException:
+        copy.close()
+        raise
+    return copy
+
+
 def read_video(settings: Settings) -> BinaryIO:
-    """The uploaded video as a seekable file of its own: the raw body (in memory, within the
-    limit) or a copy of the multipart field `video` in an unnamed temporary file. Werkzeug
-    closes its uploads when the view returns, before a streamed answer has read them; the
-    copy lives as long as the VideoReader that closes it."""
+    """The uploaded video as a seekable file of its own: the raw body or the multipart field
+    `video`, copied as it arrives (in memory up to SPOOL_BYTES, then to an unnamed temporary
+    file). Werkzeug closes its uploads when the view returns, before a streamed answer has
+    read them; the copy lives as long as the VideoReader that closes it."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = request.files.getlist("video")
@@ -74,16 +91,14 @@ def read_video(settings: Settings) -> BinaryIO:
             )
         if len(files) > 1:
             raise MissingFile("Send one file in the field 'video'.")
-        copy = tempfile.TemporaryFile()  # noqa: SIM115 - the VideoReader closes it
-        try:
-            shutil.copyfileobj(files[0].stream, copy, 1 << 20)
-            copy.seek(0)
-        except BaseException:
-            copy.close()
-            raise
-        return copy
+        return _spooled(files[0].stream)
     if not mimetype or mimetype.startswith(RAW_TYPES):
-        return io.BytesIO(request.get_data(cache=False))
+        copy = _spooled(request.stream)
+        if not copy.read(1):
+            copy.close()
+            raise EmptyBody("The request body is empty: send the video bytes.")
+        copy.seek(0)
+        return copy
     raise UnsupportedMediaType(
         f"Content-Type {mimetype!r} is not accepted: send the video bytes as "
         "application/octet-stream (or video/*), or multipart/form-data with a field 'video'."
