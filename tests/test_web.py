@@ -272,8 +272,16 @@ def test_api_error_is_shown_in_words(watched, server, tmp_path):
     tab.assert_clean(allowed="status of 400")
 
 
+@pytest.fixture(scope="module")
+def pair_file(tmp_path_factory, astronaut) -> Path:
+    """Two faces side by side: the astronaut and her mirror image."""
+    path = tmp_path_factory.mktemp("web") / "pair.jpg"
+    path.write_bytes(encode(np.concatenate([astronaut, astronaut[:, ::-1]], axis=1), "JPEG"))
+    return path
+
+
 @pytest.mark.e2e
-def test_keyboard_only(watched, server, astronaut_file):
+def test_keyboard_only(watched, server, pair_file):
     tab = watched()
     page = tab.page
     # Listening from the start turns on Playwright's file chooser interception before any key.
@@ -294,13 +302,24 @@ def test_keyboard_only(watched, server, astronaut_file):
             break
         page.wait_for_timeout(100)
     assert choosers, "no file chooser opened"
-    choosers[0].set_files(str(astronaut_file))
-    page.locator(".box").wait_for()
+    choosers[0].set_files(str(pair_file))
+    page.locator(".box").first.wait_for()
+    assert page.locator(".box").count() == 2
     page.keyboard.press("Tab")  # on to the camera's start button
     assert page.evaluate("document.activeElement.id") == "camera-start"
-    page.locator(".box").focus()
+    # On by Tab to the faces' boxes: the second one, selected by Enter, shows its chart.
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('box')"):
+            break
+    page.keyboard.press("Tab")
+    second = page.locator(".box").nth(1)
+    assert second.evaluate("box => box === document.activeElement")
+    assert second.get_attribute("aria-pressed") == "false"
     page.keyboard.press("Enter")
-    assert page.locator(".box").get_attribute("aria-pressed") == "true"
+    assert second.get_attribute("aria-pressed") == "true"
+    assert page.locator(".box").first.get_attribute("aria-pressed") == "false"
+    assert page.locator("#chart-caption").inner_text().startswith("Face 2 of 2: ")
     # Every control has a name a screen reader can say.
     for name in ("Start camera", "Take photo", "Live", "Stop camera"):
         assert page.get_by_role("button", name=name, exact=True).count() == 1
