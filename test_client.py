@@ -16,13 +16,38 @@ import urllib.request
 import uuid
 
 
+def _json(data: bytes, what: str) -> dict:
+    """The answer's JSON object, or a clear exit where it is not one (a proxy's HTML page)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = data[:200].decode("utf-8", "replace").strip()
+        raise SystemExit(f"{what}: the answer is not the server's JSON: {text!r}")
+    return body
+
+
 def _call(request: urllib.request.Request) -> dict:
+    url = request.full_url
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return json.load(response)
+            return _json(response.read(), url)
     except urllib.error.HTTPError as error:
-        body = json.loads(error.read() or b"{}")
+        body = _json(error.read(), f"HTTP {error.code} from {url}")
         raise SystemExit(f"HTTP {error.code}: {body.get('error')}: {body.get('message')}") from None
+    except urllib.error.URLError as error:  # refused, unknown host, ...
+        raise SystemExit(f"cannot reach {url}: {error.reason}") from None
+    except OSError as error:  # a timeout, a connection reset
+        raise SystemExit(f"cannot reach {url}: {error}") from None
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise SystemExit(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def summary(url: str) -> dict:
@@ -30,8 +55,7 @@ def summary(url: str) -> dict:
 
 
 def infer(url: str, image_path: str) -> dict:
-    with open(image_path, "rb") as handle:
-        data = handle.read()
+    data = _read(image_path)
     request = urllib.request.Request(
         url.rstrip("/") + "/inference",
         data=data,
@@ -46,8 +70,7 @@ def infer_batch(url: str, image_paths: list[str]) -> dict:
     boundary = uuid.uuid4().hex
     parts = []
     for path in image_paths:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read(path)
         name = os.path.basename(path).replace('"', "_").replace("\r", "_").replace("\n", "_")
         parts.append(
             f"--{boundary}\r\n"
@@ -84,9 +107,17 @@ def print_result(result: dict, prefix: str = "") -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) >= 4 and argv[2] == "--batch":
+    batch = len(argv) >= 4 and argv[2] == "--batch"
+    if not batch and (len(argv) not in (2, 3) or "--batch" in argv):
+        print(__doc__, file=sys.stderr)
+        return 2
+    url = argv[1]
+    if "://" not in url:
+        print(f"the URL needs its scheme, for example http://{url}", file=sys.stderr)
+        return 2
+    if batch:
         paths = argv[3:]
-        results = infer_batch(argv[1], paths)["results"]
+        results = infer_batch(url, paths)["results"]
         # One result per image, in order (no strict=: this client runs on older Pythons too).
         for path, result in zip(paths, results):  # noqa: B905
             if "error" in result:
@@ -94,10 +125,6 @@ def main(argv: list[str]) -> int:
             else:
                 print_result(result, prefix=f"{path}: ")
         return 0
-    if len(argv) not in (2, 3) or "--batch" in argv:
-        print(__doc__, file=sys.stderr)
-        return 2
-    url = argv[1]
     if len(argv) == 2:
         print(json.dumps(summary(url), indent=2))
         return 0

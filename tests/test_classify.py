@@ -3,8 +3,11 @@
 import csv
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -62,7 +65,7 @@ def test_classify_folder(folder, tmp_path, fmt):
     output = tmp_path / f"out.{fmt}"
     missing = tmp_path / "missing.jpg"
     done = _run(str(folder), str(missing), "--format", fmt, "--output", str(output))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # two files could not be classified
 
     text = output.read_text()
     if fmt == "csv":
@@ -151,3 +154,95 @@ def test_classify_writes_to_stdout_in_small_batches(folder):
 def test_classify_with_no_images(tmp_path):
     done = _run(str(tmp_path))
     assert done.returncode == 1 and "no image files" in done.stderr
+
+
+def test_names_that_are_not_utf8_and_an_output_replaced_whole(folder, tmp_path):
+    """A file name in Latin-1 is written back as its bytes; the output appears whole, in place
+    of an earlier one, with the permissions open() would give it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    latin1 = os.fsencode(photos) + b"/caf\xe9.jpg"
+    with open(latin1, "wb") as handle:
+        handle.write((folder / "astronaut.jpg").read_bytes())
+    output = tmp_path / "out.csv"
+    output.write_text("an earlier run's rows\n")
+    done = _run(str(photos), "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    rows = output.read_bytes().splitlines()
+    assert rows[0].startswith(b"file,") and rows[1].startswith(latin1 + b",")
+    assert os.stat(output).st_mode & 0o777 == 0o666 & ~_umask()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "photos"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_interrupted_run_leaves_the_earlier_output_and_its_rows_beside(folder, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(200):
+        (photos / f"{index:03}.jpg").write_bytes((folder / "astronaut.jpg").read_bytes())
+    output = tmp_path / "out.csv"
+    output.write_text("an earlier run's rows\n")
+    code = "import sys; from emotion_server.cli import main; sys.exit(main(sys.argv[1:]))"
+    options = ["--batch-size", "1", "--output", str(output)]
+    running = subprocess.Popen(
+        [sys.executable, "-c", code, "classify", str(photos), *options],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while not any(b"\n" in p.read_bytes() for p in tmp_path.glob(".out.csv.*")):
+        assert time.monotonic() < deadline and running.poll() is None
+        time.sleep(0.05)
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=60)
+    assert running.returncode == 130, stderr
+    assert "Traceback" not in stderr and "out.csv.partial" in stderr
+    assert output.read_text() == "an earlier run's rows\n"
+    rows = (tmp_path / "out.csv.partial").read_text().splitlines()
+    assert rows[0].split(",") == list(CSV_COLUMNS) and 1 < len(rows) < 201
+    assert not list(tmp_path.glob(".out.csv.*"))
+
+
+def test_bad_settings_and_options_are_refused_before_the_model_loads(folder, tmp_path):
+    photo = str(folder / "astronaut.jpg")
+    for args, env, fragment in [
+        ((photo,), {"EMOTION_MODE": "fast"}, "EMOTION_MODE"),
+        ((photo,), {"EMOTION_VIDEO_FPS": "abc"}, "EMOTION_VIDEO_FPS"),
+        ((photo, "--output", str(tmp_path / "absent" / "out.csv")), {}, "does not exist"),
+        ((photo, "--plots", str(folder / "astronaut.jpg")), {}, "--plots"),
+        ((photo, "--model", str(tmp_path / "absent.onnx")), {}, "not found"),
+    ]:
+        code = "import sys; from emotion_server.cli import main; sys.exit(main(sys.argv[1:]))"
+        done = subprocess.run(
+            [sys.executable, "-c", code, "classify", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+        assert done.returncode == 2, (args, env, done.stderr)
+        assert fragment in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.stdout == ""
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(folder):
+    code = "import sys; from emotion_server.cli import main; sys.exit(main(sys.argv[1:]))"
+    running = subprocess.Popen(
+        [sys.executable, "-c", code, "classify", "--model", str(BUNDLED_MODEL)]
+        + [str(folder / "astronaut.jpg")] * 50
+        + ["--batch-size", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    running.stdout.readline()  # the header: the run has begun
+    running.stdout.close()  # as `| head -n 1` does
+    _, stderr = running.communicate(timeout=120)
+    assert running.returncode == 141 and b"Traceback" not in stderr, stderr

@@ -51,7 +51,7 @@ def test_classify_video_rows_and_plots(folder, tmp_path, pipeline):
         "--plots",
         str(plots),
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # broken.webm
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     by_file: dict[str, list[dict]] = {}
     for row in rows:
@@ -116,3 +116,15 @@ def test_progress_bar_counts_frames(folder, pipeline, capsys):
 def test_bad_fps_is_refused_before_loading(folder):
     done = _run(str(folder / "clip.mp4"), "--fps", "0")
     assert done.returncode == 2 and "fps" in done.stderr
+
+
+def test_plot_names_stay_apart_for_videos_of_one_name(tmp_path):
+    stems: dict = {}
+    first, second = tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4"
+    assert plot_name(first, 1, stems) == "clip.mp4.track1.png"
+    assert plot_name(first, 2, stems) == "clip.mp4.track2.png"  # the same video
+    assert plot_name(second, 1, stems) == "clip.mp4-2.track1.png"
+    # Names that differ only in characters replaced by the same "_" are told apart too.
+    assert plot_name(tmp_path / "caf\u00e9.mp4", 1, stems) == "caf_.mp4.track1.png"
+    assert plot_name(tmp_path / "caf\u00e8.mp4", 1, stems) == "caf_.mp4-2.track1.png"
+    assert plot_name(first, 3, stems) == "clip.mp4.track3.png"

@@ -1,8 +1,12 @@
 """End to end: gunicorn on a loopback port, real HTTP, the real bundled model."""
 
+import http.server
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -102,6 +106,76 @@ def test_original_client(server, astronaut, tmp_path):
     ).json()["prediction"]
     assert predicted.stdout.startswith(f"prediction: {expected}")
     assert "face 1:" in predicted.stdout
+
+
+def test_original_client_says_what_went_wrong(server, tmp_path):
+    """No traceback: a refused connection, a URL without its scheme, a missing image, a proxy's
+    HTML page where the server's JSON should be."""
+    client = [sys.executable, str(ROOT / "test_client.py")]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([*client, *args], capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    refused = run(f"http://127.0.0.1:{closed}")
+    assert refused.returncode == 1 and "cannot reach http://127.0.0.1:" in refused.stderr
+    no_scheme = run(server.url.removeprefix("http://"))
+    assert no_scheme.returncode == 2 and f"for example {server.url}" in no_scheme.stderr
+    missing = run(server.url, str(tmp_path / "absent.jpg"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        html = run(f"http://127.0.0.1:{proxy.server_port}")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert html.returncode == 1
+    assert "HTTP 502" in html.stderr and "not the server's JSON" in html.stderr
+    assert "502 Bad Gateway" in html.stderr
+
+
+def test_bad_starts_are_refused_with_a_message():
+    """`python app.py` and `emotion-server serve`'s own options: status 2, no traceback."""
+    app = subprocess.run(
+        [sys.executable, "app.py"],
+        env={**os.environ, "EMOTION_MODEL_PATH": "/nonexistent/model.onnx", "PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert app.returncode == 2 and "model file not found" in app.stderr, app.stderr
+    assert "Traceback" not in app.stderr
+    for option, value, fragment in [
+        ("--port", "0", "not from 1 to 65535"),
+        ("--port", "http", "not a whole number"),
+        ("--workers", "0", "not from 1 to 64"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "emotion_server.cli", "serve", option, value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and fragment in done.stderr, done.stderr
 
 
 def test_python_app_py_serves_on_port():

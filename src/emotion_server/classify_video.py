@@ -33,6 +33,9 @@ class VideoOptions:
     smoothing: float = 0.0
     plots: Path | None = None  # folder for one PNG timeline per track; None: no plots
     max_fps: float = 60.0
+    # The plots' file stems given so far in this run, and the video each is for: two videos
+    # of one name (a/clip.mp4, b/clip.mp4) get clip.mp4 and clip.mp4-2.
+    stems: dict[str, Path] = field(default_factory=dict, compare=False)
 
     def sampling(self) -> Sampling:
         return check_sampling(self.fps, self.smoothing, self.max_fps)
@@ -44,10 +47,23 @@ class _Series:
     probabilities: list[dict[str, float]] = field(default_factory=list)
 
 
-def plot_name(video: Path, track_id: int) -> str:
-    """`<video file name>.track<id>.png`, with unusual characters replaced."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", video.name)
-    return f"{stem}.track{track_id}.png"
+def plot_stem(video: Path, stems: dict[str, Path] | None = None) -> str:
+    """The video's file name with unusual characters replaced; `-2`, `-3`... added where
+    another video of the run (in `stems`, which it updates) has that stem already."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", video.name)
+    if stems is None:
+        return base
+    stem, number = base, 1
+    while stems.get(stem, video) != video:
+        number += 1
+        stem = f"{base}-{number}"
+    stems[stem] = video
+    return stem
+
+
+def plot_name(video: Path, track_id: int, stems: dict[str, Path] | None = None) -> str:
+    """`<video file name>.track<id>.png` (the stem as `plot_stem` gives it)."""
+    return f"{plot_stem(video, stems)}.track{track_id}.png"
 
 
 def classify_video(
@@ -100,6 +116,6 @@ def classify_video(
                 f"{path.name}: face {summary.track_id}, {summary.frames} frames, "
                 f"mostly {summary.dominant} ({summary.time_share[summary.dominant]:.0%})"
             )
-            target = options.plots / plot_name(path, summary.track_id)
+            target = options.plots / plot_name(path, summary.track_id, options.stems)
             written.append(draw_timeline(track.times, track.probabilities, title, target))
     return written

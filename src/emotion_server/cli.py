@@ -32,13 +32,13 @@ def use_huge_pages_for_large_buffers(environ: MutableMapping[str, str]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.port:
+    if args.port is not None:
         os.environ["PORT"] = str(args.port)
     if args.model:
         os.environ["EMOTION_MODEL_PATH"] = args.model
     if args.mode:
         os.environ["EMOTION_MODE"] = args.mode
-    if args.workers:
+    if args.workers is not None:
         os.environ["WEB_CONCURRENCY"] = str(args.workers)
     # The settings and the model are checked as gunicorn's master reads its config, in a
     # child of the master (gunicorn_conf.py, ops.startup_problem_in_child), before it forks
@@ -186,6 +186,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
+    """Exit status: 0 every file classified; 1 a file could not be (its row says why) or no
+    file was found; 2 a setting, an option or the model is wrong (nothing classified);
+    130 interrupted; 141 the reader of standard output went away (`| head`)."""
+    import tempfile
     from pathlib import Path
 
     from emotion_server.classify import RowWriter, classify_files, find_images
@@ -194,19 +198,30 @@ def _classify(args: argparse.Namespace) -> int:
     from emotion_server.errors import InvalidParameter, ModelLoadError
     from emotion_server.pipeline import Pipeline
 
+    def refuse(message: str) -> int:
+        print(f"emotion-server: {message}", file=sys.stderr)
+        return 2
+
+    output = Path(args.output) if args.output else None
+    if output is not None and not output.resolve().parent.is_dir():
+        return refuse(f"--output {output}: the folder {output.parent} does not exist")
+    plots = Path(args.plots) if args.plots else None
     overrides = {"model_path": args.model} if args.model else {}
     try:
         settings = Settings.from_env(**overrides)
         video = VideoOptions(
             fps=settings.video_fps if args.fps is None else args.fps,
             smoothing=args.smoothing,
-            plots=Path(args.plots) if args.plots else None,
+            plots=plots,
         )
         video.sampling()  # checked before the model loads
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
         pipeline = Pipeline.from_settings(settings)
-    except (ModelLoadError, InvalidParameter) as exc:
-        print(f"emotion-server: {exc}", file=sys.stderr)
-        return 2
+    except (ModelLoadError, InvalidParameter, ValueError) as exc:  # ValueError: a setting
+        return refuse(str(exc))
+    except OSError as exc:
+        return refuse(f"--plots {plots}: {exc.strerror or exc}")
     files = find_images(args.paths)
     if not files:
         print(
@@ -215,15 +230,69 @@ def _classify(args: argparse.Namespace) -> int:
         )
         return 1
     progress = False if args.no_progress else None
-    if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as stream:
-            writer = RowWriter(stream, args.format)
+    # File names that are not UTF-8 are written back as the bytes they are (Python holds them
+    # as surrogates): in strict mode the first one stopped the run.
+    partial = None
+    try:
+        if output is None:
+            sys.stdout.reconfigure(errors="surrogateescape")
+            writer = RowWriter(sys.stdout, args.format)
             summary = classify_files(pipeline, files, writer, args.batch_size, progress, video)
-    else:
-        writer = RowWriter(sys.stdout, args.format)
-        summary = classify_files(pipeline, files, writer, args.batch_size, progress, video)
+        else:
+            # Written beside the output and renamed over it once complete: an interrupted run
+            # leaves an earlier output as it was, and its own rows in OUTPUT.partial.
+            partial = output.with_name(output.name + ".partial")
+            with tempfile.NamedTemporaryFile(
+                "w",
+                dir=output.resolve().parent,
+                prefix=f".{output.name}.",
+                encoding="utf-8",
+                errors="surrogateescape",
+                newline="",
+                delete=False,
+            ) as stream:
+                scratch = Path(stream.name)
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(scratch, 0o666 & ~umask)  # as open() would make it, not 0600
+                try:
+                    writer = RowWriter(stream, args.format)
+                    summary = classify_files(
+                        pipeline, files, writer, args.batch_size, progress, video
+                    )
+                except BaseException:
+                    stream.close()
+                    os.replace(scratch, partial)
+                    raise
+            os.replace(scratch, output)
+            partial.unlink(missing_ok=True)  # an earlier interrupted run's
+    except KeyboardInterrupt:
+        kept = f"; the rows so far are in {partial}" if partial else ""
+        print(f"emotion-server: interrupted{kept}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Standard output's reader has gone (`| head`): stop quietly, as a command killed by
+        # SIGPIPE would, and point stdout at nothing so Python's last flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     print(summary.text(), file=sys.stderr)
-    return 0
+    return 1 if summary.errors else 0
+
+
+def _whole_number(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`, or argparse's usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the model over HTTP with gunicorn")
-    serve.add_argument("--port", type=int, help="port (default: $PORT or 5000)")
+    serve.add_argument("--port", type=_whole_number(1, 65535), help="port (default: $PORT or 5000)")
     serve.add_argument(
         "--model", help="ONNX model (default: $EMOTION_MODEL_PATH or the bundled one)"
     )
@@ -241,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which bundled model serves (default: $EMOTION_MODE or default)",
     )
     serve.add_argument(
-        "--workers", type=int, help="worker processes (default: $WEB_CONCURRENCY or 2)"
+        "--workers",
+        type=_whole_number(1, 64),
+        help="worker processes (default: $WEB_CONCURRENCY or 2)",
     )
     serve.set_defaults(func=_serve)
 
@@ -259,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="ONNX model (default: $EMOTION_MODEL_PATH or the bundled one)"
     )
     classify.add_argument(
-        "--batch-size", type=int, default=16, help="images per model call (default: 16)"
+        "--batch-size",
+        type=_whole_number(1, 4096),
+        default=16,
+        help="images per model call (default: 16)",
     )
     classify.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: on a terminal)"
