@@ -38,6 +38,43 @@ def test_bad_numbers_fail_loudly():
         Settings.from_env({"PORT": "eighty"})
 
 
+@pytest.mark.parametrize(
+    ("variable", "text", "fragment"),
+    [
+        ("PORT", "0", "PORT must be at least 1"),
+        ("PORT", "70000", "PORT must be at most 65535"),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be at least 1"),
+        ("EMOTION_MAX_FACES", "0", "EMOTION_MAX_FACES must be at least 1"),
+        ("EMOTION_MAX_FACES", "-1", "EMOTION_MAX_FACES must be at least 1"),
+        ("EMOTION_MAX_UPLOAD_BYTES", "0", "EMOTION_MAX_UPLOAD_BYTES must be at least 1"),
+        ("EMOTION_VIDEO_MAX_SECONDS", "nan", "EMOTION_VIDEO_MAX_SECONDS must be a finite"),
+        ("EMOTION_VIDEO_MAX_SECONDS", "0", "EMOTION_VIDEO_MAX_SECONDS must be above 0"),
+        ("EMOTION_READ_TIMEOUT_S", "-1", "EMOTION_READ_TIMEOUT_S must be above 0"),
+        ("EMOTION_READ_MIN_RATE", "inf", "EMOTION_READ_MIN_RATE must be a finite"),
+        ("EMOTION_BATCH_MAX_WAIT_MS", "-0.5", "EMOTION_BATCH_MAX_WAIT_MS must be at least 0"),
+        ("EMOTION_THREADS", "-2", "EMOTION_THREADS must be at least 0"),
+        ("EMOTION_API_KEYS", " , ", "EMOTION_API_KEYS is set but holds no key"),
+    ],
+)
+def test_settings_out_of_range_are_named(variable, text, fragment):
+    problem = Settings.from_env({variable: text}).out_of_range()
+    assert problem is not None and problem.startswith(fragment), problem
+
+
+def test_settings_at_their_bounds_are_in_range():
+    edges = {
+        "PORT": "65535",
+        "WEB_CONCURRENCY": "1",
+        "EMOTION_MAX_FACES": "1",
+        "EMOTION_THREADS": "0",
+        "EMOTION_BATCH_MAX_WAIT_MS": "0",
+        "EMOTION_VIDEO_MAX_SECONDS": "0.001",
+        "EMOTION_API_KEYS": " key ,",
+    }
+    assert Settings.from_env(edges).out_of_range() is None
+    assert Settings().out_of_range() is None
+
+
 def test_serve_sets_glibc_malloc_tunables_without_dropping_other_tunables():
     from emotion_server.cli import MALLOC_TUNABLES, use_huge_pages_for_large_buffers
 

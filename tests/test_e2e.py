@@ -192,6 +192,14 @@ def test_serve_fails_fast_on_missing_model(tmp_path):
     assert "model file not found" in result.stderr
 
 
+def test_serve_refuses_settings_out_of_range():
+    """No workers (a bound socket nobody answers on) and keys meant but none given (an open
+    server) are refused before gunicorn starts."""
+    for variable, text in (("WEB_CONCURRENCY", "0"), ("EMOTION_API_KEYS", ",")):
+        result = serve_refusal(**{variable: text})
+        assert result.returncode == 2 and variable in result.stderr, result.stderr
+
+
 def _log_lines(server, marker: str, until: str, timeout: float = 10.0) -> list[str]:
     """The server's log lines that contain `marker`, once one contains `until` (a worker
     writes a request's line after sending its answer, so it may come a moment later)."""

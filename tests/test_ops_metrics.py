@@ -101,6 +101,21 @@ def test_metrics_count_requests_errors_and_faces(client, astronaut):
     assert delta(duration, endpoint="/inference", method="POST") == 4
 
 
+def test_methods_no_route_has_share_one_label(client):
+    """A client's own method (gunicorn passes any token) must not make new series."""
+    before = parse(client.get("/metrics").get_data(as_text=True))
+    for method in ("AAAAAAAA", "BBBBBBBB", "PURGE"):
+        assert client.open("/inference", method=method).status_code == 405
+        assert client.open("/nowhere", method=method).status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    after = parse(text)
+    assert "AAAAAAAA" not in text and "PURGE" not in text
+    total = "emotion_http_requests_total"
+    for endpoint, status in (("unmatched", "405"), ("unmatched", "404")):
+        labels = {"endpoint": endpoint, "method": "other", "status": status}
+        assert value(after, total, **labels) - value(before, total, **labels) == 3
+
+
 def test_batch_images_are_counted_one_by_one(client, astronaut):
     before = parse(client.get("/metrics").get_data(as_text=True))
     files = [(encode(astronaut), "a.jpg"), (b"text", "b.jpg"), (crop(), "c.png")]

@@ -209,6 +209,9 @@ def _classify(args: argparse.Namespace) -> int:
     overrides = {"model_path": args.model} if args.model else {}
     try:
         settings = Settings.from_env(**overrides)
+        problem = settings.out_of_range()
+        if problem:
+            return refuse(problem)
         video = VideoOptions(
             fps=settings.video_fps if args.fps is None else args.fps,
             smoothing=args.smoothing,

@@ -116,6 +116,26 @@ class Settings:
     def api_key_list(self) -> tuple[str, ...]:
         return _split(self.api_keys)
 
+    def out_of_range(self) -> str | None:
+        """The first setting outside the values it can take, as a message naming its
+        variable; None where all are within them (ops.startup_problem refuses to start)."""
+        for item in fields(self):
+            if item.name not in LOWEST:
+                continue
+            value, (lowest, strict) = getattr(self, item.name), LOWEST[item.name]
+            name = ENV_NAMES.get(item.name, (f"EMOTION_{item.name.upper()}",))[0]
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{name} must be a finite number, not {value}"
+            if value < lowest or (strict and value == lowest):
+                bound = f"above {lowest:g}" if strict else f"at least {lowest:g}"
+                return f"{name} must be {bound}, not {value:g}"
+        if self.port > 65535:
+            return f"PORT must be at most 65535, not {self.port}"
+        if self.api_keys.strip() and not self.api_key_list:
+            # "," or "${K1},${K2}" with the variables unset: keys were meant, none came.
+            return "EMOTION_API_KEYS is set but holds no key (only commas and spaces)"
+        return None
+
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
         return _split(self.cors_origins)
@@ -212,6 +232,33 @@ def _v1_quota(folder: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+# The least value of each numeric setting, and whether it must be above it rather than at
+# least it. Floats must also be finite ("nan" parses, and compares false with every limit).
+LOWEST: dict[str, tuple[float, bool]] = {
+    "port": (1, False),
+    "workers": (1, False),
+    "worker_threads": (1, False),
+    "timeout": (1, False),
+    "threads": (0, False),
+    "idle_threads": (0, False),
+    "crop_size_limit": (0, False),
+    "max_faces": (1, False),
+    "max_upload_bytes": (1, False),
+    "max_pixels": (1, False),
+    "max_batch_images": (1, False),
+    "max_batch_bytes": (1, False),
+    "video_max_bytes": (1, False),
+    "video_max_seconds": (0, True),
+    "video_fps": (0, True),
+    "video_max_fps": (0, True),
+    "batch_max_size": (1, False),
+    "batch_max_wait_ms": (0, False),
+    "read_timeout_s": (0, True),
+    "read_min_rate": (0, True),
+    "detect_threshold": (0, True),
+}
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -85,6 +85,9 @@ def startup_problem() -> str | None:
         settings = Settings.from_env()
     except ValueError as exc:  # an unknown EMOTION_MODE, a number that is not one
         return str(exc)
+    problem = settings.out_of_range()
+    if problem:
+        return problem
     if settings.access_log not in ACCESS_LOG_MODES:
         return (
             f"EMOTION_ACCESS_LOG must be one of {', '.join(ACCESS_LOG_MODES)}, "

@@ -59,6 +59,9 @@ def observe_stream_error(code: str) -> None:
     metrics.observe_error(_endpoint(), code)
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+
+
 def register(app: Flask) -> None:
     """Time and count every request; registered first, so refused requests are counted too."""
 
@@ -73,7 +76,10 @@ def register(app: Flask) -> None:
         endpoint = _endpoint()
         started = g.get("metrics_started")
         if started is not None:
-            method, status = request.method, response.status_code
+            # The method is the client's word (gunicorn takes any token): one label value
+            # for those no route has, or each would make new series.
+            method = request.method if request.method in KNOWN_METHODS else "other"
+            status = response.status_code
 
             def observe():
                 elapsed = time.perf_counter() - started
