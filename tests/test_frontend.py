@@ -16,6 +16,7 @@ import psutil
 import pytest
 from conftest import GunicornServer
 
+from emotion_server.api.security import HEADERS
 from emotion_server.slowclients import SlowClients, burst, healthz_seconds, summarize
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +67,10 @@ def test_header_trickle_is_answered_408_json(server):
     status, body = _status_and_body(data)
     assert status == 408 and body["error"] == "read_timeout" and body["message"]
     assert READ_TIMEOUT_S - 0.1 <= elapsed < BOUND_S
+    # Written by the worker, not the app, and still with the security headers.
+    head = data.partition(b"\r\n\r\n")[0].decode().lower()
+    for name, value in HEADERS.items():
+        assert f"\r\n{name.lower()}: {value.lower()}\r\n" in head
 
 
 @pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])

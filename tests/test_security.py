@@ -12,6 +12,7 @@ from conftest import BUNDLED_MODEL, ROOT, GunicornServer, encode
 from openapi_spec_validator import validate
 
 from emotion_server.api import create_app
+from emotion_server.api.security import HEADERS
 from emotion_server.config import Settings
 
 KEYS = "first-key-0123456789,second-key-9876543210"
@@ -158,13 +159,49 @@ def test_wildcard_origin():
 # --- headers and limits -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/summary", "/nowhere", "/metrics"])
-def test_security_headers_on_every_response(client, path):
-    headers = client.get(path).headers
-    assert "default-src 'self'" in headers["Content-Security-Policy"]
-    assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["X-Frame-Options"] == "DENY"
-    assert headers["Referrer-Policy"] == "no-referrer"
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/healthz", 200),
+        ("GET", "/summary", 200),
+        ("GET", "/nowhere", 404),
+        ("GET", "/metrics", 200),
+        ("GET", "/inference", 405),
+        ("POST", "/inference", 400),  # empty body
+    ],
+)
+def test_security_headers_on_every_response(client, method, path, status):
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    for name, value in HEADERS.items():
+        assert response.headers[name] == value
+
+
+def test_security_headers_on_refusals(keyed):
+    """401 without a key, 403 for a preflight from another origin, 413 over the size limit."""
+    assert keyed.get("/summary").status_code == 401
+    refused = keyed.options(
+        "/inference",
+        headers={"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"},
+    )
+    big = keyed.post(
+        "/inference",
+        data=b"x" * (11 * 1024 * 1024),
+        headers={"Content-Type": "application/octet-stream", "X-API-Key": "first-key-0123456789"},
+    )
+    for response, status in ((keyed.get("/summary"), 401), (refused, 403), (big, 413)):
+        assert response.status_code == status
+        for name, value in HEADERS.items():
+            assert response.headers[name] == value
+
+
+def test_cors_origins_are_compared_as_browsers_send_them():
+    settings = Settings.from_env({"EMOTION_CORS_ORIGINS": "HTTPS://App.Example, http://b:8080"})
+    assert settings.out_of_range() is None
+    assert settings.cors_origin_list == ("https://app.example", "http://b:8080")
+    for origins in ("https://app.example/", "app.example", "https://app.example/path"):
+        problem = Settings.from_env({"EMOTION_CORS_ORIGINS": origins}).out_of_range()
+        assert problem and "EMOTION_CORS_ORIGINS" in problem and repr(origins) in problem
 
 
 LIMITS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -131,6 +132,12 @@ class Settings:
                 return f"{name} must be {bound}, not {value:g}"
         if self.port > 65535:
             return f"PORT must be at most 65535, not {self.port}"
+        for origin in self.cors_origin_list:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                return (
+                    f"EMOTION_CORS_ORIGINS: {origin!r} is not an origin as browsers send it, "
+                    "scheme://host or scheme://host:port (no path, no trailing slash)"
+                )
         if self.api_keys.strip() and not self.api_key_list:
             # "," or "${K1},${K2}" with the variables unset: keys were meant, none came.
             return "EMOTION_API_KEYS is set but holds no key (only commas and spaces)"
@@ -138,7 +145,8 @@ class Settings:
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
-        return _split(self.cors_origins)
+        """Lower-cased, as browsers send an Origin's scheme and host."""
+        return tuple(origin.lower() for origin in _split(self.cors_origins))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
@@ -233,6 +241,9 @@ def _v1_quota(folder: Path) -> float | None:
         return None
     return quota / period if quota > 0 and period > 0 else None
 
+
+# An Origin header's form: scheme://host[:port], nothing after it.
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
 
 # The least value of each numeric setting, and whether it must be above it rather than at
 # least it. Floats must also be finite ("nan" parses, and compares false with every limit).

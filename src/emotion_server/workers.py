@@ -186,10 +186,15 @@ class DeadlineSocket:
 def answer_read_timeout(sock, error: ReadTimeout) -> None:
     """Write the 408 JSON answer straight to the socket (no app involved: the request line or
     its headers never arrived whole)."""
+    # Imported here, in a worker that has loaded the app: gunicorn's master imports this
+    # module and must not import the app's (ONNX Runtime among them).
+    from emotion_server.api.security import HEADERS
+
     body = json.dumps({"error": error.code, "message": error.message}).encode()
+    security = "".join(f"{name}: {value}\r\n" for name, value in HEADERS.items())
     head = (
         "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{security}Connection: close\r\n\r\n"
     ).encode()
     util.write_nonblock(sock, head + body)
 

@@ -21,7 +21,7 @@ def register(app: Flask) -> None:
     any_origin = "*" in origins
 
     def allowed(origin: str | None) -> bool:
-        return bool(origin) and (any_origin or origin in origins)
+        return bool(origin) and (any_origin or origin.lower() in origins)
 
     @app.before_request
     def _preflight():
