@@ -401,13 +401,20 @@ window.fetch = async (...args) => {
 """
 
 
+def _instrumented(watched, server, camera: bool = False, **context) -> Watched:
+    """A fresh tab on the page with INSTRUMENTS installed (and the camera allowed)."""
+    tab = watched(**context)
+    if camera:
+        tab.context.grant_permissions(["camera"], origin=server.url)
+    tab.page.add_init_script(INSTRUMENTS)
+    tab.page.goto(server.url + "/")
+    return tab
+
+
 @pytest.mark.e2e
 def test_camera_started_twice_quickly_opens_one_stream_and_stops_it(watched, server):
-    tab = watched()
-    tab.context.grant_permissions(["camera"], origin=server.url)
+    tab = _instrumented(watched, server, camera=True)
     page = tab.page
-    page.add_init_script(INSTRUMENTS)
-    page.goto(server.url + "/")
     page.evaluate(
         "() => { const b = document.getElementById('camera-start'); b.click(); b.click(); }"
     )
@@ -423,11 +430,8 @@ def test_camera_started_twice_quickly_opens_one_stream_and_stops_it(watched, ser
 
 @pytest.mark.e2e
 def test_live_turned_off_and_on_quickly_never_sends_two_requests(watched, server):
-    tab = watched()
-    tab.context.grant_permissions(["camera"], origin=server.url)
+    tab = _instrumented(watched, server, camera=True)
     page = tab.page
-    page.add_init_script(INSTRUMENTS)
-    page.goto(server.url + "/")
     page.get_by_role("button", name="Start camera").click()
     page.locator("#video").wait_for()
     page.evaluate("() => { window.slowNetwork = 600; }")  # longer than the live interval
@@ -457,10 +461,8 @@ def test_the_newest_photo_wins(watched, server, astronaut, tmp_path):
     first, second = tmp_path / "first.jpg", tmp_path / "second.png"
     first.write_bytes(encode(np.asarray(Image.fromarray(astronaut).resize((400, 400)))))
     second.write_bytes(encode(np.asarray(Image.fromarray(astronaut).resize((300, 300))), "PNG"))
-    tab = watched(viewport={"width": 1280, "height": 800})
+    tab = _instrumented(watched, server, viewport={"width": 1280, "height": 800})
     page = tab.page
-    page.add_init_script(INSTRUMENTS)
-    page.goto(server.url + "/")
     page.evaluate("() => { window.decodeDelays = [800, 0]; }")
     picker = page.get_by_label("Choose a photo")
     picker.set_input_files(str(first))
