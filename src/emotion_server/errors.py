@@ -124,6 +124,13 @@ class VideoTooLong(EmotionServerError):
     code, status = "video_too_long", 413
 
 
+class InsufficientStorage(EmotionServerError):
+    """No room left to hold an upload (its temporary file's folder is full): the server's
+    state, not the request's; another time, or a smaller file, may fit."""
+
+    code, status = "insufficient_storage", 507
+
+
 class UnreadableFile(EmotionServerError):
     """A file the `classify` command could not open (missing, a folder, no permission)."""
 

@@ -144,6 +144,11 @@ class VideoReader:
             self.container.close()
             raise
 
+    @property
+    def _decoder_max_pixels(self) -> int:
+        """Twice the limit, within the C int FFmpeg reads the option as."""
+        return min(2 * self.max_pixels, 2**31 - 1)
+
     def _validate(self, max_pixels: int, threads: int) -> VideoInfo:
         container = self.container
         if not container.streams.video:
@@ -187,7 +192,7 @@ class VideoReader:
         # The decoder's own bound: a stream that grows its pictures part-way far past the size
         # checked above fails to decode (CorruptVideo) instead of allocating them. Twice the
         # limit, as decoders count their padded, coded size; `frames` refuses what is between.
-        self.stream.codec_context.options = {"max_pixels": str(2 * max_pixels)}
+        self.stream.codec_context.options = {"max_pixels": str(self._decoder_max_pixels)}
         return VideoInfo(
             container=name,
             codec=codec,
@@ -243,7 +248,7 @@ class VideoReader:
         except av.error.FFmpegError as exc:
             hint = ""
             if exc.errno == errno.EINVAL:  # what the decoder's max_pixels gives, among others
-                hint = f"; or its pictures grow past {2 * self.max_pixels} pixels part-way"
+                hint = f"; or its pictures grow past {self._decoder_max_pixels} pixels part-way"
             raise CorruptVideo(
                 f"The video could not be decoded after {index + 1} frames "
                 f"({exc.strerror or exc}{hint})."

@@ -35,7 +35,8 @@ class ErrorBody(_Strict):
         "image_too_large, too_many_images, invalid_parameter, invalid_video, corrupt_video, "
         "no_video_stream, empty_video, unsupported_video_format, unsupported_video_codec, "
         "video_too_long, read_timeout, malformed_body, bad_request, unauthorized, "
-        "origin_not_allowed, not_found, method_not_allowed, not_ready, internal_error",
+        "origin_not_allowed, not_found, method_not_allowed, not_ready, insufficient_storage, "
+        "internal_error",
         examples=["invalid_image"],
     )
     message: str = Field(description="What went wrong, for a person", min_length=1)

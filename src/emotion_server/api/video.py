@@ -4,6 +4,9 @@ per tracked face, as one JSON document or streamed as NDJSON (`Accept: applicati
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import logging
 import shutil
@@ -36,6 +39,7 @@ from emotion_server.errors import (
     EmotionServerError,
     EmptyBody,
     EmptyVideo,
+    InsufficientStorage,
     InvalidParameter,
     MissingFile,
     UnsupportedMediaType,
@@ -59,16 +63,31 @@ NDJSON = "application/x-ndjson"
 TIME_BUDGET_SHARE = 0.8
 
 
-# A video held in memory up to this size, in an unnamed temporary file past it: a worker
+# A raw body held in memory up to this size, in an unnamed temporary file past it: a worker
 # serves many connections at once, and each may send EMOTION_VIDEO_MAX_BYTES.
 SPOOL_BYTES = 8 << 20
+
+
+@contextlib.contextmanager
+def _room_for_uploads() -> Iterator[None]:
+    """A full temporary folder (a small in-memory /tmp) answered as such, not as a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise InsufficientStorage(
+            "The server has no room left to hold this upload now: try again later, or send a "
+            "smaller video."
+        ) from None
 
 
 def _spooled(stream: BinaryIO) -> BinaryIO:
     """A seekable copy of `stream` of the video's own, which the VideoReader closes."""
     copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - see above
     try:
-        shutil.copyfileobj(stream, copy, 1 << 20)
+        with _room_for_uploads():
+            shutil.copyfileobj(stream, copy, 1 << 20)
         copy.seek(0)
     except BaseException:
         copy.close()
@@ -77,13 +96,15 @@ def _spooled(stream: BinaryIO) -> BinaryIO:
 
 
 def read_video(settings: Settings) -> BinaryIO:
-    """The uploaded video as a seekable file of its own: the raw body or the multipart field
-    `video`, copied as it arrives (in memory up to SPOOL_BYTES, then to an unnamed temporary
-    file). Werkzeug closes its uploads when the view returns, before a streamed answer has
-    read them; the copy lives as long as the VideoReader that closes it."""
+    """The uploaded video as a seekable file the VideoReader owns and closes: the raw body,
+    copied as it arrives (in memory up to SPOOL_BYTES, then to an unnamed temporary file), or
+    the multipart field `video` (which Werkzeug has spooled already, past 500 kB to an unnamed
+    temporary file), taken from the request: Werkzeug closes its uploads when the view
+    returns, before a streamed answer has read them."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        files = request.files.getlist("video")
+        with _room_for_uploads():
+            files = request.files.getlist("video")
         if not files:
             raise MissingFile(
                 "The multipart body has no file in the field 'video' "
@@ -91,7 +112,9 @@ def read_video(settings: Settings) -> BinaryIO:
             )
         if len(files) > 1:
             raise MissingFile("Send one file in the field 'video'.")
-        return _spooled(files[0].stream)
+        # The request's own close() now reaches an empty stand-in, not the upload.
+        upload, files[0].stream = files[0].stream, io.BytesIO()
+        return upload
     if not mimetype or mimetype.startswith(RAW_TYPES):
         copy = _spooled(request.stream)
         if not copy.read(1):
@@ -145,6 +168,7 @@ def _wants_ndjson() -> bool:
         415: error_response(
             "unsupported_media_type, unsupported_video_format or unsupported_video_codec"
         ),
+        507: error_response("insufficient_storage (no room left to hold the upload)"),
     },
     openapi_extensions=VIDEO_REQUEST,
 )
