@@ -209,9 +209,35 @@ def test_interrupted_run_leaves_the_earlier_output_and_its_rows_beside(folder, t
     assert not list(tmp_path.glob(".out.csv.*"))
 
 
+def test_output_to_a_device_and_through_a_link(folder, tmp_path):
+    """--output /dev/stdout writes there; a link to a file keeps its place, its file gets the
+    rows; a server's settings (PORT=0) do not concern classify."""
+    photo = str(folder / "astronaut.jpg")
+    done = _run(photo, "--output", "/dev/stdout", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].startswith(photo + ",")
+    target = tmp_path / "rows.csv"
+    target.write_text("old\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    code = "import sys; from emotion_server.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "classify", photo, "--output", str(link)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PORT": "0", "WEB_CONCURRENCY": "0"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and target.read_text().splitlines()[1].startswith(photo + ",")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.csv", "rows.csv"]
+
+
 def test_bad_settings_and_options_are_refused_before_the_model_loads(folder, tmp_path):
     photo = str(folder / "astronaut.jpg")
     for args, env, fragment in [
+        ((photo, "--output", str(tmp_path)), {}, "is a folder"),
         ((photo,), {"EMOTION_MODE": "fast"}, "EMOTION_MODE"),
         ((photo,), {"EMOTION_VIDEO_FPS": "abc"}, "EMOTION_VIDEO_FPS"),
         ((photo, "--output", str(tmp_path / "absent" / "out.csv")), {}, "does not exist"),

@@ -54,6 +54,7 @@ def test_bad_numbers_fail_loudly():
         ("EMOTION_BATCH_MAX_WAIT_MS", "-0.5", "EMOTION_BATCH_MAX_WAIT_MS must be at least 0"),
         ("EMOTION_THREADS", "-2", "EMOTION_THREADS must be at least 0"),
         ("EMOTION_API_KEYS", " , ", "EMOTION_API_KEYS is set but holds no key"),
+        ("EMOTION_MAX_PIXELS", "2000000000", "EMOTION_MAX_PIXELS must be at most 1073741823"),
     ],
 )
 def test_settings_out_of_range_are_named(variable, text, fragment):
@@ -70,6 +71,8 @@ def test_settings_at_their_bounds_are_in_range():
         "EMOTION_BATCH_MAX_WAIT_MS": "0",
         "EMOTION_VIDEO_MAX_SECONDS": "0.001",
         "EMOTION_API_KEYS": " key ,",
+        "EMOTION_READ_MIN_RATE": "0",  # no extra time for large uploads
+        "EMOTION_MAX_PIXELS": "1073741823",
     }
     assert Settings.from_env(edges).out_of_range() is None
     assert Settings().out_of_range() is None
@@ -174,3 +177,12 @@ def test_mode_chooses_a_bundled_model_and_a_path_overrides_it():
     assert chosen.model_path == "/m/x.onnx" and mode_of(chosen.model_path) is None
     with pytest.raises(ValueError, match="EMOTION_MODE must be one of default, accurate"):
         Settings.from_env({"EMOTION_MODE": "fast"})
+
+
+def test_analysing_files_reads_only_its_own_settings():
+    """`classify` runs no server: a stray PORT or CORS entry is no reason to refuse it."""
+    serving = {"PORT": "0", "WEB_CONCURRENCY": "0", "EMOTION_CORS_ORIGINS": "https://a/"}
+    assert Settings.from_env(serving).out_of_range(serving=False) is None
+    assert Settings.from_env(serving).out_of_range() is not None
+    problem = Settings.from_env({"EMOTION_MAX_FACES": "0"}).out_of_range(serving=False)
+    assert problem and problem.startswith("EMOTION_MAX_FACES")

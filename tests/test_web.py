@@ -594,14 +594,27 @@ def test_video_error_is_shown_in_words(watched, server, tmp_path):
     tab.assert_clean(allowed="status of 400")
 
 
+@pytest.fixture(scope="module")
+def apart_webm(tmp_path_factory, astronaut) -> Path:
+    """2 s of two faces moving apart from each other, never close (both found in every frame)."""
+    import videos
+
+    top = videos.actor(astronaut, 200, (0, 20), (300, 20))
+    bottom = videos.actor(astronaut, 200, (440, 270), (140, 270), mirrored=True)
+    data = videos.encode_video(videos.scene([top, bottom], 20), container="webm", codec="libvpx")
+    path = tmp_path_factory.mktemp("web-video") / "apart.webm"
+    path.write_bytes(data)
+    return path
+
+
 @pytest.mark.e2e
-def test_video_boxes_keep_focus_and_take_clicks_while_playing(watched, server, crossing_webm):
+def test_video_boxes_keep_focus_and_take_clicks_while_playing(watched, server, apart_webm):
     """Boxes over a playing video are moved, not made anew on each frame: the keyboard's focus
     stays on the box that Enter selects, and a click lands."""
     tab = watched(viewport={"width": 1280, "height": 1000})
     page = tab.page
     page.goto(server.url + "/")
-    page.get_by_label("Choose a video").set_input_files(str(crossing_webm))
+    page.get_by_label("Choose a video").set_input_files(str(apart_webm))
     page.wait_for_function(
         "() => document.getElementById('video-status').textContent.includes('followed')"
     )
@@ -642,7 +655,8 @@ def test_files_dropped_anywhere_on_the_page(watched, server, astronaut_file, cro
 
     assert drop(astronaut_file, "image/jpeg", "header")
     page.locator("#boxes .box").wait_for()
-    assert drop(crossing_webm, "video/webm", "#chart-title")
+    # A video the system gave no type (as some do for .mkv): its name says it is one.
+    assert drop(crossing_webm, "", "#chart-title")
     page.wait_for_function(
         "() => document.getElementById('video-status').textContent.includes('followed')"
     )

@@ -192,7 +192,7 @@ def _classify(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from emotion_server.classify import RowWriter, classify_files, find_images
+    from emotion_server.classify import RowWriter, Summary, classify_files, find_images
     from emotion_server.classify_video import VideoOptions
     from emotion_server.config import Settings
     from emotion_server.errors import InvalidParameter, ModelLoadError
@@ -203,13 +203,21 @@ def _classify(args: argparse.Namespace) -> int:
         return 2
 
     output = Path(args.output) if args.output else None
-    if output is not None and not output.resolve().parent.is_dir():
-        return refuse(f"--output {output}: the folder {output.parent} does not exist")
+    if output is not None:
+        if output.is_dir():
+            return refuse(f"--output {output} is a folder: name a file")
+        if not Path(os.path.realpath(output)).parent.is_dir():
+            return refuse(f"--output {output}: the folder {output.parent} does not exist")
     plots = Path(args.plots) if args.plots else None
+    if plots is not None:
+        try:
+            plots.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return refuse(f"--plots {plots}: {exc.strerror or exc}")
     overrides = {"model_path": args.model} if args.model else {}
     try:
         settings = Settings.from_env(**overrides)
-        problem = settings.out_of_range()
+        problem = settings.out_of_range(serving=False)
         if problem:
             return refuse(problem)
         video = VideoOptions(
@@ -218,13 +226,9 @@ def _classify(args: argparse.Namespace) -> int:
             plots=plots,
         )
         video.sampling()  # checked before the model loads
-        if plots is not None:
-            plots.mkdir(parents=True, exist_ok=True)
         pipeline = Pipeline.from_settings(settings)
     except (ModelLoadError, InvalidParameter, ValueError) as exc:  # ValueError: a setting
         return refuse(str(exc))
-    except OSError as exc:
-        return refuse(f"--plots {plots}: {exc.strerror or exc}")
     files = find_images(args.paths)
     if not files:
         print(
@@ -236,39 +240,44 @@ def _classify(args: argparse.Namespace) -> int:
     # File names that are not UTF-8 are written back as the bytes they are (Python holds them
     # as surrogates): in strict mode the first one stopped the run.
     partial = None
+
+    def run(stream) -> Summary:
+        return classify_files(
+            pipeline, files, RowWriter(stream, args.format), args.batch_size, progress, video
+        )
+
     try:
         if output is None:
             sys.stdout.reconfigure(errors="surrogateescape")
-            writer = RowWriter(sys.stdout, args.format)
-            summary = classify_files(pipeline, files, writer, args.batch_size, progress, video)
-        else:
-            # Written beside the output and renamed over it once complete: an interrupted run
-            # leaves an earlier output as it was, and its own rows in OUTPUT.partial.
-            partial = output.with_name(output.name + ".partial")
-            with tempfile.NamedTemporaryFile(
-                "w",
-                dir=output.resolve().parent,
-                prefix=f".{output.name}.",
-                encoding="utf-8",
-                errors="surrogateescape",
-                newline="",
-                delete=False,
+            summary = run(sys.stdout)
+        elif output.exists() and not output.is_file():  # /dev/stdout, a named pipe
+            with open(
+                output, "w", encoding="utf-8", errors="surrogateescape", newline=""
             ) as stream:
-                scratch = Path(stream.name)
+                summary = run(stream)
+        else:
+            # Written beside the output (a link's target) and renamed over it once complete:
+            # an interrupted run leaves an earlier output as it was, its own rows in
+            # OUTPUT.partial.
+            target = Path(os.path.realpath(output))
+            partial = target.with_name(target.name + ".partial")
+            handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            scratch = Path(name)
+            try:
                 umask = os.umask(0)
                 os.umask(umask)
-                os.chmod(scratch, 0o666 & ~umask)  # as open() would make it, not 0600
-                try:
-                    writer = RowWriter(stream, args.format)
-                    summary = classify_files(
-                        pipeline, files, writer, args.batch_size, progress, video
-                    )
-                except BaseException:
-                    stream.close()
-                    os.replace(scratch, partial)
-                    raise
-            os.replace(scratch, output)
-            partial.unlink(missing_ok=True)  # an earlier interrupted run's
+                os.fchmod(handle, 0o666 & ~umask)  # as open() would make it, not 0600
+                with open(
+                    handle, "w", encoding="utf-8", errors="surrogateescape", newline=""
+                ) as stream:
+                    try:
+                        summary = run(stream)
+                    finally:
+                        stream.flush()
+                        os.replace(scratch, partial)  # complete or not, the rows are there
+                os.replace(partial, target)
+            finally:
+                scratch.unlink(missing_ok=True)
     except KeyboardInterrupt:
         kept = f"; the rows so far are in {partial}" if partial else ""
         print(f"emotion-server: interrupted{kept}", file=sys.stderr)

@@ -117,11 +117,12 @@ class Settings:
     def api_key_list(self) -> tuple[str, ...]:
         return _split(self.api_keys)
 
-    def out_of_range(self) -> str | None:
+    def out_of_range(self, serving: bool = True) -> str | None:
         """The first setting outside the values it can take, as a message naming its
-        variable; None where all are within them (ops.startup_problem refuses to start)."""
+        variable; None where all are within them (ops.startup_problem refuses to start).
+        `serving=False` (the `classify` command): only those that analysing files reads."""
         for item in fields(self):
-            if item.name not in LOWEST:
+            if item.name not in LOWEST or not (serving or item.name in ANALYSIS):
                 continue
             value, (lowest, strict) = getattr(self, item.name), LOWEST[item.name]
             name = ENV_NAMES.get(item.name, (f"EMOTION_{item.name.upper()}",))[0]
@@ -130,9 +131,18 @@ class Settings:
             if value < lowest or (strict and value == lowest):
                 bound = f"above {lowest:g}" if strict else f"at least {lowest:g}"
                 return f"{name} must be {bound}, not {value:g}"
+        if self.max_pixels > MAX_PIXELS:
+            return f"EMOTION_MAX_PIXELS must be at most {MAX_PIXELS}, not {self.max_pixels}"
+        if not serving:
+            return None
         if self.port > 65535:
             return f"PORT must be at most 65535, not {self.port}"
         for origin in self.cors_origin_list:
+            if origin == "null":
+                return (
+                    "EMOTION_CORS_ORIGINS: 'null' is what sandboxed frames and local files "
+                    "send; allowing it would let any of them call the API"
+                )
             if origin != "*" and not ORIGIN.fullmatch(origin):
                 return (
                     f"EMOTION_CORS_ORIGINS: {origin!r} is not an origin as browsers send it, "
@@ -267,9 +277,19 @@ LOWEST: dict[str, tuple[float, bool]] = {
     "batch_max_size": (1, False),
     "batch_max_wait_ms": (0, False),
     "read_timeout_s": (0, True),
-    "read_min_rate": (0, True),
+    "read_min_rate": (0, False),  # 0: no extra time for large uploads
     "detect_threshold": (0, True),
 }
+
+
+# The settings that analysing files reads (`classify`); the others are the server's.
+ANALYSIS = frozenset(
+    {"threads", "idle_threads", "crop_size_limit", "max_faces", "max_pixels", "video_fps"}
+    | {"video_max_fps", "batch_max_size", "detect_threshold"}
+)
+# The most pixels an image or video frame may be allowed: FFmpeg's decoders take their bound
+# (twice this, video_reader.py) as a C int.
+MAX_PIXELS = (2**31 - 1) // 2
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -16,6 +16,8 @@
   };
   const LIVE_INTERVAL_MS = 333; // about 3 frames a second, never two requests at once
   const MAX_CANVAS_SIDE = 2048;
+  // The video files `emotion-server classify` takes by name (classify_video.VIDEO_SUFFIXES).
+  const VIDEO_SUFFIX = /\.(mp4|m4v|mov|webm|mkv|avi)$/i;
 
   const $ = (id) => document.getElementById(id);
   const fileInput = $("file");
@@ -244,8 +246,11 @@
     event.preventDefault();
     drop.classList.remove("dragging");
     const files = [...event.dataTransfer.files];
-    const photo = files.find((f) => !f.type || f.type.startsWith("image/"));
-    const clip = files.find((f) => f.type.startsWith("video/"));
+    // Some systems give no type to .mkv or .avi files: their name says it then.
+    const isVideo = (f) =>
+      f.type ? f.type.startsWith("video/") : VIDEO_SUFFIX.test(f.name);
+    const photo = files.find((f) => !isVideo(f) && (!f.type || f.type.startsWith("image/")));
+    const clip = files.find(isVideo);
     if (photo) {
       analyseFile(photo);
     } else if (clip) {
@@ -345,6 +350,12 @@
     // are never two requests at once.
     const run = ++liveRun;
     const previous = liveDone;
-    liveDone = previous.then(() => liveLoop(run));
+    liveDone = previous
+      .then(() => liveLoop(run))
+      .catch((error) => {
+        // A loop that failed ends Live (shown), and the next one may start.
+        if (run === liveRun) stopLive();
+        showError(`Live mode stopped (${error.message}).`);
+      });
   });
 })();
