@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT, encode
+from conftest import ROOT, GunicornServer, encode
 from PIL import Image
 
 from emotion_server.api.web import WEB_DIR
@@ -724,3 +724,43 @@ def test_docs_page_renders_offline(watched, server):
     ]
     _screenshot(page, "docs")
     tab.assert_clean()
+
+
+@pytest.fixture(scope="module")
+def keyed_server():
+    running = GunicornServer(env={"EMOTION_API_KEYS": PAGE_KEY})
+    yield running
+    running.stop()
+
+
+PAGE_KEY = "page-key-0123456789"
+
+
+@pytest.mark.e2e
+def test_a_server_with_api_keys_asks_the_page_for_one(browser, keyed_server, astronaut_file):
+    """The page itself is open; its API calls answer 401 until the user gives a key, which
+    the tab keeps and sends."""
+    tab = Watched(browser, keyed_server)
+    try:
+        page = tab.page
+        page.goto(keyed_server.url + "/")
+        form = page.locator("#key-form")
+        assert form.is_hidden()
+        picker = page.get_by_label("Choose a photo")
+        picker.set_input_files(str(astronaut_file))
+        page.get_by_role("alert").wait_for()
+        assert "unauthorized" in page.get_by_role("alert").inner_text()
+        assert form.is_visible()
+        field = page.get_by_label("This server needs an API key")
+        assert field.evaluate("input => input === document.activeElement")
+        field.fill(PAGE_KEY)
+        page.get_by_role("button", name="Use key").click()
+        assert form.is_hidden() and page.get_by_role("alert").is_hidden()
+        with page.expect_request(keyed_server.url + "/inference") as sent:
+            picker.set_input_files(str(astronaut_file))
+        assert sent.value.headers["x-api-key"] == PAGE_KEY
+        page.locator("#boxes .box").wait_for()
+        assert page.evaluate("Object.keys(localStorage).length") == 0  # this tab only
+        tab.assert_clean(allowed="status of 401")
+    finally:
+        tab.close()

@@ -34,6 +34,8 @@
   const boxes = $("boxes");
   const chart = $("chart");
   const chartCaption = $("chart-caption");
+  const keyForm = $("key-form");
+  const keyInput = $("api-key");
 
   let stream = null;
   let starting = false; // the camera is being opened
@@ -55,6 +57,34 @@
     errorLine.hidden = !text;
   }
 
+  // ---- The API key ------------------------------------------------------------------------
+  // With EMOTION_API_KEYS set the API answers 401 without a key: the page then asks for one,
+  // keeps it in this tab (sessionStorage) and sends it with each request. video.js reads the
+  // same stored key and shows the same form (emotionServerKey below).
+
+  const KEY_ITEM = "emotion-server-api-key";
+
+  function keyHeaders() {
+    const key = sessionStorage.getItem(KEY_ITEM);
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function askForKey() {
+    keyForm.hidden = false;
+    keyInput.focus();
+  }
+
+  keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_ITEM, keyInput.value.trim());
+    keyInput.value = "";
+    keyForm.hidden = true;
+    showError("");
+    setStatus("Key saved for this tab: choose the photo or video again.");
+  });
+
+  window.emotionServerKey = { headers: keyHeaders, ask: askForKey };
+
   // ---- Sending an image -------------------------------------------------------------------
 
   // `number`: the photo's, from ++latest when it was chosen or taken.
@@ -66,7 +96,7 @@
     try {
       response = await fetch("inference", {
         method: "POST",
-        headers: { "Content-Type": blob.type || "application/octet-stream" },
+        headers: { "Content-Type": blob.type || "application/octet-stream", ...keyHeaders() },
         body: blob,
       });
     } catch (error) {
@@ -85,6 +115,10 @@
     if (number !== latest) return null;
     if (!response.ok) {
       setStatus("");
+      if (response.status === 401) {
+        stopLive();
+        askForKey();
+      }
       if (body && body.message) {
         showError(`${body.message} (${body.error}, HTTP ${response.status})`);
       } else {

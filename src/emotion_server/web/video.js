@@ -78,6 +78,7 @@
         headers: {
           "Content-Type": file.type || "application/octet-stream",
           Accept: "application/x-ndjson",
+          ...window.emotionServerKey.headers(), // app.js: the key this tab was given
         },
         body: file,
         signal: upload.signal,
@@ -98,6 +99,7 @@
       }
       if (number !== latest) return;
       statusLine.textContent = "";
+      if (response.status === 401) window.emotionServerKey.ask();
       showError(
         body && body.message
           ? `${body.message} (${body.error}, HTTP ${response.status})`
