@@ -63,6 +63,55 @@ def test_errors_reach_every_caller_and_the_batcher_survives():
     assert (batcher.predict(np.ones((1, 2))) == 1).all()
 
 
+def _together(batcher: MicroBatcher, in_flight: InFlight, jobs: list[np.ndarray]) -> list:
+    """Each job's rows from its own thread, all queued before the batcher may run; each
+    thread's answer (its rows back, or the exception it raised), in order."""
+    barrier = threading.Barrier(len(jobs))
+
+    def predict(rows):
+        with in_flight:
+            barrier.wait()
+            try:
+                return batcher.predict(rows)
+            except ValueError as error:
+                return error
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(predict, jobs))
+
+
+def test_one_requests_bad_rows_fail_that_request_only():
+    calls = []
+
+    def run(rows):
+        calls.append(len(rows))
+        if (rows < 0).any():
+            raise ValueError("negative rows")
+        return rows * 10
+
+    in_flight = InFlight()
+    batcher = MicroBatcher(run, 64, 5.0, in_flight)
+    jobs = [np.full((1, 2), 1.0), -np.ones((3, 2)), np.full((40, 2), 2.0), np.full((2, 2), 3.0)]
+    answers = _together(batcher, in_flight, jobs)
+    assert calls[0] == 46 and sorted(calls[1:]) == [1, 2, 3, 40]  # together, then alone
+    assert isinstance(answers[1], ValueError)
+    for index in (0, 2, 3):
+        assert np.array_equal(answers[index], jobs[index] * 10)  # each its own rows
+
+
+def test_a_batch_stays_within_max_rows():
+    in_flight = InFlight()
+    batcher = MicroBatcher(lambda rows: rows + 1, 8, 5.0, in_flight)
+    jobs = [np.full((3, 2), float(i)) for i in range(5)] + [np.full((12, 2), 9.0)]
+    answers = _together(batcher, in_flight, jobs)
+    for rows, answer in zip(jobs, answers, strict=True):
+        assert np.array_equal(answer, rows + 1)
+    sizes = batcher.batch_sizes
+    assert sum(sizes) == 27 and 12 in sizes  # the large one ran alone
+    assert all(size <= 8 for size in sizes if size != 12)
+    assert any(3 < size <= 8 for size in sizes)  # still batched, two jobs of 3 together
+
+
 @pytest.mark.e2e
 def test_concurrent_http_requests_each_get_their_own_result():
     import requests

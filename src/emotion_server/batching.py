@@ -1,9 +1,12 @@
 """Dynamic micro-batching: crops from concurrent requests in one worker share one model call.
 
 A request thread hands its rows to the batcher and waits. One batching thread takes the first
-rows queued, then keeps collecting until `max_rows` are queued, or `max_wait` has passed, or
-every request now in the pipeline has queued its rows (nobody else is coming, so a lone
-request is never kept waiting), runs the model once and hands each caller its own rows back.
+rows queued, then keeps collecting until the next request's rows would take the batch past
+`max_rows` (they start the next batch; a request larger than it runs alone), or `max_wait` has
+passed, or every request now in the pipeline has queued its rows (nobody else is coming, so a
+lone request is never kept waiting), runs the model once and hands each caller its own rows
+back. Where the batch's call fails, each request's rows run again alone, so one request's bad
+rows fail that request only.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self._in_flight = in_flight
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._held: _Job | None = None  # the first job of the next batch (it did not fit)
         self.batch_sizes: list[int] = []  # recent batch sizes in rows, for tests and metrics
         threading.Thread(target=self._loop, name="micro-batcher", daemon=True).start()
 
@@ -68,7 +72,10 @@ class MicroBatcher:
         return job.result
 
     def _collect(self) -> list[_Job]:
-        jobs = [self._queue.get()]
+        if self._held is not None:
+            jobs, self._held = [self._held], None
+        else:
+            jobs = [self._queue.get()]
         rows = len(jobs[0].rows)
         deadline = time.monotonic() + self.max_wait_s
         while rows < self.max_rows and len(jobs) < self._in_flight.count:
@@ -78,6 +85,9 @@ class MicroBatcher:
             try:
                 job = self._queue.get(timeout=remaining)
             except queue.Empty:
+                break
+            if rows + len(job.rows) > self.max_rows:
+                self._held = job
                 break
             jobs.append(job)
             rows += len(job.rows)
@@ -93,9 +103,19 @@ class MicroBatcher:
                 for job in jobs:
                     job.result = output[start : start + len(job.rows)]
                     start += len(job.rows)
-            except BaseException as error:  # handed to every waiting caller, never lost
-                for job in jobs:
-                    job.error = error
+            except BaseException as error:
+                if len(jobs) == 1:  # handed to its caller, never lost
+                    jobs[0].error = error
+                else:
+                    self._run_alone(jobs)
             finally:
                 for job in jobs:
                     job.done.set()
+
+    def _run_alone(self, jobs: list[_Job]) -> None:
+        """Each job's rows through the model on their own, each with its own result or error."""
+        for job in jobs:
+            try:
+                job.result = self._run(job.rows)
+            except BaseException as error:
+                job.error = error
