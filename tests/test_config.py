@@ -44,6 +44,7 @@ def test_bad_numbers_fail_loudly():
         ("PORT", "0", "PORT must be at least 1"),
         ("PORT", "70000", "PORT must be at most 65535"),
         ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be at least 1"),
+        ("WEB_CONCURRENCY", "257", "WEB_CONCURRENCY must be at most 256"),
         ("EMOTION_MAX_FACES", "0", "EMOTION_MAX_FACES must be at least 1"),
         ("EMOTION_MAX_FACES", "-1", "EMOTION_MAX_FACES must be at least 1"),
         ("EMOTION_MAX_UPLOAD_BYTES", "0", "EMOTION_MAX_UPLOAD_BYTES must be at least 1"),

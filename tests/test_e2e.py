@@ -167,7 +167,7 @@ def test_bad_starts_are_refused_with_a_message():
     for option, value, fragment in [
         ("--port", "0", "not from 1 to 65535"),
         ("--port", "http", "not a whole number"),
-        ("--workers", "0", "not from 1 to 64"),
+        ("--workers", "0", "not from 1 to 256"),
     ]:
         done = subprocess.run(
             [sys.executable, "-m", "emotion_server.cli", "serve", option, value],

@@ -22,7 +22,10 @@ import time
 
 import numpy as np
 
-SLOTS = 256  # worker processes the block can tell apart; more share slot 0's neighbours
+from emotion_server.config import MAX_WORKERS
+
+# Worker processes the block can tell apart: serve refuses more (config.HIGHEST).
+SLOTS = MAX_WORKERS
 # A worker whose last analysis ended less than this long ago is taken as still busy: under
 # load a worker spends a moment between two analyses (answering one, reading the next), and
 # a lone analysis that took the idle cores then would contend with it. A lone user's next

@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import MutableMapping
 
+from emotion_server.config import MAX_WORKERS
+
 # glibc's malloc settings for gunicorn and its workers (docs/performance.md, detector memory).
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=2097152")
 
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=_whole_number(1, 64),
+        type=_whole_number(1, MAX_WORKERS),
         help="worker processes (default: $WEB_CONCURRENCY or 2)",
     )
     serve.set_defaults(func=_serve)

@@ -131,12 +131,15 @@ class Settings:
             if value < lowest or (strict and value == lowest):
                 bound = f"above {lowest:g}" if strict else f"at least {lowest:g}"
                 return f"{name} must be {bound}, not {value:g}"
-        if self.max_pixels > MAX_PIXELS:
-            return f"EMOTION_MAX_PIXELS must be at most {MAX_PIXELS}, not {self.max_pixels}"
+        for item_name, highest in HIGHEST.items():
+            if not (serving or item_name in ANALYSIS):
+                continue
+            value = getattr(self, item_name)
+            if value > highest:
+                name = ENV_NAMES.get(item_name, (f"EMOTION_{item_name.upper()}",))[0]
+                return f"{name} must be at most {highest}, not {value}"
         if not serving:
             return None
-        if self.port > 65535:
-            return f"PORT must be at most 65535, not {self.port}"
         for origin in self.cors_origin_list:
             if origin == "null":
                 return (
@@ -287,9 +290,11 @@ ANALYSIS = frozenset(
     {"threads", "idle_threads", "crop_size_limit", "max_faces", "max_pixels", "video_fps"}
     | {"video_max_fps", "batch_max_size", "detect_threshold"}
 )
-# The most pixels an image or video frame may be allowed: FFmpeg's decoders take their bound
-# (twice this, video_reader.py) as a C int.
-MAX_PIXELS = (2**31 - 1) // 2
+# Worker processes the shared count of analyses in progress can tell apart (activity.py).
+MAX_WORKERS = 256
+# The greatest value of a setting where there is one. Pixels: FFmpeg's decoders take their
+# bound (twice this, video_reader.py) as a C int.
+HIGHEST = {"port": 65535, "workers": MAX_WORKERS, "max_pixels": (2**31 - 1) // 2}
 
 
 def _split(value: str) -> tuple[str, ...]:
