@@ -1,5 +1,6 @@
 """The HTTP contract through Flask's test client, on the real bundled model."""
 
+import base64
 import io
 import json
 
@@ -112,9 +113,44 @@ def test_truncated_image(client, astronaut):
     )
 
 
-@pytest.mark.parametrize(
-    "content_type", ["application/json", "text/plain", "application/x-www-form-urlencoded"]
-)
+def test_inference_base64_json_matches_raw(client, astronaut):
+    """{"image": base64} in its usual spellings gives the raw body's answer."""
+    data = encode(astronaut, "JPEG")
+    raw = client.post("/inference", data=data, content_type="application/octet-stream").get_json()
+    plain = base64.b64encode(data).decode()
+    spellings = {
+        "standard": plain,
+        "data URL": "data:image/jpeg;base64," + plain,
+        "URL-safe, unpadded": base64.urlsafe_b64encode(data).decode().rstrip("="),
+        "MIME lines": base64.encodebytes(data).decode(),  # 76 characters a line
+    }
+    for name, text in spellings.items():
+        response = client.post("/inference", json={"image": text})
+        assert response.status_code == 200, (name, response.get_data(as_text=True))
+        assert response.get_json() == raw, name
+
+
+def test_base64_json_over_the_limit_and_malformed(app):
+    small = create_app({"max_upload_bytes": 3000}, pipeline=state_of(app).pipeline)
+    client = small.test_client()
+    image = encode(np.full((48, 48), 128, np.uint8), "PNG")
+    assert (
+        len(image) < 3000
+        and client.post("/inference", json={"image": base64.b64encode(image).decode()}).status_code
+        == 200
+    )
+    over = client.post("/inference", json={"image": base64.b64encode(b"\xff" * 3500).decode()})
+    _assert_error(over, 413, "payload_too_large")  # within the JSON body's limit, not decoded
+    assert "3000 bytes" in over.get_json()["message"]
+    huge = client.post("/inference", json={"image": base64.b64encode(b"\xff" * 9000).decode()})
+    _assert_error(huge, 413, "payload_too_large")  # the body itself
+    broken = client.post("/inference", data=b'{"image": ', content_type="application/json")
+    _assert_error(broken, 400, "invalid_json")
+    text_url = client.post("/inference", json={"image": "data:text/plain,hello"})
+    _assert_error(text_url, 400, "invalid_image")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
 def test_unsupported_content_types(client, content_type):
     _assert_error(
         client.post("/inference", data=b'{"image": "x"}', content_type=content_type),

@@ -55,6 +55,12 @@ class MissingFile(EmotionServerError):
     code, status = "missing_file", 400
 
 
+class InvalidJson(EmotionServerError):
+    """A JSON body that does not parse, or is not an object."""
+
+    code, status = "invalid_json", 400
+
+
 class PayloadTooLarge(EmotionServerError):
     code, status = "payload_too_large", 413
 

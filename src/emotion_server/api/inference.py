@@ -1,8 +1,12 @@
-"""POST /inference: one image (raw bytes or multipart field `image`) -> emotions per face.
+"""POST /inference: one image (raw bytes, multipart field `image`, or base64 in a JSON body)
+-> emotions per face.
 POST /inference/batch: several images (repeated multipart field `images`) -> one result each.
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
 
 from flask import jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
@@ -21,6 +25,8 @@ from emotion_server.api.state import app_state
 from emotion_server.config import Settings
 from emotion_server.errors import (
     EmotionServerError,
+    InvalidImage,
+    InvalidJson,
     MissingFile,
     PayloadTooLarge,
     TooManyImages,
@@ -38,9 +44,43 @@ bp = APIBlueprint(
 RAW_TYPES = ("application/octet-stream", "image/")
 
 
+JSON_FORM = '{"image": "<the image file in base64>"}'
+URL_SAFE = str.maketrans("-_", "+/")  # base64url's two letters -> standard base64's
+
+
+def _image_from_json() -> bytes:
+    """`{"image": "<base64>"}`, as cloud vision APIs take an image: standard or URL-safe
+    base64, padded or not, wrapped in lines or not, or a `data:image/...;base64,` URL."""
+    body = request.get_json(silent=True, cache=False)
+    if not isinstance(body, dict):
+        raise InvalidJson(f"The body is not a JSON object: send {JSON_FORM}.")
+    value = body.get("image")
+    if not isinstance(value, str) or not value:
+        raise MissingFile(f"The JSON body has no string field 'image': send {JSON_FORM}.")
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise InvalidImage(
+                "A data: URL in 'image' must be base64 (data:image/jpeg;base64,...)."
+            )
+    text = "".join(value.split()).translate(URL_SAFE)
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(
+            "The field 'image' is not base64: send the image file's bytes in base64."
+        ) from None
+    limit = app_state().settings.max_upload_bytes
+    if len(data) > limit:
+        raise PayloadTooLarge(f"The image in 'image' is over the limit of {limit} bytes.")
+    return data
+
+
 def read_image_bytes() -> bytes:
-    """The uploaded image: the raw body, or the multipart field `image`."""
+    """The uploaded image: the raw body, the multipart field `image`, or base64 in JSON."""
     mimetype = request.mimetype
+    if mimetype == "application/json":
+        return _image_from_json()
     if mimetype == "multipart/form-data":
         files = request.files.getlist("image")
         if not files and "image" in request.form:
@@ -61,7 +101,8 @@ def read_image_bytes() -> bytes:
         return request.get_data(cache=False)
     raise UnsupportedMediaType(
         f"Content-Type {mimetype!r} is not accepted: send the image bytes as "
-        "application/octet-stream (or image/*), or multipart/form-data with a field 'image'."
+        "application/octet-stream (or image/*), multipart/form-data with a field 'image', or "
+        f"application/json as {JSON_FORM}."
     )
 
 
@@ -79,7 +120,9 @@ def result_json(result: InferenceResult) -> dict:
     "classified whole, as the original service did, and `whole_image_reason` says so.",
     responses={
         200: InferenceResponse,
-        400: error_response("empty_body, invalid_image, corrupt_image or missing_file"),
+        400: error_response(
+            "empty_body, invalid_image, corrupt_image, missing_file or invalid_json"
+        ),
         413: error_response("payload_too_large (the body) or image_too_large (its pixels)"),
         415: error_response("unsupported_media_type or unsupported_image_format"),
     },

@@ -35,7 +35,8 @@ class ErrorBody(_Strict):
         "image_too_large, too_many_images, invalid_parameter, invalid_video, corrupt_video, "
         "no_video_stream, empty_video, unsupported_video_format, unsupported_video_codec, "
         "video_too_long, read_timeout, malformed_body, bad_request, unauthorized, "
-        "origin_not_allowed, not_found, method_not_allowed, not_ready, insufficient_storage, "
+        "invalid_json, origin_not_allowed, not_found, method_not_allowed, not_ready, "
+        "insufficient_storage, "
         "internal_error",
         examples=["invalid_image"],
     )
@@ -370,11 +371,25 @@ INFERENCE_BODY = {
     "requestBody": {
         "required": True,
         "description": "The image as the raw body (application/octet-stream, image/*, or no "
-        "Content-Type at all), or as the multipart field `image`.",
+        "Content-Type at all), as the multipart field `image`, or in base64 in a JSON object.",
         "content": {
             "application/octet-stream": _binary_image(),
             "image/*": _binary_image(),
             "multipart/form-data": _form(ImageUpload),
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "The image file in base64 (standard or URL-safe, "
+                            "padding optional), or a data:image/...;base64, URL",
+                        }
+                    },
+                }
+            },
         },
     }
 }
