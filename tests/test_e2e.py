@@ -68,7 +68,9 @@ BAD_INPUTS = [
         "invalid_image",
     ),
     ("bomb", _png_header_only(60_000, 60_000), RAW, 413, "image_too_large"),
-    ("json", b'{"image": 1}', {"Content-Type": "application/json"}, 415, "unsupported_media_type"),
+    ("json", b'{"image": 1}', {"Content-Type": "application/json"}, 400, "missing_file"),
+    ("json text", b"not json", {"Content-Type": "application/json"}, 400, "invalid_json"),
+    ("text type", b"hello", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
     ("oversized", b"\xff\xd8" + b"\x00" * (11 * 1024 * 1024), RAW, 413, "payload_too_large"),
 ]
 

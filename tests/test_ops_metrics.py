@@ -74,7 +74,7 @@ def test_metrics_count_requests_errors_and_faces(client, astronaut):
     client.post("/inference", data=encode(astronaut), headers=RAW)
     client.post("/inference", data=crop(), headers=RAW)
     client.post("/inference", data=b"not an image", headers=RAW)
-    client.post("/inference", data=b"{}", content_type="application/json")
+    client.post("/inference", data=b"{}", content_type="text/plain")
     client.get("/nowhere")
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
