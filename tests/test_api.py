@@ -148,6 +148,24 @@ def test_base64_json_over_the_limit_and_malformed(app):
     _assert_error(broken, 400, "invalid_json")
     text_url = client.post("/inference", json={"image": "data:text/plain,hello"})
     _assert_error(text_url, 400, "invalid_image")
+    nested = client.post("/inference", data=b"[" * 5000, content_type="application/json")
+    _assert_error(nested, 400, "invalid_json")  # RecursionError inside the parser
+    _assert_error(client.post("/inference", json={"image": "  "}), 400, "missing_file")
+    empty = client.post("/inference", json={"image": "data:image/png;base64,"})
+    _assert_error(empty, 400, "invalid_image")
+    shouted = "DATA:image/png;BASE64," + base64.b64encode(image).decode()
+    assert client.post("/inference", json={"image": shouted}).status_code == 200
+
+
+def test_base64_json_in_lines_fits_the_limit(app):
+    """An image at the limit, in base64 lines of 76 (each line end escaped in JSON), is held
+    to the limit as an image, not refused for the body's size."""
+    small = create_app({"max_upload_bytes": 200_000}, pipeline=state_of(app).pipeline)
+    junk = bytes(np.random.default_rng(3).integers(0, 256, 200_000, dtype=np.uint8))
+    response = small.test_client().post(
+        "/inference", json={"image": base64.encodebytes(junk).decode()}
+    )
+    _assert_error(response, 400, "invalid_image")  # read whole and decoded: not an image
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])

@@ -753,9 +753,14 @@ def test_a_server_with_api_keys_asks_the_page_for_one(browser, keyed_server, ast
         assert form.is_visible()
         field = page.get_by_label("This server needs an API key")
         assert field.evaluate("input => input === document.activeElement")
+        # A character no HTTP header may carry is refused here (fetch would throw on it).
+        field.fill("cl\u00e9")
+        page.get_by_role("button", name="Use key").click()
+        assert form.is_visible() and "ASCII" in field.evaluate("input => input.validationMessage")
         field.fill(PAGE_KEY)
         page.get_by_role("button", name="Use key").click()
         assert form.is_hidden() and page.get_by_role("alert").is_hidden()
+        assert page.evaluate("document.activeElement.id") == "file"
         with page.expect_request(keyed_server.url + "/inference") as sent:
             picker.set_input_files(str(astronaut_file))
         assert sent.value.headers["x-api-key"] == PAGE_KEY

@@ -24,8 +24,9 @@ import numpy as np
 
 from emotion_server.config import MAX_WORKERS
 
-# Worker processes the block can tell apart: serve refuses more (config.HIGHEST).
-SLOTS = MAX_WORKERS
+# Worker processes the block can tell apart: serve refuses more than MAX_WORKERS
+# (config.HIGHEST), and a HUP reload starts the new ones before the old ones stop.
+SLOTS = 2 * MAX_WORKERS
 # A worker whose last analysis ended less than this long ago is taken as still busy: under
 # load a worker spends a moment between two analyses (answering one, reading the next), and
 # a lone analysis that took the idle cores then would contend with it. A lone user's next

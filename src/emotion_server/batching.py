@@ -11,6 +11,7 @@ rows fail that request only.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+POLL_S = 0.0005  # how often a collecting batch reads the count of requests in flight again
 
 
 @dataclass
@@ -69,6 +73,8 @@ class MicroBatcher:
         job.done.wait()
         if job.error is not None:
             raise job.error
+        if job.result is None:  # the batching thread was stopped part-way (interpreter exit)
+            raise RuntimeError("the batcher stopped before these rows ran")
         return job.result
 
     def _collect(self) -> list[_Job]:
@@ -83,9 +89,11 @@ class MicroBatcher:
             if remaining <= 0:
                 break
             try:
-                job = self._queue.get(timeout=remaining)
+                # In short slices, so the count of requests in flight is read again: those of
+                # the last batch leave it a moment after their answer.
+                job = self._queue.get(timeout=min(remaining, POLL_S))
             except queue.Empty:
-                break
+                continue
             if rows + len(job.rows) > self.max_rows:
                 self._held = job
                 break
@@ -103,19 +111,26 @@ class MicroBatcher:
                 for job in jobs:
                     job.result = output[start : start + len(job.rows)]
                     start += len(job.rows)
-            except BaseException as error:
+            except Exception as error:
                 if len(jobs) == 1:  # handed to its caller, never lost
                     jobs[0].error = error
                 else:
+                    log.warning(
+                        "a batch of %d requests failed (%r): each runs alone", len(jobs), error
+                    )
                     self._run_alone(jobs)
+            except BaseException as error:
+                for job in jobs:
+                    job.error = error
             finally:
                 for job in jobs:
                     job.done.set()
 
     def _run_alone(self, jobs: list[_Job]) -> None:
-        """Each job's rows through the model on their own, each with its own result or error."""
+        """Each job's rows through the model on their own, each with its own result or error
+        (a batch too large for the memory left may fit in pieces, too)."""
         for job in jobs:
             try:
                 job.result = self._run(job.rows)
-            except BaseException as error:
+            except Exception as error:
                 job.error = error

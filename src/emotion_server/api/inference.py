@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 
 from flask import jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
@@ -51,15 +52,19 @@ URL_SAFE = str.maketrans("-_", "+/")  # base64url's two letters -> standard base
 def _image_from_json() -> bytes:
     """`{"image": "<base64>"}`, as cloud vision APIs take an image: standard or URL-safe
     base64, padded or not, wrapped in lines or not, or a `data:image/...;base64,` URL."""
-    body = request.get_json(silent=True, cache=False)
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        body = None
     if not isinstance(body, dict):
         raise InvalidJson(f"The body is not a JSON object: send {JSON_FORM}.")
     value = body.get("image")
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise MissingFile(f"The JSON body has no string field 'image': send {JSON_FORM}.")
-    if value.startswith("data:"):
+    value = value.strip()
+    if value[:5].lower() == "data:":
         header, _, value = value.partition(",")
-        if not header.endswith(";base64"):
+        if not header.lower().endswith(";base64"):
             raise InvalidImage(
                 "A data: URL in 'image' must be base64 (data:image/jpeg;base64,...)."
             )
@@ -70,6 +75,8 @@ def _image_from_json() -> bytes:
         raise InvalidImage(
             "The field 'image' is not base64: send the image file's bytes in base64."
         ) from None
+    if not data:
+        raise InvalidImage("The field 'image' holds no bytes: send the image file in base64.")
     limit = app_state().settings.max_upload_bytes
     if len(data) > limit:
         raise PayloadTooLarge(f"The image in 'image' is over the limit of {limit} bytes.")

@@ -29,9 +29,10 @@ def register(app: Flask, settings: Settings) -> None:
     def _limit_the_body():
         limit = body_limit(settings, request.endpoint)
         if request.mimetype == "application/json":
-            # An image in base64 takes 4 characters for 3 bytes, and JSON wraps it: the image
-            # itself is held to the limit once decoded (api/inference.py).
-            limit = limit * 4 // 3 + 4096
+            # An image in base64 takes 4 characters for 3 bytes, more in lines of 76 with
+            # escaped line ends, and JSON wraps it: the image itself is held to the limit once
+            # decoded (api/inference.py).
+            limit = limit * 3 // 2 + 65536
         request.max_content_length = limit
         # A multipart text field may be as large as the body may be: at Flask's 500 kB a photo
         # sent as text (curl -F "image=<face.jpg") got a 413 that blamed the body's size,

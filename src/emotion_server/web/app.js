@@ -63,9 +63,20 @@
   // same stored key and shows the same form (emotionServerKey below).
 
   const KEY_ITEM = "emotion-server-api-key";
+  // A header value must be printable ASCII here (fetch refuses other characters outright).
+  const KEY_FORM = /^[\x21-\x7e]+$/;
+  let keptKey = null; // where the browser blocks sessionStorage: this page's life only
+
+  function storedKey() {
+    try {
+      return sessionStorage.getItem(KEY_ITEM);
+    } catch {
+      return keptKey;
+    }
+  }
 
   function keyHeaders() {
-    const key = sessionStorage.getItem(KEY_ITEM);
+    const key = storedKey();
     return key ? { "X-API-Key": key } : {};
   }
 
@@ -74,13 +85,26 @@
     keyInput.focus();
   }
 
+  keyInput.addEventListener("input", () => keyInput.setCustomValidity(""));
   keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    sessionStorage.setItem(KEY_ITEM, keyInput.value.trim());
+    const key = keyInput.value.trim();
+    if (!KEY_FORM.test(key)) {
+      keyInput.setCustomValidity("An API key is letters, digits and ASCII signs, no spaces.");
+      keyInput.reportValidity();
+      return;
+    }
+    keptKey = key;
+    try {
+      sessionStorage.setItem(KEY_ITEM, key);
+    } catch {
+      // kept in keptKey
+    }
     keyInput.value = "";
     keyForm.hidden = true;
     showError("");
     setStatus("Key saved for this tab: choose the photo or video again.");
+    fileInput.focus(); // the hidden form's button had it
   });
 
   window.emotionServerKey = { headers: keyHeaders, ask: askForKey };
