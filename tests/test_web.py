@@ -479,17 +479,29 @@ def test_the_newest_photo_wins(watched, server, astronaut, tmp_path):
     tab.assert_clean()
 
 
-@pytest.fixture(scope="module")
-def crossing_webm(tmp_path_factory, astronaut) -> Path:
-    """2 s of two faces passing each other, as WebM/VP8 (which every Chromium plays)."""
+def _two_faces_webm(folder: Path, astronaut, name: str, top: tuple, bottom: tuple) -> Path:
+    """2 s of two astronauts (the lower one mirrored) moving from each (start, end), as
+    WebM/VP8 (which every Chromium plays)."""
     import videos
 
-    top = videos.actor(astronaut, 200, (0, 60), (440, 60))
-    bottom = videos.actor(astronaut, 200, (440, 140), (0, 140), mirrored=True)
-    data = videos.encode_video(videos.scene([top, bottom], 20), container="webm", codec="libvpx")
-    path = tmp_path_factory.mktemp("web-video") / "crossing.webm"
-    path.write_bytes(data)
+    actors = [
+        videos.actor(astronaut, 200, *top),
+        videos.actor(astronaut, 200, *bottom, mirrored=True),
+    ]
+    path = folder / name
+    path.write_bytes(
+        videos.encode_video(videos.scene(actors, 20), container="webm", codec="libvpx")
+    )
     return path
+
+
+@pytest.fixture(scope="module")
+def crossing_webm(tmp_path_factory, astronaut) -> Path:
+    """Two faces passing each other."""
+    folder = tmp_path_factory.mktemp("web-video")
+    return _two_faces_webm(
+        folder, astronaut, "crossing.webm", ((0, 60), (440, 60)), ((440, 140), (0, 140))
+    )
 
 
 def _seek(page, seconds: float) -> None:
@@ -596,15 +608,11 @@ def test_video_error_is_shown_in_words(watched, server, tmp_path):
 
 @pytest.fixture(scope="module")
 def apart_webm(tmp_path_factory, astronaut) -> Path:
-    """2 s of two faces moving apart from each other, never close (both found in every frame)."""
-    import videos
-
-    top = videos.actor(astronaut, 200, (0, 20), (300, 20))
-    bottom = videos.actor(astronaut, 200, (440, 270), (140, 270), mirrored=True)
-    data = videos.encode_video(videos.scene([top, bottom], 20), container="webm", codec="libvpx")
-    path = tmp_path_factory.mktemp("web-video") / "apart.webm"
-    path.write_bytes(data)
-    return path
+    """Two faces that never come close (both found in every frame)."""
+    folder = tmp_path_factory.mktemp("web-video")
+    return _two_faces_webm(
+        folder, astronaut, "apart.webm", ((0, 20), (300, 20)), ((440, 270), (140, 270))
+    )
 
 
 @pytest.mark.e2e
