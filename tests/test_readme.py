@@ -45,11 +45,11 @@ def test_every_setting_is_in_the_settings_table():
     """Each field of config.Settings has its environment variable in the README's table."""
     from dataclasses import fields
 
-    from emotion_server.config import ENV_NAMES, Settings
+    from emotion_server.config import Settings, variable_names
 
     table = README.split("## Settings", 1)[1].split("\n## ", 1)[0]
     for field in fields(Settings):
-        variable = ENV_NAMES.get(field.name, (f"EMOTION_{field.name.upper()}",))[0]
+        variable = variable_names(field.name)[0]
         assert f"| `{variable}` |" in table, variable
 
 

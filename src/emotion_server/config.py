@@ -121,23 +121,17 @@ class Settings:
         """The first setting outside the values it can take, as a message naming its
         variable; None where all are within them (ops.startup_problem refuses to start).
         `serving=False` (the `classify` command): only those that analysing files reads."""
-        for item in fields(self):
-            if item.name not in LOWEST or not (serving or item.name in ANALYSIS):
+        for key, (lowest, strict) in LOWEST.items():
+            if not (serving or key in ANALYSIS):
                 continue
-            value, (lowest, strict) = getattr(self, item.name), LOWEST[item.name]
-            name = ENV_NAMES.get(item.name, (f"EMOTION_{item.name.upper()}",))[0]
+            value, name = getattr(self, key), variable_names(key)[0]
             if isinstance(value, float) and not math.isfinite(value):
                 return f"{name} must be a finite number, not {value}"
             if value < lowest or (strict and value == lowest):
                 bound = f"above {lowest:g}" if strict else f"at least {lowest:g}"
                 return f"{name} must be {bound}, not {value:g}"
-        for item_name, highest in HIGHEST.items():
-            if not (serving or item_name in ANALYSIS):
-                continue
-            value = getattr(self, item_name)
-            if value > highest:
-                name = ENV_NAMES.get(item_name, (f"EMOTION_{item_name.upper()}",))[0]
-                return f"{name} must be at most {highest}, not {value}"
+            if value > HIGHEST.get(key, math.inf):
+                return f"{name} must be at most {HIGHEST[key]}, not {value}"
         if not serving:
             return None
         for origin in self.cors_origin_list:
@@ -167,7 +161,7 @@ class Settings:
         env = os.environ if environ is None else environ
         values = {}
         for item in fields(cls):
-            for name in ENV_NAMES.get(item.name, (f"EMOTION_{item.name.upper()}",)):
+            for name in variable_names(item.name):
                 if env.get(name):
                     try:
                         values[item.name] = _PARSERS[item.type](env[name])
@@ -295,6 +289,11 @@ MAX_WORKERS = 256
 # The greatest value of a setting where there is one. Pixels: FFmpeg's decoders take their
 # bound (twice this, video_reader.py) as a C int.
 HIGHEST = {"port": 65535, "workers": MAX_WORKERS, "max_pixels": (2**31 - 1) // 2}
+
+
+def variable_names(setting: str) -> tuple[str, ...]:
+    """The environment variables a setting is read from, the first named in messages."""
+    return ENV_NAMES.get(setting, (f"EMOTION_{setting.upper()}",))
 
 
 def _split(value: str) -> tuple[str, ...]:
