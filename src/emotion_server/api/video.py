@@ -37,7 +37,6 @@ from emotion_server.api.state import app_state
 from emotion_server.config import Settings
 from emotion_server.errors import (
     EmotionServerError,
-    EmptyBody,
     EmptyVideo,
     InsufficientStorage,
     InvalidParameter,
@@ -84,7 +83,7 @@ def _room_for_uploads() -> Iterator[None]:
 
 def _spooled(stream: BinaryIO) -> BinaryIO:
     """A seekable copy of `stream` of the video's own, which the VideoReader closes."""
-    copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - see above
+    copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the VideoReader closes it
     try:
         with _room_for_uploads():
             shutil.copyfileobj(stream, copy, 1 << 20)
@@ -116,12 +115,7 @@ def read_video(settings: Settings) -> BinaryIO:
         upload, files[0].stream = files[0].stream, io.BytesIO()
         return upload
     if not mimetype or mimetype.startswith(RAW_TYPES):
-        copy = _spooled(request.stream)
-        if not copy.read(1):
-            copy.close()
-            raise EmptyBody("The request body is empty: send the video bytes.")
-        copy.seek(0)
-        return copy
+        return _spooled(request.stream)  # an empty one: VideoReader's EmptyBody
     raise UnsupportedMediaType(
         f"Content-Type {mimetype!r} is not accepted: send the video bytes as "
         "application/octet-stream (or video/*), or multipart/form-data with a field 'video'."
