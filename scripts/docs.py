@@ -7,7 +7,8 @@ A generated region sits between `<!-- generated: NAME begin -->` and
 `<!-- generated: NAME end -->`; everything outside the markers is written by hand and left
 alone. Each NAME has one renderer below, fed from a file the project already writes:
 the served model's card (`emotion-server evaluate`) and `bench/results/` (`bench/run.py`,
-`bench/video.py`, `bench/detectors.py`; `photo-path/` holds a `bench/run.py` run of its own).
+`bench/video.py`, `bench/detectors.py`, `bench/alignment.py`; `photo-path/` holds a
+`bench/run.py` run of its own).
 So a figure on a page is the figure in its source, never a copy that drifts.
 """
 
@@ -35,6 +36,7 @@ VIDEO_RESULTS = ROOT / "bench" / "results" / "video.md"
 FRONTEND_RESULTS = ROOT / "bench" / "results" / "frontends.json"
 DETECTOR_RESULTS = ROOT / "bench" / "results" / "detectors.json"
 PHOTO_RESULTS = ROOT / "bench" / "results" / "photo-path" / "results.json"
+ALIGNMENT_RESULTS = ROOT / "bench" / "results" / "alignment.json"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REGION = re.compile(
     r"(?P<begin><!-- generated: (?P<name>[\w-]+) begin -->\n)"
@@ -172,6 +174,12 @@ def photo_path_bench() -> str:
     return "\n".join(kept) + "\n"
 
 
+def alignment_bench() -> str:
+    """Tilted faces read as they are and turned upright, as bench/alignment.py writes them."""
+    result = json.loads(ALIGNMENT_RESULTS.read_text())
+    return _load(ROOT / "bench" / "alignment.py").markdown(result)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "model-card": model_card,
     "float32-card": float32_card,
@@ -184,6 +192,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "frontends": frontends,
     "detector-bench": detector_bench,
     "photo-path-bench": photo_path_bench,
+    "alignment-bench": alignment_bench,
 }
 
 

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -70,9 +71,20 @@ def test_inference_multipart_matches_raw(client, astronaut):
     assert raw == form
     assert raw["face_detected"] is True and len(raw["faces"]) == 1
     face = raw["faces"][0]
-    assert set(face) == {"box", "score", "prediction", "confidence", "probabilities"}
+    assert set(face) == {
+        *("box", "score", "landmarks", "roll", "prediction", "confidence", "probabilities")
+    }
     assert set(face["box"]) == {"x", "y", "width", "height"}
     assert raw["prediction"] == face["prediction"]
+    # The detector's five points, in the photo's pixels, inside the box; the tilt from the eyes.
+    box, points = face["box"], face["landmarks"]
+    assert set(points) == {"eye_left", "eye_right", "nose", "mouth_left", "mouth_right"}
+    for point in points.values():
+        assert box["x"] <= point["x"] <= box["x"] + box["width"]
+        assert box["y"] <= point["y"] <= box["y"] + box["height"]
+    left, right = points["eye_left"], points["eye_right"]
+    expected_roll = math.degrees(math.atan2(right["y"] - left["y"], right["x"] - left["x"]))
+    assert face["roll"] == pytest.approx(expected_roll, abs=0.15)
 
 
 def test_image_content_type_and_no_content_type_are_raw(client):

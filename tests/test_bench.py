@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -85,3 +86,36 @@ def test_rounds_keep_the_median_run_and_the_median_of_the_ratios_within_rounds(b
     assert "| ours | face crop 48x48 | 8 | 400.0 |" in markdown
     assert "300.0, 400.0, 500.0 |" in markdown
     assert "| 25.0 | >= 30 | no | 30.0, 10.0, 25.0 |" in markdown
+
+
+@pytest.fixture(scope="module")
+def alignment():
+    spec = importlib.util.spec_from_file_location("bench_alignment", ROOT / "bench/alignment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_face_made_into_a_photo_is_turned_clockwise_as_seen(alignment):
+    face = np.zeros((48, 48), np.uint8)
+    face[:16] = 255  # a bright top third
+    upright = alignment.as_photo(face, 0)
+    assert upright.shape == (256, 256)
+    assert upright[60:100, 60:196].mean() > 200 and upright[160:196, 60:196].mean() < 50
+    # Turned by 90 clockwise, the top third comes to the right.
+    turned = alignment.as_photo(face, 90)
+    assert turned[60:196, 160:196].mean() > 200 and turned[60:196, 60:100].mean() < 50
+
+
+def test_the_threshold_is_chosen_by_the_gain_weighted_over_tilts(alignment, fer_dataset):
+    """On a few PublicTest faces, end to end: the rows, the table, the weighted gains."""
+    result = alignment.run(fer_dataset.source, limit=12)
+    result["command"] = "python bench/alignment.py --limit 12"
+    assert [row["angle"] for row in result["rows"]] == list(alignment.ANGLES)
+    for row in result["rows"]:
+        assert 0 <= row["found"] <= row["faces"] == 12
+        assert set(row["accuracy"]) == {str(t) for t in alignment.THRESHOLDS}
+    gain = alignment.expected_gain(result)
+    assert gain["180.0"] == 0  # never turning, against itself
+    table = alignment.markdown(result)
+    assert table.count("\n| ") == len(alignment.ANGLES) + 2  # head, angles, the gains

@@ -116,6 +116,12 @@ def test_classify_folder(folder, tmp_path, fmt):
             face.box.height,
         ]
         assert value(face_row, "emotion") == face.classification.prediction
+        assert value(face_row, "roll") == pytest.approx(face.box.roll, abs=0.051)
+        if fmt == "jsonl":
+            assert list(face_row["landmarks"]) == [p.name for p in face.box.landmarks]
+            assert [(p["x"], p["y"]) for p in face_row["landmarks"].values()] == [
+                pytest.approx((p.x, p.y), abs=0.051) for p in face.box.landmarks
+            ]
         for emotion in EMOTIONS:
             assert value(face_row, f"p_{emotion}") == pytest.approx(
                 face.classification.probabilities[emotion], abs=1e-5

@@ -56,6 +56,8 @@ def test_bad_numbers_fail_loudly():
         ("EMOTION_THREADS", "-2", "EMOTION_THREADS must be at least 0"),
         ("EMOTION_API_KEYS", " , ", "EMOTION_API_KEYS is set but holds no key"),
         ("EMOTION_MAX_PIXELS", "2000000000", "EMOTION_MAX_PIXELS must be at most 1073741823"),
+        ("EMOTION_ALIGN_ROLL", "-1", "EMOTION_ALIGN_ROLL must be at least 0"),
+        ("EMOTION_ALIGN_ROLL", "181", "EMOTION_ALIGN_ROLL must be at most 180"),
     ],
 )
 def test_settings_out_of_range_are_named(variable, text, fragment):
@@ -74,6 +76,7 @@ def test_settings_at_their_bounds_are_in_range():
         "EMOTION_API_KEYS": " key ,",
         "EMOTION_READ_MIN_RATE": "0",  # no extra time for large uploads
         "EMOTION_MAX_PIXELS": "1073741823",
+        "EMOTION_ALIGN_ROLL": "180",  # never turned
     }
     assert Settings.from_env(edges).out_of_range() is None
     assert Settings().out_of_range() is None

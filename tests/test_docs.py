@@ -49,6 +49,7 @@ def test_the_generated_regions_are_where_the_figures_are(docs):
             "video-bench",
             "detector-bench",
             "photo-path-bench",
+            "alignment-bench",
         },
     }
     for page, names in expected.items():

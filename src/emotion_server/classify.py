@@ -42,6 +42,7 @@ CSV_COLUMNS = (
     "width",
     "height",
     "face_score",
+    "roll",
     "face_detected",
     "whole_image_reason",
     "emotion",
@@ -81,6 +82,8 @@ class Row:
     face: int | None = None  # 1-based, largest face first; None for a whole image or an error
     box: dict[str, int] | None = None
     face_score: float | None = None
+    landmarks: dict[str, dict[str, float]] | None = None  # JSON lines only
+    roll: float | None = None
     face_detected: bool | None = None
     whole_image_reason: str | None = None
     emotion: str | None = None
@@ -98,6 +101,8 @@ class Row:
             "face": self.face,
             "box": self.box,
             "face_score": self.face_score,
+            "landmarks": self.landmarks,
+            "roll": self.roll,
             "face_detected": self.face_detected,
             "whole_image_reason": self.whole_image_reason,
             "emotion": self.emotion,
@@ -121,6 +126,7 @@ class Row:
             "width": box.get("width"),
             "height": box.get("height"),
             "face_score": self.face_score,
+            "roll": self.roll,
             "face_detected": self.face_detected,
             "whole_image_reason": self.whole_image_reason,
             "emotion": self.emotion,
@@ -167,6 +173,9 @@ def _face_fields(face) -> dict:
     return {
         "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
         "face_score": round(face.score, 4),
+        "landmarks": {p.name: {"x": round(p.x, 1), "y": round(p.y, 1)} for p in box.landmarks}
+        or None,
+        "roll": None if box.roll is None else round(box.roll, 1),
         "face_detected": True,
         "emotion": face.classification.prediction,
         "confidence": round(face.classification.confidence, 6),

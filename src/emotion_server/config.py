@@ -66,6 +66,9 @@ class Settings:
     detect_large_face: int = 56
     detect_max_side: int = 800  # large uploads are downscaled to this before detection
     crop_size_limit: int = 96  # images no larger than this are taken as a face crop
+    # A face tilted more than this many degrees in the picture (its eyes' line, FaceBox.roll)
+    # is turned upright before the model sees it (crops.py); 180: never.
+    align_roll: float = 10.0
     max_faces: int = 20
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
@@ -262,6 +265,7 @@ LOWEST: dict[str, tuple[float, bool]] = {
     "threads": (0, False),
     "idle_threads": (0, False),
     "crop_size_limit": (0, False),
+    "align_roll": (0, False),
     "max_faces": (1, False),
     "max_upload_bytes": (1, False),
     "max_pixels": (1, False),
@@ -282,13 +286,18 @@ LOWEST: dict[str, tuple[float, bool]] = {
 # The settings that analysing files reads (`classify`); the others are the server's.
 ANALYSIS = frozenset(
     {"threads", "idle_threads", "crop_size_limit", "max_faces", "max_pixels", "video_fps"}
-    | {"video_max_fps", "batch_max_size", "detect_threshold"}
+    | {"video_max_fps", "batch_max_size", "detect_threshold", "align_roll"}
 )
 # Worker processes the shared count of analyses in progress can tell apart (activity.py).
 MAX_WORKERS = 256
 # The greatest value of a setting where there is one. Pixels: FFmpeg's decoders take their
 # bound (twice this, video_reader.py) as a C int.
-HIGHEST = {"port": 65535, "workers": MAX_WORKERS, "max_pixels": (2**31 - 1) // 2}
+HIGHEST = {
+    "port": 65535,
+    "workers": MAX_WORKERS,
+    "max_pixels": (2**31 - 1) // 2,
+    "align_roll": 180,
+}
 
 
 def variable_names(setting: str) -> tuple[str, ...]:

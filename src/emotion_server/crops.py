@@ -3,6 +3,9 @@ scaled as the model contract says (contract.scale)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -28,6 +31,63 @@ def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) ->
     rows = np.clip(np.arange(y0, y0 + side), 0, height - 1)
     columns = np.clip(np.arange(x0, x0 + side), 0, width - 1)
     return gray[np.ix_(rows, columns)]
+
+
+# A face turned upright is first brought to this many pixels across (its square's corners
+# included), so that turning it, and looking at it again, cost the same for a face of any
+# size: the face is then about 120 pixels wide, which CenterFace's quick first pass finds.
+_TURN_SIDE = 4 * INPUT_SIZE
+
+
+@dataclass(frozen=True)
+class Turned:
+    """A square of the picture around a face, turned by `roll` degrees about its centre so
+    that the face, tilted by `roll` as seen, is upright in it."""
+
+    image: np.ndarray  # uint8, square, edges replicated where it passed the picture's
+    centre: tuple[float, float]  # the picture's point at its middle
+    scale: float  # its pixels per picture pixel
+    roll: float
+
+    def to_picture(self, x: float, y: float) -> tuple[float, float]:
+        """A point of `image` -> the same point in the picture."""
+        half = self.image.shape[0] / 2
+        dx, dy = (x - half) / self.scale, (y - half) / self.scale
+        angle = math.radians(self.roll)
+        cos, sin = math.cos(angle), math.sin(angle)
+        return self.centre[0] + dx * cos - dy * sin, self.centre[1] + dx * sin + dy * cos
+
+    def crop(self, side: float) -> np.ndarray:
+        """The model's 48x48 input: the upright square of `side` picture pixels in the
+        middle."""
+        middle, half = self.image.shape[0] / 2, side * self.scale / 2
+        box = (middle - half, middle - half, middle + half, middle + half)
+        picture = Image.fromarray(self.image)
+        return np.asarray(
+            picture.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR, box=box)
+        )
+
+
+def turn_upright(
+    gray: np.ndarray, face: FaceBox, roll: float, margin: float = CROP_MARGIN
+) -> Turned:
+    """The square around `face` that `square_crop` would cut with this `margin`, and its
+    corners, turned by `roll` degrees so the face is upright in it."""
+    # The square turned by any angle lies within one sqrt(2) times as wide about the same
+    # centre: cut that (edges replicated), bring it to _TURN_SIDE, turn it.
+    longer = max(face.width, face.height, 1)
+    outer = square_crop(gray, face, margin * math.sqrt(2) + 2 / longer)
+    picture = Image.fromarray(np.ascontiguousarray(outer))
+    if outer.shape[0] != _TURN_SIDE:
+        picture = picture.resize((_TURN_SIDE, _TURN_SIDE), Image.Resampling.BILINEAR)
+    # square_crop centres its whole-pixel square as near the box's centre as it can.
+    x0 = int(round(face.x + face.width / 2 - outer.shape[0] / 2))
+    y0 = int(round(face.y + face.height / 2 - outer.shape[0] / 2))
+    centre = (x0 + outer.shape[0] / 2, y0 + outer.shape[0] / 2)
+    # Pillow turns counter-clockwise for a positive angle: a face leaning clockwise by `roll`
+    # is turned back by as much.
+    turned = picture.rotate(roll, resample=Image.Resampling.BILINEAR)
+    return Turned(np.asarray(turned), centre, picture.width / outer.shape[0], roll)
 
 
 def resize_to_input(crop: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Face detection: an RGB image -> face boxes with scores, in the image's pixel coordinates.
+"""Face detection: an RGB image -> face boxes with scores and landmarks, in the image's pixels.
 
 The default detector is CenterFace (MIT licence), its ONNX files shipped with this package
 (weights/NOTICE.md), run on ONNX Runtime. The alternatives: MediaPipe's BlazeFace (Apache
@@ -17,11 +17,12 @@ from __future__ import annotations
 import ctypes
 import glob
 import importlib.util
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +32,22 @@ from emotion_server.errors import ModelLoadError
 from emotion_server.runtime import cpu_session, idle_session
 
 
+class Landmark(NamedTuple):
+    """A point of a face, in the same pixels as its box (not rounded)."""
+
+    name: str
+    x: float
+    y: float
+
+
+# The points CenterFace gives, in its order (YuNet's wheel gives boxes only). "Left" and
+# "right" are as seen in the picture of an upright face: `eye_left` is the person's right eye.
+FIVE_POINTS = ("eye_left", "eye_right", "nose", "mouth_left", "mouth_right")
+# BlazeFace's six, in its order (MediaPipe names them from the person's side: its first point,
+# the person's right eye, is `eye_left` here, as CenterFace's is).
+BLAZEFACE_POINTS = ("eye_left", "eye_right", "nose", "mouth", "ear_left", "ear_right")
+
+
 @dataclass(frozen=True)
 class FaceBox:
     x: int
@@ -38,10 +55,33 @@ class FaceBox:
     width: int
     height: int
     score: float
+    landmarks: tuple[Landmark, ...] = ()  # the detector's points of this face, if it gives any
 
     @property
     def area(self) -> int:
         return self.width * self.height
+
+    @property
+    def roll(self) -> float | None:
+        """The face's tilt in the picture, in degrees, from the line between its eyes: positive
+        where the face leans clockwise as seen (its right-hand eye, `eye_right`, lower);
+        None where the detector gave no eyes."""
+        points = {point.name: point for point in self.landmarks}
+        left, right = points.get("eye_left"), points.get("eye_right")
+        if left is None or right is None:
+            return None
+        return math.degrees(math.atan2(right.y - left.y, right.x - left.x))
+
+    def scaled(self, sx: float, sy: float) -> FaceBox:
+        """The same face in an image `sx` times as wide and `sy` times as high."""
+        return FaceBox(
+            round(self.x * sx),
+            round(self.y * sy),
+            round(self.width * sx),
+            round(self.height * sy),
+            self.score,
+            tuple(Landmark(p.name, p.x * sx, p.y * sy) for p in self.landmarks),
+        )
 
 
 class FaceDetector(Protocol):
@@ -93,12 +133,26 @@ def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(resized)
 
 
-def _to_faces(boxes: np.ndarray, scores: np.ndarray) -> list[FaceBox]:
+def _to_faces(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    points: np.ndarray | None = None,
+    names: tuple[str, ...] = (),
+) -> list[FaceBox]:
     """[x1, y1, x2, y2] boxes (already in the image's pixels and clipped to it) -> FaceBoxes,
-    dropping any less than a pixel wide or high."""
+    dropping any less than a pixel wide or high. `points` ([faces, len(names), 2], x then y,
+    in the same pixels) are each face's landmarks, named by `names`."""
     faces = []
-    for (x1, y1, x2, y2), score in zip(boxes, scores, strict=True):
+    for index, ((x1, y1, x2, y2), score) in enumerate(zip(boxes, scores, strict=True)):
         if x2 - x1 >= 1 and y2 - y1 >= 1:
+            landmarks = (
+                tuple(
+                    Landmark(name, float(x), float(y))
+                    for name, (x, y) in zip(names, points[index], strict=True)
+                )
+                if points is not None
+                else ()
+            )
             faces.append(
                 FaceBox(
                     x=int(round(x1)),
@@ -106,6 +160,7 @@ def _to_faces(boxes: np.ndarray, scores: np.ndarray) -> list[FaceBox]:
                     width=int(round(x2 - x1)),
                     height=int(round(y2 - y1)),
                     score=float(score),
+                    landmarks=landmarks,
                 )
             )
     return faces
@@ -272,7 +327,7 @@ class CenterFaceDetector(TwoPassDetector):
             and self.precision != "float32"
             and blob.shape[2] * blob.shape[3] <= self.KEEP_ARENA_PIXELS
         )
-        heatmap, sizes, offsets, _landmarks = session.run(
+        heatmap, sizes, offsets, landmarks = session.run(
             None, {self.input_name: blob}, self.keep_options if keep else self.run_options
         )
         rows, cols = np.nonzero(heatmap[0, 0] > self.threshold)
@@ -292,12 +347,17 @@ class CenterFaceDetector(TwoPassDetector):
             ],
             axis=1,
         )
-        # Back to the original image's pixels, clipped to it.
+        # Each landmark is an offset from the box's top-left corner, in box sizes: the map's
+        # channels are (y, x) of the five points in turn.
+        shifts = landmarks[0][:, rows, cols].T.reshape(-1, len(FIVE_POINTS), 2)[..., ::-1]
+        points = boxes[:, None, :2] + shifts * np.stack([box_w, box_h], axis=1)[:, None, :]
+        # Back to the original image's pixels, clipped to it (the points are not clipped).
         sx, sy = width / small.shape[1], height / small.shape[0]
         boxes *= np.array([sx, sy, sx, sy])
+        points *= np.array([sx, sy])
         boxes = np.clip(boxes, 0, [width, height, width, height])
         keep = _nms(boxes, scores, 0.3)
-        return _to_faces(boxes[keep], scores[keep])
+        return _to_faces(boxes[keep], scores[keep], points[keep], FIVE_POINTS)
 
 
 class YuNetDetector(TwoPassDetector):
@@ -394,12 +454,17 @@ class BlazeFaceDetector:
         centre = centre + size * np.array([dx, dy], np.float32)
         size = size * np.array([sw, sh], np.float32)
         boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float64)
+        # The keypoints are offsets from the anchor too, (x, y) in turn.
+        points = self.anchors[keep][:, None, :] + regressors[0, keep, 4:16].reshape(-1, 6, 2) / (
+            self.SIDE
+        )
         # Input units -> the image's pixels (the letterbox keeps the top-left corner).
         sx, sy = width / small.shape[1], height / small.shape[0]
         boxes *= np.array([self.SIDE * sx, self.SIDE * sy] * 2)
+        points = points.astype(np.float64) * np.array([self.SIDE * sx, self.SIDE * sy])
         boxes = np.clip(boxes, 0, [width, height, width, height])
-        kept = _weighted_nms(boxes, scores, 0.3)
-        return _to_faces(*kept)
+        boxes, scores, points = _weighted_nms(boxes, scores, 0.3, points)
+        return _to_faces(boxes, scores, points, BLAZEFACE_POINTS)
 
 
 class CascadeDetector:
@@ -413,22 +478,24 @@ class CascadeDetector:
 
 
 def _weighted_nms(
-    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Non-maximum suppression that averages each kept box with those it suppresses, weighted by
-    their scores (BlazeFace's anchors overlap densely, so one face fires several of them)."""
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-maximum suppression that averages each kept box, and its `points` ([boxes, n, 2]),
+    with those it suppresses, weighted by their scores (BlazeFace's anchors overlap densely,
+    so one face fires several of them)."""
     order = np.argsort(-scores)
     areas = _areas(boxes)
-    merged_boxes, merged_scores = [], []
+    merged_boxes, merged_scores, merged_points = [], [], []
     while order.size:
         best = order[0]
         iou = _iou(boxes, areas, best, order)
         cluster = order[iou >= iou_threshold]  # includes `best` itself
-        weights = scores[cluster]
-        merged_boxes.append((boxes[cluster] * weights[:, None]).sum(0) / weights.sum())
+        weights = scores[cluster] / scores[cluster].sum()
+        merged_boxes.append((boxes[cluster] * weights[:, None]).sum(0))
+        merged_points.append((points[cluster] * weights[:, None, None]).sum(0))
         merged_scores.append(scores[best])
         order = order[iou < iou_threshold]
-    return np.array(merged_boxes), np.array(merged_scores)
+    return np.array(merged_boxes), np.array(merged_scores), np.array(merged_points)
 
 
 def _bundled_openmp(module_file: str) -> Callable[[int], None] | None:

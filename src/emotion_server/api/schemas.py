@@ -68,9 +68,43 @@ class BoxModel(_Strict):
         return cls(x=box.x, y=box.y, width=box.width, height=box.height)
 
 
+class Point(_Strict):
+    """A point in the upright image's pixels (a landmark of a face at the image's edge may lie
+    just outside it)."""
+
+    x: float
+    y: float
+
+
+LANDMARKS_DESCRIPTION = (
+    "The face's points as the detector gives them, by name, in the upright image's pixels: "
+    "CenterFace (the default) gives eye_left, eye_right, nose, mouth_left and mouth_right; "
+    "BlazeFace eye_left, eye_right, nose, mouth, ear_left and ear_right. Left and right as "
+    "seen in the picture of an upright face (eye_left is the person's right eye). "
+    "Null where the detector gives none (yunet)"
+)
+ROLL_DESCRIPTION = (
+    "The face's tilt in the picture, in degrees from the line between its eyes (-180 to 180): "
+    "positive where the face leans clockwise as seen; an estimate, within a few degrees. "
+    "Null where the detector gives no eyes"
+)
+
+
+def _landmarks(box: FaceBox) -> dict[str, Any]:
+    """A face's `landmarks` and `roll` fields."""
+    roll = box.roll
+    return {
+        "landmarks": {p.name: Point(x=round(p.x, 1), y=round(p.y, 1)) for p in box.landmarks}
+        or None,
+        "roll": None if roll is None else round(roll, 1),
+    }
+
+
 class FaceModel(_Strict):
     box: BoxModel
     score: float = Field(ge=0, le=1, description="The face detector's confidence")
+    landmarks: dict[str, Point] | None = Field(description=LANDMARKS_DESCRIPTION)
+    roll: float | None = Field(ge=-180, le=180, description=ROLL_DESCRIPTION)
     prediction: Emotion
     confidence: Probability
     probabilities: Probabilities
@@ -104,6 +138,7 @@ class InferenceResponse(_Strict):
                 FaceModel(
                     box=BoxModel.of(face.box),
                     score=round(face.score, 4),
+                    **_landmarks(face.box),
                     **_classification(face.classification),
                 )
                 for face in result.faces
@@ -193,6 +228,8 @@ class TrackFrame(_Strict):
     time: float = Field(ge=0, description="Seconds since the first frame")
     box: BoxModel
     score: float = Field(ge=0, le=1, description="The face detector's confidence")
+    landmarks: dict[str, Point] | None = Field(description=LANDMARKS_DESCRIPTION)
+    roll: float | None = Field(ge=-180, le=180, description=ROLL_DESCRIPTION)
     prediction: Emotion
     confidence: Probability
     probabilities: Probabilities
@@ -246,6 +283,8 @@ class FrameFace(_Strict):
     track_id: int = Field(ge=1)
     box: BoxModel
     score: float = Field(ge=0, le=1, description="The face detector's confidence")
+    landmarks: dict[str, Point] | None = Field(description=LANDMARKS_DESCRIPTION)
+    roll: float | None = Field(ge=-180, le=180, description=ROLL_DESCRIPTION)
     prediction: Emotion
     confidence: Probability
     probabilities: Probabilities
@@ -289,6 +328,7 @@ def _face(face: TrackedFace) -> dict[str, Any]:
     return {
         "box": BoxModel.of(face.box),
         "score": round(min(1.0, face.score), 4),
+        **_landmarks(face.box),
         **_classification(face.classification),
     }
 
