@@ -95,9 +95,11 @@ def print_result(result: dict, prefix: str = "") -> None:
     )
     for index, face in enumerate(result.get("faces", []), 1):
         box = face["box"]
+        roll = face.get("roll")  # absent from servers before it, null without eye points
+        tilt = f", tilted {roll:+.0f} degrees" if isinstance(roll, (int, float)) else ""
         print(
             f"{prefix}face {index}: {face['prediction']} ({face['confidence']:.2f}) at "
-            f"x={box['x']} y={box['y']} {box['width']}x{box['height']}"
+            f"x={box['x']} y={box['y']} {box['width']}x{box['height']}{tilt}"
         )
     if not result.get("face_detected", True):
         print(

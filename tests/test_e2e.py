@@ -108,6 +108,10 @@ def test_original_client(server, astronaut, tmp_path):
     ).json()["prediction"]
     assert predicted.stdout.startswith(f"prediction: {expected}")
     assert "face 1:" in predicted.stdout
+    roll = requests.post(
+        server.url + "/inference", data=image.read_bytes(), headers=RAW, timeout=30
+    ).json()["faces"][0]["roll"]
+    assert f", tilted {roll:+.0f} degrees" in predicted.stdout
 
 
 def test_original_client_says_what_went_wrong(server, tmp_path):
