@@ -219,6 +219,18 @@ def test_upload_shows_box_label_and_chart(watched, server, astronaut_file):
     ]
     wanted = [face["box"][k] for k in ("x", "y", "width", "height")]
     assert found == pytest.approx(wanted, abs=2 * scale + 1)
+    # The face's points are dots where the API puts them.
+    dots = page.locator(".box .point")
+    assert dots.count() == len(face["landmarks"]) == 5
+    for index in range(dots.count()):
+        dot = dots.nth(index)
+        point = face["landmarks"][dot.get_attribute("data-name")]
+        middle = dot.bounding_box()
+        seen = [
+            (middle["x"] + middle["width"] / 2 - canvas["x"]) * scale,
+            (middle["y"] + middle["height"] / 2 - canvas["y"]) * scale,
+        ]
+        assert seen == pytest.approx([point["x"], point["y"]], abs=2 * scale + 1)
 
     rows = page.locator("#chart li")
     assert rows.count() == len(EMOTIONS)

@@ -198,6 +198,16 @@
       tag.textContent = describe(face);
       tag.setAttribute("aria-hidden", "true");
       box.append(tag);
+      // The detector's points (eyes, nose, mouth), where it gives them, as dots in the box.
+      for (const [name, point] of Object.entries(face.landmarks || {})) {
+        const dot = document.createElement("span");
+        dot.className = "point";
+        dot.dataset.name = name;
+        dot.style.left = `${(100 * (point.x - face.box.x)) / face.box.width}%`;
+        dot.style.top = `${(100 * (point.y - face.box.y)) / face.box.height}%`;
+        dot.setAttribute("aria-hidden", "true");
+        box.append(dot);
+      }
       box.addEventListener("click", () => select(index));
       boxes.append(box);
     });
