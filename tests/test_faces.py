@@ -21,6 +21,7 @@ from emotion_server.faces import (
     NoDetector,
     YuNetDetector,
     _nms,
+    _to_faces,
     _weighted_nms,
     first_pass_side,
     make_detector,
@@ -595,3 +596,14 @@ def test_every_shipped_detector_file_has_its_notice_and_licence():
     for name in shipped:
         if name.startswith("LICENSE-MIT"):
             assert re.search(r"^Copyright \(c\) \d{4} \S", (folder / name).read_text(), re.M), name
+
+
+def test_points_that_are_not_finite_are_left_out_and_the_box_kept():
+    boxes = np.array([[10.0, 10.0, 60.0, 70.0], [100.0, 10.0, 150.0, 70.0]])
+    points = np.full((2, 5, 2), 30.0)
+    points[0, 1, 0] = np.nan  # an overflow in the network's output
+    points[1, :, 0] += 100
+    faces = _to_faces(boxes, np.array([0.9, 0.8]), points, FIVE_POINTS)
+    assert [f.x for f in faces] == [10, 100]
+    assert faces[0].landmarks == () and faces[0].roll is None
+    assert len(faces[1].landmarks) == 5 and faces[1].roll == 0

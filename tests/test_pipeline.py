@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, encode
@@ -12,7 +14,7 @@ from emotion_server.crops import (
     to_model_input,
     turn_upright,
 )
-from emotion_server.faces import FaceBox
+from emotion_server.faces import FaceBox, Landmark
 from emotion_server.pipeline import Pipeline, PipelineOptions
 
 
@@ -267,3 +269,39 @@ def test_a_face_tilted_less_than_the_setting_is_cut_as_before(pipeline, never_tu
         np.array_equal(a, b)
         for a, b in zip(located.crops, never_turning.locate_faces(image).crops, strict=True)
     )
+
+
+def test_a_large_face_in_a_large_picture_is_turned_from_a_reduced_square():
+    """A 2,400-pixel face (a large PNG is decoded whole) is cut at every few pixels before
+    turning, so the work does not grow with its area; the crop is the same face."""
+    small, face = _pattern()
+    gray = np.asarray(Image.fromarray(small).resize((3000, 3000), Image.Resampling.NEAREST))
+    big = FaceBox(face.x * 7.5, face.y * 7.5, face.width * 7.5, face.height * 7.5, 0.9)
+    upright = resize_to_input(square_crop(gray, big))
+    centre = (big.x + big.width / 2, big.y + big.height / 2)
+    tilted = np.asarray(Image.fromarray(gray).rotate(-35, center=centre))
+    turned = turn_upright(tilted, big, 35)
+    assert turned.image.shape == (192, 192)
+    crop = turned.crop(max(big.width, big.height) * CROP_MARGIN)
+    assert np.abs(crop.astype(int) - upright).mean() < 3
+    assert turned.to_picture(96, 96) == pytest.approx(centre, abs=8)
+
+
+def test_a_face_whose_eyes_nearly_meet_is_not_turned(pipeline):
+    """Seen from the side, the eyes' line says nothing of the tilt: no turn, whatever roll."""
+    gray, face = _pattern()
+    side_view = FaceBox(
+        *(face.x, face.y, face.width, face.height, 0.9),
+        landmarks=(Landmark("eye_left", 200.0, 170.0), Landmark("eye_right", 203.0, 178.0)),
+    )
+    assert side_view.roll > 60
+    seen, crop = pipeline.face_crop(gray, side_view)
+    assert seen == side_view and np.array_equal(crop, square_crop(gray, side_view))
+    # The same roll from eyes a third of the face apart is turned.
+    front = replace(
+        side_view,
+        landmarks=(Landmark("eye_left", 180.0, 150.0), Landmark("eye_right", 196.0, 192.0)),
+    )
+    assert front.roll > 60
+    assert pipeline.face_crop(gray, front)[1].shape == (48, 48)
+    assert not np.array_equal(pipeline.face_crop(gray, front)[1], square_crop(gray, front))

@@ -17,19 +17,22 @@ from emotion_server.faces import FaceBox
 CROP_MARGIN = 1.15
 
 
-def square_crop(gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
-    """A square around the face box, `margin` times its longer side; edges replicated."""
+def square_crop(
+    gray: np.ndarray, face: FaceBox, margin: float = CROP_MARGIN, step: int = 1
+) -> np.ndarray:
+    """A square around the face box, `margin` times its longer side; edges replicated. With a
+    `step`, only every step-th row and column of it (a quick reduction of a large one)."""
     side = max(1, int(round(max(face.width, face.height) * margin)))
     cx, cy = face.x + face.width / 2, face.y + face.height / 2
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     height, width = gray.shape
     if x0 >= 0 and y0 >= 0 and x0 + side <= width and y0 + side <= height:
-        return gray[y0 : y0 + side, x0 : x0 + side]  # a view: nothing copied
+        return gray[y0 : y0 + side : step, x0 : x0 + side : step]  # a view: nothing copied
     # Over an edge: each row and column index clamped into the image replicates its edge
-    # pixels, and only the side x side crop is allocated (padding the whole image would
-    # hold a padded copy of it per face).
-    rows = np.clip(np.arange(y0, y0 + side), 0, height - 1)
-    columns = np.clip(np.arange(x0, x0 + side), 0, width - 1)
+    # pixels, and only the crop is allocated (padding the whole image would hold a padded
+    # copy of it per face).
+    rows = np.clip(np.arange(y0, y0 + side, step), 0, height - 1)
+    columns = np.clip(np.arange(x0, x0 + side, step), 0, width - 1)
     return gray[np.ix_(rows, columns)]
 
 
@@ -76,18 +79,23 @@ def turn_upright(
     # The square turned by any angle lies within one sqrt(2) times as wide about the same
     # centre: cut that (edges replicated), bring it to _TURN_SIDE, turn it.
     longer = max(face.width, face.height, 1)
-    outer = square_crop(gray, face, margin * math.sqrt(2) + 2 / longer)
+    outer_margin = margin * math.sqrt(2) + 2 / longer
+    side = max(1, int(round(longer * outer_margin)))
+    # A square many times _TURN_SIDE (a large face in a large PNG) is first taken at every
+    # step-th pixel, so its cost does not grow with the face's area.
+    step = max(1, side // (2 * _TURN_SIDE))
+    outer = square_crop(gray, face, outer_margin, step)
     picture = Image.fromarray(np.ascontiguousarray(outer))
     if outer.shape[0] != _TURN_SIDE:
         picture = picture.resize((_TURN_SIDE, _TURN_SIDE), Image.Resampling.BILINEAR)
     # square_crop centres its whole-pixel square as near the box's centre as it can.
-    x0 = int(round(face.x + face.width / 2 - outer.shape[0] / 2))
-    y0 = int(round(face.y + face.height / 2 - outer.shape[0] / 2))
-    centre = (x0 + outer.shape[0] / 2, y0 + outer.shape[0] / 2)
+    x0 = int(round(face.x + face.width / 2 - side / 2))
+    y0 = int(round(face.y + face.height / 2 - side / 2))
+    centre = (x0 + side / 2, y0 + side / 2)
     # Pillow turns counter-clockwise for a positive angle: a face leaning clockwise by `roll`
     # is turned back by as much.
     turned = picture.rotate(roll, resample=Image.Resampling.BILINEAR)
-    return Turned(np.asarray(turned), centre, picture.width / outer.shape[0], roll)
+    return Turned(np.asarray(turned), centre, picture.width / side, roll)
 
 
 def resize_to_input(crop: np.ndarray) -> np.ndarray:

@@ -62,14 +62,20 @@ class FaceBox:
         return self.width * self.height
 
     @property
+    def eyes(self) -> tuple[Landmark, Landmark] | None:
+        """`eye_left` and `eye_right`, where the detector gave them."""
+        points = {point.name: point for point in self.landmarks}
+        left, right = points.get("eye_left"), points.get("eye_right")
+        return None if left is None or right is None else (left, right)
+
+    @property
     def roll(self) -> float | None:
         """The face's tilt in the picture, in degrees, from the line between its eyes: positive
         where the face leans clockwise as seen (its right-hand eye, `eye_right`, lower);
         None where the detector gave no eyes."""
-        points = {point.name: point for point in self.landmarks}
-        left, right = points.get("eye_left"), points.get("eye_right")
-        if left is None or right is None:
+        if self.eyes is None:
             return None
+        left, right = self.eyes
         return math.degrees(math.atan2(right.y - left.y, right.x - left.x))
 
     def scaled(self, sx: float, sy: float) -> FaceBox:
@@ -150,7 +156,8 @@ def _to_faces(
                     Landmark(name, float(x), float(y))
                     for name, (x, y) in zip(names, points[index], strict=True)
                 )
-                if points is not None
+                # A network's overflow would make points no answer can carry: none then.
+                if points is not None and np.isfinite(points[index]).all()
                 else ()
             )
             faces.append(
