@@ -287,8 +287,9 @@ def test_a_large_face_in_a_large_picture_is_turned_from_a_reduced_square():
     assert turned.to_picture(96, 96) == pytest.approx(centre, abs=8)
 
 
-def test_a_face_whose_eyes_nearly_meet_is_not_turned(pipeline):
-    """Seen from the side, the eyes' line says nothing of the tilt: no turn, whatever roll."""
+def test_a_face_whose_eyes_nearly_meet_is_not_turned_unless_the_second_look_confirms(pipeline):
+    """Seen from the side, the eyes' line says nothing of the tilt: where the second look
+    finds no face in the turned square (here: no face at all), no turn, whatever roll."""
     gray, face = _pattern()
     side_view = FaceBox(
         *(face.x, face.y, face.width, face.height, 0.9),

@@ -229,11 +229,15 @@ class Pipeline:
         every face cost 0.8 points on upright faces, turning those above 10 degrees nothing
         (bench/alignment.py)."""
         roll = face.roll
-        if roll is None or abs(roll) <= self.options.align_roll or not self._eyes_apart(face):
+        if roll is None or abs(roll) <= self.options.align_roll:
             return face, square_crop(gray, face)
         turned = turn_upright(gray, face, roll)
         second = self._second_look(turned)
         if second is None:
+            if not self._eyes_apart(face):
+                # Eyes nearly meeting (a face seen from the side, or points read poorly) give
+                # any angle, and the second look did not confirm it: left as it is.
+                return face, square_crop(gray, face)
             return face, turned.crop(max(face.width, face.height) * CROP_MARGIN)
         points = tuple(Landmark(p.name, *turned.to_picture(p.x, p.y)) for p in second.landmarks)
         centre = turned.to_picture(second.x + second.width / 2, second.y + second.height / 2)
