@@ -226,7 +226,7 @@ class Pipeline:
         upright face's box and as wide as it (a tilted face's box is wider), and the face
         reports the second look's points. Near upright, the estimate's own error (a few
         degrees, now and then 15) would only blur a face the model reads as it is: turning
-        every face cost 0.8 points on upright faces, turning those above 10 degrees nothing
+        every face cost 1.0 point on upright faces, turning those above 10 degrees nothing
         (bench/alignment.py)."""
         roll = face.roll
         if roll is None or abs(roll) <= self.options.align_roll:
