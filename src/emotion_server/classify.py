@@ -23,7 +23,7 @@ from emotion_server.classify_video import VIDEO_SUFFIXES, VideoOptions, classify
 from emotion_server.contract import EMOTIONS
 from emotion_server.errors import EmotionServerError, UnreadableFile
 from emotion_server.pipeline import Pipeline
-from emotion_server.results import InferenceResult
+from emotion_server.results import InferenceResult, face_points
 from emotion_server.timeline import FrameResult
 
 # Suffixes picked up when walking a folder; files named on the command line are always tried.
@@ -173,9 +173,7 @@ def _face_fields(face) -> dict:
     return {
         "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
         "face_score": round(face.score, 4),
-        "landmarks": {p.name: {"x": round(p.x, 1), "y": round(p.y, 1)} for p in box.landmarks}
-        or None,
-        "roll": None if box.roll is None else round(box.roll, 1),
+        **face_points(box),
         "face_detected": True,
         "emotion": face.classification.prediction,
         "confidence": round(face.classification.confidence, 6),

@@ -4,6 +4,7 @@ upright image's pixels) with its emotions, or the whole image's emotions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,17 @@ class Classification:
             confidence=float(vector[best]),
             probabilities={name: float(p) for name, p in zip(EMOTIONS, vector, strict=True)},
         )
+
+
+def face_points(box: FaceBox) -> dict[str, Any]:
+    """A face's `landmarks` (by name, x and y to 0.1 pixel; None where the detector gave none)
+    and `roll` (degrees to 0.1; None without eyes), as answers and `classify` rows carry them."""
+    roll = box.roll
+    return {
+        "landmarks": {p.name: {"x": round(p.x, 1), "y": round(p.y, 1)} for p in box.landmarks}
+        or None,
+        "roll": None if roll is None else round(roll, 1),
+    }
 
 
 @dataclass(frozen=True)

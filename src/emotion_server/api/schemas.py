@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from emotion_server.contract import EMOTIONS
 from emotion_server.errors import EmotionServerError
 from emotion_server.faces import FaceBox
-from emotion_server.results import Classification, InferenceResult
+from emotion_server.results import Classification, InferenceResult, face_points
 from emotion_server.timeline import FrameResult, Sampling, TrackedFace, TrackSummary
 from emotion_server.video_reader import VideoInfo
 
@@ -92,16 +92,6 @@ ROLL_DESCRIPTION = (
 )
 
 
-def _landmarks(box: FaceBox) -> dict[str, Any]:
-    """A face's `landmarks` and `roll` fields."""
-    roll = box.roll
-    return {
-        "landmarks": {p.name: Point(x=round(p.x, 1), y=round(p.y, 1)) for p in box.landmarks}
-        or None,
-        "roll": None if roll is None else round(roll, 1),
-    }
-
-
 class FaceModel(_Strict):
     box: BoxModel
     score: float = Field(ge=0, le=1, description="The face detector's confidence")
@@ -140,7 +130,7 @@ class InferenceResponse(_Strict):
                 FaceModel(
                     box=BoxModel.of(face.box),
                     score=round(face.score, 4),
-                    **_landmarks(face.box),
+                    **face_points(face.box),
                     **_classification(face.classification),
                 )
                 for face in result.faces
@@ -330,7 +320,7 @@ def _face(face: TrackedFace) -> dict[str, Any]:
     return {
         "box": BoxModel.of(face.box),
         "score": round(min(1.0, face.score), 4),
-        **_landmarks(face.box),
+        **face_points(face.box),
         **_classification(face.classification),
     }
 
