@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import BUNDLED_MODEL, ROOT, encode
 
-from emotion_server.classify import CSV_COLUMNS, find_images
+from emotion_server.classify import CSV_COLUMNS, RowWriter, classify_files, find_images, interrupts
 from emotion_server.config import Settings
 from emotion_server.contract import EMOTIONS
 from emotion_server.pipeline import Pipeline
@@ -213,6 +213,28 @@ def test_interrupted_run_leaves_the_earlier_output_and_its_rows_beside(folder, t
     rows = (tmp_path / "out.csv.partial").read_text().splitlines()
     assert rows[0].split(",") == list(CSV_COLUMNS) and 1 < len(rows) < 201
     assert not list(tmp_path.glob(".out.csv.*"))
+
+
+class _DropsAnInterrupt:
+    """Ctrl-C while a finalizer runs: Python reports the KeyboardInterrupt as ignored and drops
+    it (what let a classify run go on to its end after a SIGINT)."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_a_finalizer_dropped_still_stops_the_run(folder):
+    pipeline = Pipeline.from_settings(Settings(model_path=str(BUNDLED_MODEL)))
+    stream = io.StringIO()
+    with interrupts() as interrupted:
+        _DropsAnInterrupt()  # no reference kept: finalized here, its interrupt dropped
+        assert interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            photos = [folder / "astronaut.jpg"] * 3
+            classify_files(pipeline, photos, RowWriter(stream, "csv"), 1, interrupted=interrupted)
+    assert stream.getvalue().splitlines() == [",".join(CSV_COLUMNS)]  # no file classified
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
 
 
 def test_output_to_a_device_and_through_a_link(folder, tmp_path):

@@ -113,6 +113,27 @@ def test_progress_bar_counts_frames(folder, pipeline, capsys):
     assert "10/10" in bars and "frame" in bars
 
 
+def test_an_interrupt_stops_a_video_after_the_frame_in_hand(folder, pipeline):
+    stream = io.StringIO()
+    frames = []
+
+    def interrupted() -> bool:  # asked before the video, then after each frame's rows
+        frames.append(1)
+        return len(frames) == 3  # after the second frame
+
+    with pytest.raises(KeyboardInterrupt):
+        classify_files(
+            pipeline,
+            [folder / "clip.mp4", folder / "astronaut.jpg"],
+            RowWriter(stream, "jsonl"),
+            video=VideoOptions(fps=5),
+            interrupted=interrupted,
+        )
+    rows = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len({row["frame"] for row in rows}) == 2 and len(rows) == 4  # two faces a frame
+    assert {row["file"] for row in rows} == {str(folder / "clip.mp4")}
+
+
 def test_bad_fps_is_refused_before_loading(folder):
     done = _run(str(folder / "clip.mp4"), "--fps", "0")
     assert done.returncode == 2 and "fps" in done.stderr

@@ -8,13 +8,16 @@ be read or decoded gets a row with its error code and message, and the run goes 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -313,6 +316,7 @@ def _classify_video(
     summary: Summary,
     options: VideoOptions,
     progress: bool | None,
+    interrupted: Callable[[], bool],
 ) -> None:
     summary.files += 1
     summary.videos += 1
@@ -323,6 +327,8 @@ def _classify_video(
             writer.write(row)
         summary.count(rows)
         summary.frames += 1
+        if interrupted():
+            raise KeyboardInterrupt
 
     try:
         if not path.is_file():
@@ -338,6 +344,32 @@ def _classify_video(
         summary.count(rows)
 
 
+@contextlib.contextmanager
+def interrupts() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt at once, as Python's own handler does, and is
+    also remembered: the callable given returns True once one came.
+
+    Python's handler alone can lose an interrupt: when it fires while a finalizer (`__del__`, a
+    weak reference's callback) runs, the exception is reported as "ignored" and dropped, and the
+    run went on to the end. classify_files asks the callable between files and frames and stops
+    there. In the main thread only (elsewhere the callable stays False).
+    """
+    came = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield came.is_set
+        return
+
+    def on_interrupt(signum, frame) -> None:
+        came.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield came.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def classify_files(
     pipeline: Pipeline,
     files: Sequence[Path],
@@ -345,12 +377,14 @@ def classify_files(
     batch_size: int = 16,
     progress: bool | None = None,
     video: VideoOptions | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> Summary:
     """Classify `files` in order (images in batches, videos frame by frame), writing rows as
     they come; returns the run's summary.
 
     `progress`: True shows a bar on stderr (files, and a video's frames), False hides it, None
-    shows it on a terminal only.
+    shows it on a terminal only. `interrupted` (see `interrupts`) is asked before each batch and
+    after each video frame: True raises KeyboardInterrupt there.
     """
     from tqdm import tqdm
 
@@ -361,8 +395,10 @@ def classify_files(
     disable = None if progress is None else not progress
     with tqdm(total=len(files), unit="file", file=sys.stderr, disable=disable) as bar:
         for run in _runs(files, max(1, batch_size)):
+            if interrupted():
+                raise KeyboardInterrupt
             if len(run) == 1 and is_video(run[0]):
-                _classify_video(pipeline, run[0], writer, summary, options, progress)
+                _classify_video(pipeline, run[0], writer, summary, options, progress, interrupted)
             else:
                 _classify_images(pipeline, run, writer, summary)
             bar.update(len(run))

@@ -194,7 +194,13 @@ def _classify(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from emotion_server.classify import RowWriter, Summary, classify_files, find_images
+    from emotion_server.classify import (
+        RowWriter,
+        Summary,
+        classify_files,
+        find_images,
+        interrupts,
+    )
     from emotion_server.classify_video import VideoOptions
     from emotion_server.config import Settings
     from emotion_server.errors import InvalidParameter, ModelLoadError
@@ -245,51 +251,58 @@ def _classify(args: argparse.Namespace) -> int:
 
     def run(stream) -> Summary:
         return classify_files(
-            pipeline, files, RowWriter(stream, args.format), args.batch_size, progress, video
+            pipeline,
+            files,
+            RowWriter(stream, args.format),
+            args.batch_size,
+            progress,
+            video,
+            interrupted,
         )
 
-    try:
-        if output is None:
-            sys.stdout.reconfigure(errors="surrogateescape")
-            summary = run(sys.stdout)
-        elif output.exists() and not output.is_file():  # /dev/stdout, a named pipe
-            with open(
-                output, "w", encoding="utf-8", errors="surrogateescape", newline=""
-            ) as stream:
-                summary = run(stream)
-        else:
-            # Written beside the output (a link's target) and renamed over it once complete:
-            # an interrupted run leaves an earlier output as it was, its own rows in
-            # OUTPUT.partial.
-            target = Path(os.path.realpath(output))
-            partial = target.with_name(target.name + ".partial")
-            handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-            scratch = Path(name)
-            try:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(handle, 0o666 & ~umask)  # as open() would make it, not 0600
+    with interrupts() as interrupted:
+        try:
+            if output is None:
+                sys.stdout.reconfigure(errors="surrogateescape")
+                summary = run(sys.stdout)
+            elif output.exists() and not output.is_file():  # /dev/stdout, a named pipe
                 with open(
-                    handle, "w", encoding="utf-8", errors="surrogateescape", newline=""
+                    output, "w", encoding="utf-8", errors="surrogateescape", newline=""
                 ) as stream:
-                    try:
-                        summary = run(stream)
-                    finally:
-                        stream.flush()
-                        os.replace(scratch, partial)  # complete or not, the rows are there
-                os.replace(partial, target)
-            finally:
-                scratch.unlink(missing_ok=True)
-    except KeyboardInterrupt:
-        kept = f"; the rows so far are in {partial}" if partial else ""
-        print(f"emotion-server: interrupted{kept}", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # Standard output's reader has gone (`| head`): stop quietly, as a command killed by
-        # SIGPIPE would, and point stdout at nothing so Python's last flush cannot fail too.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
+                    summary = run(stream)
+            else:
+                # Written beside the output (a link's target) and renamed over it once complete:
+                # an interrupted run leaves an earlier output as it was, its own rows in
+                # OUTPUT.partial.
+                target = Path(os.path.realpath(output))
+                partial = target.with_name(target.name + ".partial")
+                handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+                scratch = Path(name)
+                try:
+                    umask = os.umask(0)
+                    os.umask(umask)
+                    os.fchmod(handle, 0o666 & ~umask)  # as open() would make it, not 0600
+                    with open(
+                        handle, "w", encoding="utf-8", errors="surrogateescape", newline=""
+                    ) as stream:
+                        try:
+                            summary = run(stream)
+                        finally:
+                            stream.flush()
+                            os.replace(scratch, partial)  # complete or not, the rows are there
+                    os.replace(partial, target)
+                finally:
+                    scratch.unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            kept = f"; the rows so far are in {partial}" if partial else ""
+            print(f"emotion-server: interrupted{kept}", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            # Standard output's reader has gone (`| head`): stop quietly, as a command killed by
+            # SIGPIPE would, and point stdout at nothing so Python's last flush cannot fail too.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141
     print(summary.text(), file=sys.stderr)
     return 1 if summary.errors else 0
 
