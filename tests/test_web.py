@@ -545,6 +545,20 @@ def _drawn_boxes(page) -> dict[int, list[float]]:
     return found
 
 
+def _drawn_points(page, track_id: int) -> dict[str, list[float]]:
+    """The centres of a track's drawn landmark dots in the video's pixels, by name."""
+    player = page.locator("#player").bounding_box()
+    scale = page.locator("#player").evaluate("v => v.videoWidth") / player["width"]
+    found = {}
+    for dot in page.locator(f"#video-boxes .box[data-track='{track_id}'] .point").all():
+        drawn = dot.bounding_box()
+        found[dot.get_attribute("data-name")] = [
+            (drawn["x"] + drawn["width"] / 2 - player["x"]) * scale,
+            (drawn["y"] + drawn["height"] / 2 - player["y"]) * scale,
+        ]
+    return found
+
+
 @pytest.mark.e2e
 def test_video_boxes_follow_faces_and_timeline_is_drawn(watched, server, crossing_webm):
     tab = watched(viewport={"width": 1280, "height": 1000})
@@ -578,6 +592,12 @@ def test_video_boxes_follow_faces_and_timeline_is_drawn(watched, server, crossin
             assert found == pytest.approx(wanted, abs=3), (seconds, track_id)
             label = page.locator(f"#video-boxes .box[data-track='{track_id}'] .tag").inner_text()
             assert label == f"{track_id}: {face['prediction']} {face['confidence'] * 100:.1f}%"
+            # The face's points are dots where this frame's answer puts them.
+            dots = _drawn_points(page, track_id)
+            assert sorted(dots) == sorted(face["landmarks"]) and len(dots) == 5
+            for name, seen in dots.items():
+                point = face["landmarks"][name]
+                assert seen == pytest.approx([point["x"], point["y"]], abs=3), (seconds, name)
     # The boxes moved with the faces between the first and the last frame.
     assert boxes[(1, 18)]["box"]["x"] != boxes[(1, 0)]["box"]["x"]
 
