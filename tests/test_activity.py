@@ -122,6 +122,27 @@ def test_workers_see_each_others_analyses_and_a_dead_workers_are_cleared(master)
     assert _reap(master, asker) == 0
 
 
+def test_a_worker_gone_before_its_signal_is_cleared_too(master):
+    """gunicorn's master, signalling a worker that is already gone (ESRCH), forgets it and
+    calls worker_exit, not child_exit: its slot must be cleared there too."""
+    from gunicorn.arbiter import Arbiter
+
+    asker, ask_w, ask_r = _fork_worker(master, _reports_alone)
+    dying, dying_w, dying_r = _fork_worker(master, _dies_busy)
+    assert _read(dying_r, 4) == b"busy"
+    os.write(dying_w, b"x")
+    os.waitpid(dying.pid, 0)  # reaped elsewhere: gunicorn's master never saw it exit
+    assert not _ask(ask_w, ask_r), "the dead worker's analysis still counts"
+    dying.tmp = SimpleNamespace(close=lambda: None)  # gunicorn's heartbeat file
+    master.cfg = SimpleNamespace(worker_exit=ops.worker_exit)
+    master._stats = {"workers_killed": 0}
+    Arbiter.kill_worker(master, dying.pid, signal.SIGTERM)  # gunicorn's own code: ESRCH path
+    assert dying.pid not in master.WORKERS
+    assert _ask(ask_w, ask_r), "cleared by worker_exit in the master"
+    os.close(ask_w)
+    assert _reap(master, asker) == 0
+
+
 def test_threads_of_one_worker_count_in_its_slot():
     """A gthread worker's threads share one slot: two analyses at once are not alone."""
     mine = activity.Activity()

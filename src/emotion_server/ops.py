@@ -197,8 +197,13 @@ def worker_exit(server, worker) -> None:
     """
     from gunicorn.workers.sync import SyncWorker
 
-    if not isinstance(worker, SyncWorker) or worker.pid != os.getpid():
-        return  # the master calls this hook too, for a worker that vanished
+    if worker.pid != os.getpid():
+        # The master calls this hook too, for a worker already gone when it signalled it
+        # (ESRCH), and then not child_exit: its slot and live gauges are released here.
+        child_exit(server, worker)
+        return
+    if not isinstance(worker, SyncWorker):
+        return
     deadline = time.monotonic() + DRAIN_SECONDS
     for listener in worker.sockets:
         listener.setblocking(False)
