@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_MODEL, encode
+from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, encode
 
 from emotion_server.api import create_app
 from emotion_server.api.state import state_of
@@ -277,6 +277,25 @@ def test_too_many_pixels_is_413():
         413,
         "image_too_large",
     )
+
+
+def test_a_50_megapixel_phone_photo_is_served(client, astronaut):
+    """Over EMOTION_MAX_PIXELS (40 million) in full, but a JPEG that size is decoded at 1/8
+    scale (6 megapixels): answered, its face found in the full photo's pixels."""
+    from PIL import Image
+
+    face = Image.fromarray(astronaut).convert("L").resize((4096, 4096), Image.BILINEAR)
+    photo = Image.new("L", (8192, 6144), 128)  # 50.3 megapixels
+    photo.paste(face, (2048, 1024))
+    data = encode(np.asarray(photo), "JPEG")
+    answer = client.post("/inference", data=data, content_type="application/octet-stream")
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert body["image"] == {"width": 8192, "height": 6144}
+    box = body["faces"][0]["box"]
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert 2048 + 8 * x1 < box["x"] + box["width"] / 2 < 2048 + 8 * x2
+    assert 1024 + 8 * y1 < box["y"] + box["height"] / 2 < 1024 + 8 * y2
 
 
 def test_unknown_route_and_wrong_method_are_json(client):

@@ -130,6 +130,23 @@ def test_pixel_limit_is_configurable():
     assert decode_image(data, max_pixels=2400).width == 60
 
 
+def test_pixel_limit_counts_the_pixels_a_reduced_jpeg_decodes():
+    """A JPEG larger than the detector needs is decoded at reduced size (1/2 here): the limit
+    holds for those pixels, so a phone's 50-200 megapixel photo is served; a PNG of the same
+    size, decoded whole, is refused."""
+    big = np.tile(_pattern(), (50, 34, 1))[:1500, :2000]  # 3 megapixels
+    jpeg, png = encode(big, "JPEG"), encode(big, "PNG")
+    decoded = decode_image(jpeg, max_pixels=1_000_000, draft_side=800)
+    assert (decoded.width, decoded.height) == (1000, 750)
+    assert (decoded.full_width, decoded.full_height) == (2000, 1500)
+    with pytest.raises(ImageTooLarge, match="2000x1500"):
+        decode_image(png, max_pixels=1_000_000, draft_side=800)
+    with pytest.raises(ImageTooLarge):
+        decode_image(jpeg, max_pixels=1_000_000)  # not reduced: counted whole
+    with pytest.raises(ImageTooLarge, match="750000 at the reduced size"):
+        decode_image(jpeg, max_pixels=500_000, draft_side=800)
+
+
 def test_unsupported_format():
     buffer = io.BytesIO()
     Image.fromarray(_pattern()).save(buffer, format="ICO")

@@ -81,7 +81,8 @@ def decode_image(
     """Decode `data` (first frame or page), apply EXIF orientation, enforce the pixel limit.
 
     With `draft_side`, a JPEG whose longer side is larger is decoded at the smallest of 1/2,
-    1/4 or 1/8 scale that keeps the longer side at least `draft_side` (several times faster).
+    1/4 or 1/8 scale that keeps the longer side at least `draft_side` (several times faster);
+    `max_pixels` then limits the pixels decoded (the reduced size), not the full size.
     """
     if not data:
         raise EmptyBody("The request body is empty: send the image bytes.")
@@ -102,7 +103,10 @@ def decode_image(
         width, height = image.size
         if width < 1 or height < 1:
             raise InvalidImage("The image has no pixels.")
-        if width * height > max_pixels:
+        drafted = bool(
+            draft_side and image.format in ("JPEG", "MPO") and max(width, height) > draft_side
+        )
+        if width * height > max_pixels and not drafted:
             raise ImageTooLarge(
                 f"The image is {width}x{height} = {width * height} pixels; "
                 f"the limit is {max_pixels}."
@@ -111,11 +115,6 @@ def decode_image(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. corrupt EXIF: we still serve the pixels
                 image.seek(0)
-                drafted = bool(
-                    draft_side
-                    and image.format in ("JPEG", "MPO")
-                    and max(width, height) > draft_side
-                )
                 if drafted:
                     # A JPEG's EXIF is parsed at open, so this loads no pixels; for other
                     # formats getexif() may load them and must come after load() (which
@@ -123,6 +122,15 @@ def decode_image(
                     full_size = _upright_size(image)
                     scale = draft_side / max(width, height)
                     image.draft(image.mode, (int(width * scale + 1), int(height * scale + 1)))
+                    # The limit holds for the pixels decoded, known now and before any is:
+                    # a 200-megapixel phone photo decoded at 1/8 scale is 3 megapixels.
+                    kept = image.size[0] * image.size[1]
+                    if kept > max_pixels:
+                        raise ImageTooLarge(
+                            f"The image is {width}x{height} = {width * height} pixels, "
+                            f"{kept} at the reduced size it would be decoded at; the limit is "
+                            f"{max_pixels}."
+                        )
                 image.load()
                 if not drafted:
                     full_size = _upright_size(image)
