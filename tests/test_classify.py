@@ -237,6 +237,19 @@ def test_an_interrupt_a_finalizer_dropped_still_stops_the_run(folder):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
 
 
+def test_an_ignored_interrupt_stays_ignored():
+    """A classify started in the background by a script has SIGINT ignored: it stays so."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts() as interrupted:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)  # ignored: nothing raised, nothing remembered
+            assert not interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_output_to_a_device_and_through_a_link(folder, tmp_path):
     """--output /dev/stdout writes there; a link to a file keeps its place, its file gets the
     rows; a server's settings (PORT=0) do not concern classify."""

@@ -352,10 +352,15 @@ def interrupts() -> Iterator[Callable[[], bool]]:
     Python's handler alone can lose an interrupt: when it fires while a finalizer (`__del__`, a
     weak reference's callback) runs, the exception is reported as "ignored" and dropped, and the
     run went on to the end. classify_files asks the callable between files and frames and stops
-    there. In the main thread only (elsewhere the callable stays False).
+    there. In the main thread only, and only in place of Python's own handler: where SIGINT is
+    ignored (a job started in the background by a script) or handled otherwise, it stays so and
+    the callable stays False.
     """
     came = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield came.is_set
         return
 
