@@ -129,3 +129,24 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
 
 def metric_value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture(scope="session")
+def cramped_server(tmp_path_factory):
+    """A server whose temporary folder (TMPDIR) is a 1 MiB tmpfs, as a small in-memory /tmp
+    would be (tests of the 507 answer). Mounting one needs root (CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 1 MiB tmpfs needs root (CI runs the tests as root)")
+    folder = tmp_path_factory.mktemp("cramped")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder / "")],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    metrics = tmp_path_factory.mktemp("metrics")
+    running = GunicornServer(env={"TMPDIR": str(folder), "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    yield running
+    running.stop()
+    subprocess.run(["umount", str(folder)], check=False)

@@ -45,6 +45,23 @@ def test_astronaut_photo(server, astronaut):
     assert body["prediction"] in body["probabilities"]
 
 
+def test_no_room_for_an_image_upload_is_507_and_the_server_serves_on(cramped_server, astronaut):
+    """A multipart image over 500 kB is spooled to TMPDIR by Werkzeug: a full one (here a
+    1 MiB tmpfs) gets 507 insufficient_storage, not a 500; a raw body (held in memory) is
+    served."""
+    big = encode(astronaut) + bytes(2_000_000)
+    for path, field in (("/inference", "image"), ("/inference/batch", "images")):
+        files = {field: ("big.jpg", big, "image/jpeg")}
+        answer = requests.post(cramped_server.url + path, files=files, timeout=60)
+        assert answer.status_code == 507, (path, answer.text)
+        assert answer.json()["error"] == "insufficient_storage", path
+        assert "smaller file" in answer.json()["message"]
+    served = requests.post(
+        cramped_server.url + "/inference", data=encode(astronaut), headers=RAW, timeout=30
+    )
+    assert served.status_code == 200 and served.json()["faces"], served.text
+
+
 def test_fer_private_test_crops(server, fer_private_jpegs, app):
     """FER2013 48x48 crops are classified whole, exactly as the pipeline does in-process."""
     pipeline = state_of(app).pipeline

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 
 import av
 import numpy as np
@@ -387,27 +385,6 @@ def test_tags_that_are_not_utf8_do_not_fail_the_video(server, walking):
     response = _post(server, buffer.getvalue(), {"fps": 10})
     assert response.status_code == 200, response.text
     assert len(response.json()["tracks"][0]["frames"]) == 3
-
-
-@pytest.fixture(scope="module")
-def cramped_server(tmp_path_factory):
-    """A server whose temporary folder (TMPDIR) is a 1 MiB tmpfs, as a small in-memory /tmp
-    would be. Mounting one needs root (CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 1 MiB tmpfs needs root (CI runs the tests as root)")
-    folder = tmp_path_factory.mktemp("cramped")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder / "")],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    metrics = tmp_path_factory.mktemp("metrics")
-    running = GunicornServer(env={"TMPDIR": str(folder), "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    yield running
-    running.stop()
-    subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_no_room_for_an_upload_is_507_and_the_server_serves_on(cramped_server, walking):

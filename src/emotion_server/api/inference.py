@@ -13,6 +13,7 @@ from flask import jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from werkzeug.datastructures import FileStorage
 
+from emotion_server.api.limits import room_for_uploads
 from emotion_server.api.metrics import observe_result
 from emotion_server.api.schemas import (
     BATCH_BODY,
@@ -89,7 +90,8 @@ def read_image_bytes() -> bytes:
     if mimetype == "application/json":
         return _image_from_json()
     if mimetype == "multipart/form-data":
-        files = request.files.getlist("image")
+        with room_for_uploads():
+            files = request.files.getlist("image")
         if not files and "image" in request.form:
             raise MissingFile(
                 "The field 'image' arrived as text, not as a file: send the file itself "
@@ -123,7 +125,8 @@ def result_json(result: InferenceResult) -> dict:
     operation_id="inference",
     summary="Classify the emotions of the faces in one image",
     description="Faces are detected and each is classified; the top-level `prediction` is the "
-    "largest face's. An image of at most 96x96 pixels, or one where no face is found, is "
+    "largest face's. An image with both sides at most EMOTION_CROP_SIZE_LIMIT (96 by default) "
+    "pixels, or one where no face is found, is "
     "classified whole, as the original service did, and `whole_image_reason` says so.",
     responses={
         200: InferenceResponse,
@@ -132,6 +135,7 @@ def result_json(result: InferenceResult) -> dict:
         ),
         413: error_response("payload_too_large (the body) or image_too_large (its pixels)"),
         415: error_response("unsupported_media_type or unsupported_image_format"),
+        507: error_response("insufficient_storage (no room left to hold a multipart upload)"),
     },
     openapi_extensions=INFERENCE_BODY,
 )
@@ -153,7 +157,8 @@ def _read_batch_files(settings: Settings) -> list[FileStorage]:
             "multipart/form-data with the images in the repeated field 'images' "
             "(for example: curl -F images=@a.jpg -F images=@b.jpg)."
         )
-    files = request.files.getlist("images")
+    with room_for_uploads():
+        files = request.files.getlist("images")
     if not files:
         raise MissingFile(
             "The multipart body has no file in the field 'images' "
@@ -185,6 +190,7 @@ def _read_file(file: FileStorage, limit: int) -> bytes | PayloadTooLarge:
         400: error_response("missing_file (no file in the field 'images')"),
         413: error_response("too_many_images or payload_too_large (the whole request)"),
         415: error_response("unsupported_media_type (the body is not multipart/form-data)"),
+        507: error_response("insufficient_storage (no room left to hold the upload)"),
     },
     openapi_extensions=BATCH_BODY,
 )

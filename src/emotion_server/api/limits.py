@@ -9,9 +9,14 @@ single-image limit (api/inference.py, per file, in the batch's answer).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 from flask import Flask, request
 
 from emotion_server.config import Settings
+from emotion_server.errors import InsufficientStorage
 
 # endpoint -> the Settings field that bounds its whole body
 OWN_LIMITS = {
@@ -38,3 +43,19 @@ def register(app: Flask, settings: Settings) -> None:
         # sent as text (curl -F "image=<face.jpg") got a 413 that blamed the body's size,
         # where the endpoint can say to send it as a file (api/inference.py).
         request.max_form_memory_size = limit
+
+
+@contextlib.contextmanager
+def room_for_uploads(what: str = "file") -> Iterator[None]:
+    """A full temporary folder (a small in-memory /tmp), met while an upload is spooled there
+    (Werkzeug keeps a multipart file over 500 kB in one, a video endpoint its raw body over
+    8 MB), answered as 507 `insufficient_storage`, not as a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise InsufficientStorage(
+            "The server has no room left to hold this upload now: try again later, or send a "
+            f"smaller {what}."
+        ) from None

@@ -376,7 +376,9 @@ class ReadyResponse(_Strict):
 
     status: Literal["ready"]
     model: str = Field(description="The served model file's name")
-    detector: str = Field(description="The face detector: centerface or none")
+    detector: str = Field(
+        description="The face detector (EMOTION_DETECTOR): centerface, blazeface, yunet or none"
+    )
     warm_up_ms: float = Field(ge=0, description="Time of the warm-up inference at start-up")
 
 

@@ -4,8 +4,6 @@ per tracked face, as one JSON document or streamed as NDJSON (`Accept: applicati
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import json
 import logging
@@ -17,6 +15,7 @@ from typing import BinaryIO
 from flask import Response, jsonify, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
+from emotion_server.api.limits import room_for_uploads
 from emotion_server.api.metrics import observe_stream_error
 from emotion_server.api.schemas import (
     COMMON_RESPONSES,
@@ -38,7 +37,6 @@ from emotion_server.config import Settings
 from emotion_server.errors import (
     EmotionServerError,
     EmptyVideo,
-    InsufficientStorage,
     InvalidParameter,
     MissingFile,
     UnsupportedMediaType,
@@ -67,25 +65,11 @@ TIME_BUDGET_SHARE = 0.8
 SPOOL_BYTES = 8 << 20
 
 
-@contextlib.contextmanager
-def _room_for_uploads() -> Iterator[None]:
-    """A full temporary folder (a small in-memory /tmp) answered as such, not as a 500."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise InsufficientStorage(
-            "The server has no room left to hold this upload now: try again later, or send a "
-            "smaller video."
-        ) from None
-
-
 def _spooled(stream: BinaryIO) -> BinaryIO:
     """A seekable copy of `stream` of the video's own, which the VideoReader closes."""
     copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the VideoReader closes it
     try:
-        with _room_for_uploads():
+        with room_for_uploads("video"):
             shutil.copyfileobj(stream, copy, 1 << 20)
         copy.seek(0)
     except BaseException:
@@ -102,7 +86,7 @@ def read_video(settings: Settings) -> BinaryIO:
     returns, before a streamed answer has read them."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        with _room_for_uploads():
+        with room_for_uploads("video"):
             files = request.files.getlist("video")
         if not files:
             raise MissingFile(
