@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="RUN",
         help="override the recipe's teachers: runs, or (with fixed targets) ONNX model files "
-        "such as models/accurate_model.onnx",
+        "such as models/emotion_model.onnx",
     )
     train.add_argument(
         "--init",

@@ -57,8 +57,9 @@ def vgg(
     crop: int = 40,
     convs: int = 2,
 ) -> Architecture:
-    """VGG with widths doubling per stage; width 64 with dense 1024 is GPU.md's network
-    (6.3 M parameters with global pooling); width 32 with dense 512 trains fast on a CPU."""
+    """VGG with widths doubling per stage; width 64 with dense 1024 is the network of the GPU
+    runs in docs/training.md (6.3 M parameters with global pooling); width 32 with dense 512
+    trains fast on a CPU."""
     return Architecture(
         "vgg",
         tuple(width * 2**s for s in range(stages)),
