@@ -179,10 +179,11 @@ def test_an_ensemble_card_lists_every_member_and_their_summed_training_time():
 
 
 def _server_error_codes() -> set[str]:
-    """The codes an HTTP answer can carry: our exception types' (less the CLI's own) and the
-    HTTP layer's (api/errors.py)."""
+    """The codes an HTTP answer can carry: our exception types' (less the CLI's own), the
+    HTTP layer's (api/errors.py) and gunicorn's parser's refusals (workers.py)."""
     from emotion_server import errors
     from emotion_server.api.errors import HTTP_CODES
+    from emotion_server.workers import PARSE_REFUSALS
 
     def subclasses(cls):
         for sub in cls.__subclasses__():
@@ -192,7 +193,8 @@ def _server_error_codes() -> set[str]:
     ours = {cls.code for cls in subclasses(errors.EmotionServerError)}
     ours -= {errors.UnreadableFile.code}  # `emotion-server classify` only: a file it cannot read
     unused = {"forbidden", "service_unavailable"}  # kept in the map; nothing raises them
-    return ours | (set(HTTP_CODES.values()) - unused) | {"internal_error", "not_ready"}
+    parser = {code for _, _, code in PARSE_REFUSALS if code}
+    return ours | (set(HTTP_CODES.values()) - unused) | parser | {"internal_error", "not_ready"}
 
 
 def test_every_error_code_is_documented_in_the_api_page_and_the_openapi_schema():

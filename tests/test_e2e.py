@@ -62,6 +62,46 @@ def test_no_room_for_an_image_upload_is_507_and_the_server_serves_on(cramped_ser
     assert served.status_code == 200 and served.json()["faces"], served.text
 
 
+def _raw_exchange(server, data: bytes) -> tuple[int, str, dict]:
+    """Send `data` on a fresh connection; the answer's status, Content-Type and JSON body."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        conn.sendall(data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers.get("Content-Type", ""), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"POST /inference HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n", 417, "expectation_failed"),
+        (
+            b"POST /inference HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n",
+            501,
+            "unsupported_transfer_coding",
+        ),
+    ],
+)
+def test_requests_the_http_parser_refuses_get_json_errors(server, request_bytes, status, code):
+    """gunicorn refuses these before the app sees them; the answer is JSON with a stable code
+    (gunicorn's own is an HTML page), and the server serves on."""
+    got, content_type, body = _raw_exchange(server, request_bytes)
+    assert (got, body["error"]) == (status, code), body
+    assert content_type == "application/json" and body["message"]
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
 def test_fer_private_test_crops(server, fer_private_jpegs, app):
     """FER2013 48x48 crops are classified whole, exactly as the pipeline does in-process."""
     pipeline = state_of(app).pipeline

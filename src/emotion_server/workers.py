@@ -40,6 +40,7 @@ import gevent
 import gevent.server
 import gevent.socket
 from gunicorn import util
+from gunicorn.http import errors as http_errors
 from gunicorn.workers import ggevent, gthread
 
 from emotion_server.config import Settings
@@ -183,20 +184,71 @@ class DeadlineSocket:
         return getattr(self._sock, name)
 
 
-def answer_read_timeout(sock, error: ReadTimeout) -> None:
-    """Write the 408 JSON answer straight to the socket (no app involved: the request line or
-    its headers never arrived whole)."""
+def write_json_error(sock, status: str, code: str, message: str) -> None:
+    """Write a JSON error answer straight to the socket, then the connection closes (no app
+    involved: the request never arrived whole, or gunicorn could not parse it)."""
     # Imported here, in a worker that has loaded the app: gunicorn's master imports this
     # module and must not import the app's (ONNX Runtime among them).
     from emotion_server.api.security import HEADERS
 
-    body = json.dumps({"error": error.code, "message": error.message}).encode()
+    body = json.dumps({"error": code, "message": message}).encode()
     security = "".join(f"{name}: {value}\r\n" for name, value in HEADERS.items())
     head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n{security}Connection: close\r\n\r\n"
     ).encode()
     util.write_nonblock(sock, head + body)
+
+
+def answer_read_timeout(sock, error: ReadTimeout) -> None:
+    """The 408 JSON answer of a request that did not arrive whole in time."""
+    write_json_error(sock, "408 Request Timeout", error.code, error.message)
+
+
+# Requests gunicorn's parser refuses before the app sees them, answered as JSON with codes of
+# their own like the app's errors (gunicorn writes an HTML page): status line, error code.
+# The first match counts; a bad header the app tried to send is the app's fault (a 500,
+# gunicorn's own answer).
+PARSE_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str, str], ...] = (
+    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName), "", ""),
+    (http_errors.LimitRequestLine, "414 URI Too Long", "uri_too_long"),
+    (
+        http_errors.LimitRequestHeaders,
+        "431 Request Header Fields Too Large",
+        "headers_too_large",
+    ),
+    (http_errors.ExpectationFailed, "417 Expectation Failed", "expectation_failed"),
+    (
+        http_errors.UnsupportedTransferCoding,
+        "501 Not Implemented",
+        "unsupported_transfer_coding",
+    ),
+    (
+        (
+            http_errors.InvalidRequestLine,
+            http_errors.InvalidRequestMethod,
+            http_errors.InvalidHTTPVersion,
+            http_errors.InvalidHeader,
+            http_errors.InvalidHeaderName,
+            http_errors.ObsoleteFolding,
+            http_errors.InvalidSchemeHeaders,
+            http_errors.InvalidChunkSize,
+            http_errors.ChunkMissingTerminator,
+            http_errors.InvalidChunkExtension,
+        ),
+        "400 Bad Request",
+        "bad_request",
+    ),
+)
+
+
+def parse_refusal(exc: BaseException) -> tuple[str, str] | None:
+    """(status line, error code) for a request gunicorn could not parse; None for anything
+    else, left to gunicorn."""
+    for kinds, status, code in PARSE_REFUSALS:
+        if isinstance(exc, kinds):
+            return (status, code) if status else None
+    return None
 
 
 class LoadBoard:
@@ -365,6 +417,16 @@ class ReadDeadline:
                     answer_read_timeout(client, exc)
                     client.linger()
                 self.log.info("read timeout from %s: answered 408", addr)
+            util.close(client)
+            return
+        refusal = parse_refusal(exc)
+        if refusal is not None:
+            status, code = refusal
+            self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+            with contextlib.suppress(OSError):
+                write_json_error(client, status, code, f"The request could not be read: {exc}.")
+                if isinstance(client, DeadlineSocket):
+                    client.linger()  # what the client still sends must not reset the answer
             util.close(client)
             return
         super().handle_error(req, client, addr, exc)

@@ -36,8 +36,8 @@ class ErrorBody(_Strict):
         "no_video_stream, empty_video, unsupported_video_format, unsupported_video_codec, "
         "video_too_long, read_timeout, malformed_body, bad_request, unauthorized, "
         "invalid_json, origin_not_allowed, not_found, method_not_allowed, not_ready, "
-        "insufficient_storage, "
-        "internal_error",
+        "insufficient_storage, uri_too_long, headers_too_large, expectation_failed, "
+        "unsupported_transfer_coding, internal_error",
         examples=["invalid_image"],
     )
     message: str = Field(description="What went wrong, for a person", min_length=1)
