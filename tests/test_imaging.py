@@ -53,6 +53,87 @@ def test_exif_orientation_is_applied(orientation, shape, bright_corner):
     assert decoded.gray[row, col] > 150
 
 
+def _exif_with_text_resolution(orientation: int) -> bytes:
+    """An EXIF block with an orientation and XResolution stored as text (type ASCII), as
+    some cameras and editors write it; Pillow cannot write one, so it is made by hand."""
+    entries = [
+        struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0),
+        struct.pack(">HHI", 0x011A, 2, 4) + b"abc\0",
+    ]
+    ifd = struct.pack(">H", len(entries)) + b"".join(entries) + struct.pack(">I", 0)
+    return b"Exif\0\0MM\0*" + struct.pack(">I", 8) + ifd
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_beside_an_oddly_typed_exif_field(orientation):
+    """Pillow's exif_transpose rewrites the EXIF block and failed on the text resolution (a
+    500, and a traceback that stopped classify); the picture is turned as a clean one is."""
+    clean = Image.Exif()
+    clean[0x0112] = orientation
+    odd = _exif_with_text_resolution(orientation)
+    expected = decode_image(encode(_pattern(), "PNG", exif=clean))
+    decoded = decode_image(encode(_pattern(), "PNG", exif=odd))
+    assert np.array_equal(decoded.rgb, expected.rgb)
+    assert (decoded.full_width, decoded.full_height) == (expected.width, expected.height)
+    assert decode_image(encode(_pattern(), "JPEG", exif=odd)).gray.shape == expected.gray.shape
+
+
+def _jpeg_scans(data: bytes) -> list[bytes]:
+    """A JPEG cut before each start-of-scan marker: the head, then one piece per scan."""
+    return data.split(b"\xff\xda")
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding():
+    """Each scan is a pass over all the pixels: a small file repeating one scan thousands of
+    times would hold a worker for minutes. A usual progressive JPEG decodes."""
+    progressive = encode(np.tile(_pattern(), (4, 4, 1)), "JPEG", progressive=True)
+    head, *scans = _jpeg_scans(progressive)
+    assert 1 < len(scans) <= 20
+    assert decode_image(progressive).width == 240
+    last = scans[-1].removesuffix(b"\xff\xd9")
+    repeated = b"\xff\xda".join([head, *scans[:-1], *[last] * 500]) + b"\xff\xd9"
+    with pytest.raises(ImageTooLarge, match="scans"):
+        decode_image(repeated)
+
+
+def test_a_progressive_jpeg_counts_at_full_size():
+    """Decoding at reduced size does not shrink a progressive JPEG's memory (its coefficients
+    are held at full size): the limit counts its full size, a baseline JPEG's reduced one."""
+    big = np.tile(_pattern(), (50, 34, 1))[:1500, :2000]  # 3 megapixels
+    assert decode_image(encode(big, "JPEG"), max_pixels=1_000_000, draft_side=800).width == 1000
+    with pytest.raises(ImageTooLarge, match="2000x1500"):
+        decode_image(encode(big, "JPEG", progressive=True), max_pixels=1_000_000, draft_side=800)
+
+
+def _tiled_tiff(side: int, tile: int) -> bytes:
+    """A side x side greyscale TIFF in one tile of tile x tile pixels (tile >= side), deflated
+    zeros; made by hand, as Pillow writes no tiled TIFF."""
+    pixels = zlib.compress(bytes(side * side))
+    tags = [
+        (256, 4, side),  # ImageWidth
+        (257, 4, side),  # ImageLength
+        (258, 3, 8),  # BitsPerSample
+        (259, 3, 8),  # Compression: deflate
+        (262, 3, 1),  # PhotometricInterpretation: BlackIsZero
+        (277, 3, 1),  # SamplesPerPixel
+        (322, 4, tile),  # TileWidth
+        (323, 4, tile),  # TileLength
+        (324, 4, 8 + 2 + 12 * 10 + 4),  # TileOffsets: the one tile, right after this IFD
+        (325, 4, len(pixels)),  # TileByteCounts
+    ]
+    ifd = struct.pack("<H", len(tags))
+    ifd += b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in tags)
+    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + pixels
+
+
+def test_a_tiff_of_tiles_far_larger_than_its_image_is_refused():
+    """libtiff allocates a whole tile however small the image: a 200-byte file of 64x64
+    pixels in 32768x32768 tiles asked for a gigabyte. Tiles as large as a small image pass."""
+    with pytest.raises(ImageTooLarge, match="tiles"):
+        decode_image(_tiled_tiff(64, 32768))
+    assert decode_image(_tiled_tiff(64, 64)).gray.shape == (64, 64)
+
+
 def test_gif_first_frame_is_used():
     frames = [Image.new("L", (50, 50), value) for value in (250, 10)]
     buffer = io.BytesIO()

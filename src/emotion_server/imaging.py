@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from emotion_server.errors import (
     CorruptImage,
+    EmotionServerError,
     EmptyBody,
     ImageTooLarge,
     InvalidImage,
@@ -103,10 +104,14 @@ def decode_image(
         width, height = image.size
         if width < 1 or height < 1:
             raise InvalidImage("The image has no pixels.")
+        _check_decoding_work(image, data, max_pixels)
         drafted = bool(
             draft_side and image.format in ("JPEG", "MPO") and max(width, height) > draft_side
         )
-        if width * height > max_pixels and not drafted:
+        # A progressive JPEG holds all its coefficients at full size while it decodes, however
+        # small the pixels it gives: its full size is what counts against the limit.
+        reduced = drafted and not image.info.get("progressive")
+        if width * height > max_pixels and not reduced:
             raise ImageTooLarge(
                 f"The image is {width}x{height} = {width * height} pixels; "
                 f"the limit is {max_pixels}."
@@ -119,7 +124,8 @@ def decode_image(
                     # A JPEG's EXIF is parsed at open, so this loads no pixels; for other
                     # formats getexif() may load them and must come after load() (which
                     # reports a corrupt file instead of leaving a blank image).
-                    full_size = _upright_size(image)
+                    orientation = _orientation(image)
+                    full_size = _upright_size(image.size, orientation)
                     scale = draft_side / max(width, height)
                     image.draft(image.mode, (int(width * scale + 1), int(height * scale + 1)))
                     # The limit holds for the pixels decoded, known now and before any is:
@@ -133,12 +139,17 @@ def decode_image(
                         )
                 image.load()
                 if not drafted:
-                    full_size = _upright_size(image)
-                # Turned upright in place: an image already upright is not copied.
-                ImageOps.exif_transpose(image, in_place=True)
+                    orientation = _orientation(image)
+                    full_size = _upright_size(image.size, orientation)
+                # Turned upright by the orientation alone: Pillow's exif_transpose also
+                # rewrites the EXIF block, which fails on a field of an unexpected type (a
+                # resolution stored as text), and the rewritten block is never used here.
+                upright = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
                 # Greyscale and RGB stay as they are; every other mode becomes RGB here.
-                picture = image if image.mode in ("L", "RGB") else _to_rgb(image)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                picture = upright if upright.mode in ("L", "RGB") else _to_rgb(upright)
+        except (EmotionServerError, MemoryError):
+            raise
+        except Exception as exc:  # Pillow's decoders raise many types for damaged data
             raise CorruptImage(
                 f"The {image.format} image is truncated or corrupt ({exc})."
             ) from None
@@ -155,11 +166,60 @@ def decode_image(
     )
 
 
-def _upright_size(image: Image.Image) -> tuple[int, int]:
-    """The size after EXIF orientation: orientations 5 to 8 swap width and height."""
+# EXIF orientation -> the turn that makes the picture upright (the EXIF standard's eight).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# The most scans a JPEG may have: each is a pass over all its pixels, so a small file of
+# thousands of repeated scans would take a worker's CPU for minutes. Encoders write 1
+# (baseline) or about 10 (progressive); an MPO's second picture and an EXIF thumbnail add theirs.
+MAX_JPEG_SCANS = 100
+# A TIFF tile is allocated whole however small the image: tiles of more pixels than this (or
+# than the image, where it is larger) are refused.
+MAX_TIFF_TILE_PIXELS = 1 << 20
+
+
+def _check_decoding_work(image: Image.Image, data: bytes, max_pixels: int) -> None:
+    """Refuse, before decoding, a file whose decoding would cost far more than its pixels:
+    too many JPEG scans, TIFF tiles far larger than the image."""
+    if image.format in ("JPEG", "MPO"):
+        # Start-of-scan markers; entropy-coded data cannot hold them (0xFF is stuffed there).
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageTooLarge(
+                f"The JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (each is a "
+                "pass over all its pixels)."
+            )
+    elif image.format == "TIFF":
+        tags = getattr(image, "tag_v2", {})
+        tile_width, tile_height = tags.get(322), tags.get(323)
+        if isinstance(tile_width, int) and isinstance(tile_height, int):
+            tile = tile_width * tile_height
+            bound = min(max(image.width * image.height, MAX_TIFF_TILE_PIXELS), max_pixels)
+            if tile > bound:
+                raise ImageTooLarge(
+                    f"The TIFF's tiles are {tile_width}x{tile_height} pixels, each decoded "
+                    f"whole; at most {bound} pixels a tile are accepted for this image."
+                )
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 (upright) where there is none or it is unreadable."""
     try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # unreadable EXIF is ignored, as exif_transpose ignores it
-        orientation = 1
-    width, height = image.size
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF is ignored: the pixels are served as stored
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """The size after EXIF orientation: orientations 5 to 8 swap width and height."""
+    width, height = size
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
