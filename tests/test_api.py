@@ -298,6 +298,41 @@ def test_a_50_megapixel_phone_photo_is_served(client, astronaut):
     assert 1024 + 8 * y1 < box["y"] + box["height"] / 2 < 1024 + 8 * y2
 
 
+_JSON_MEMORY = """
+import json, resource, sys
+from emotion_server.api import create_app
+client = create_app({"model_path": sys.argv[1]}).test_client()
+bodies = {
+    "arrays": b"[" + b"[]," * 5_000_000 + b"[]]",
+    "spaced text": json.dumps({"image": "ab " * 5_000_000}).encode(),
+}
+for name, body in bodies.items():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    answer = client.post("/inference", data=body, content_type="application/json")
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(name, answer.status_code, answer.get_json()["error"], round(grown))
+"""
+
+
+def test_a_json_body_costs_memory_in_proportion_to_its_size():
+    """15 MB JSON bodies (the limit at the default upload size): a body of tiny arrays, and an
+    image string broken by spaces every two characters, each took about 400 MB to refuse; now
+    a few times the body (peak resident memory, in a process of its own)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _JSON_MEMORY, str(BUNDLED_MODEL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.rsplit(" ", 3) for line in done.stdout.splitlines()]
+    assert [row[1:3] for row in rows] == [["400", "invalid_json"], ["400", "invalid_image"]]
+    assert all(int(row[3]) < 120 for row in rows), done.stdout  # MB; was about 400
+
+
 def test_unknown_route_and_wrong_method_are_json(client):
     _assert_error(client.get("/nowhere"), 404, "not_found")
     wrong_method = client.get("/inference")
