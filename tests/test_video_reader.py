@@ -91,3 +91,13 @@ def test_a_file_object_is_closed_with_the_reader(clip):
     with VideoReader(source, max_seconds=60, max_pixels=10_000):
         assert not source.closed
     assert source.closed
+
+
+def test_display_rotation_to_quarter_turns():
+    """Rotations to the nearest quarter turn; a display matrix of zeros (FFmpeg's NaN, which
+    PyAV gives as the smallest int on x86) turns nothing, where it turned frames by -90."""
+    from emotion_server.video_reader import _quarter_turns
+
+    turns = [_quarter_turns(d) for d in (0, 89.6, -90, 180, -180, 270, 360, 450)]
+    assert turns == [0, 90, -90, 180, 180, -90, 0, 90]
+    assert _quarter_turns(float(-(2**31))) == 0 and _quarter_turns(float("nan")) == 0

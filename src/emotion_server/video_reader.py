@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,11 @@ TURNS = {
 
 
 def _quarter_turns(degrees: float) -> int:
-    """The display rotation to the nearest quarter turn, in (-180, 180]: 0, 90, 180 or -90."""
+    """The display rotation to the nearest quarter turn, in (-180, 180]: 0, 90, 180 or -90.
+    A display matrix of zeros has no rotation (FFmpeg's NaN, which PyAV hands over as the
+    smallest int on x86): none is applied, as players apply none."""
+    if not math.isfinite(degrees) or abs(degrees) > 1e6:
+        return 0
     turn = int(round(degrees / 90)) % 4 * 90
     return turn - 360 if turn == 270 else turn
 
