@@ -28,12 +28,16 @@ def clip() -> bytes:
     return videos.encode_video([np.full((48, 64, 3), 100 + i, np.uint8) for i in range(20)])
 
 
-def test_check_runs_on_every_decoded_frame_sampled_or_not(clip):
+def test_check_runs_before_every_packet_is_decoded_sampled_or_not(clip):
+    """Before each of the 20 packets and the decoder's flush, with the time of the last frame
+    decoded: a stream whose frames are decoded but never shown still meets its time budget
+    (it ran once per decoded frame, so such a stream decoded until the worker was killed)."""
     seen = []
     with VideoReader(clip, max_seconds=60, max_pixels=10_000) as reader:
         sampled = [frame.time for frame in reader.frames(0.5, check=seen.append)]
     assert sampled == [0.0]
-    assert seen == pytest.approx([i / 10 for i in range(20)])
+    assert len(seen) == 21 and seen == sorted(seen)
+    assert seen[0] == 0.0 and 0 < seen[-1] <= 1.9
 
 
 def test_time_budget_spent_while_decoding_frames_passed_over(clip):
@@ -48,7 +52,7 @@ def test_time_budget_spent_while_decoding_frames_passed_over(clip):
         frames = timeline.frames()
         assert next(frames).time == 0.0
         timeline.deadline = time.monotonic() - 1  # the budget is spent after the first frame
-        with pytest.raises(VideoTooLong, match=r"stopped at 0\.1 s of video"):
+        with pytest.raises(VideoTooLong, match=r"stopped at 0\.\d s of video"):
             next(frames)
 
 

@@ -212,8 +212,9 @@ class VideoReader:
     ) -> Iterator[VideoFrame]:
         """The first frame at or after each multiple of 1/fps seconds, in order, upright.
 
-        `check(time)` runs on every decoded frame, sampled or not (a time budget raises there:
-        at a low fps most of the work is decoding frames that are passed over).
+        `check(time)` runs on every packet read, before it is decoded, with the time of the
+        last frame decoded (a time budget raises there: at a low fps most of the work is
+        decoding frames that are passed over, and a stream may decode frames it never shows).
         Raises CorruptVideo where decoding fails, EmptyVideo where no frame decodes at all,
         VideoTooLong at the first frame past the limit (for containers that state no duration)
         and ImageTooLarge where the pictures grow past the limit part-way.
@@ -222,34 +223,38 @@ class VideoReader:
         next_time = 0.0
         start: float | None = None
         index = -1
+        time = 0.0
         try:
-            for frame in self.container.decode(self.stream):
-                index += 1
-                if frame.time is None:  # no timestamp: fall back on the frame rate
-                    stamp = index / (self.info.frame_rate or fps)
-                else:
-                    stamp = float(frame.time)
-                if start is None:
-                    start = stamp
-                    self._learn_rotation(frame)
-                time = stamp - start
+            for packet in self.container.demux(self.stream):  # the last, empty, flushes
                 if check is not None:
                     check(time)
-                if time > self.max_seconds:
-                    raise VideoTooLong(f"The video runs past {self.max_seconds:g} s, the limit.")
-                if frame.width * frame.height > self.max_pixels:  # a size change mid-stream
-                    raise ImageTooLarge(
-                        f"Frame {index} is {frame.width}x{frame.height} pixels; the limit is "
-                        f"{self.max_pixels}."
-                    )
-                if time + 1e-6 < next_time:
-                    continue
-                next_time = (int(time / interval + 1e-6) + 1) * interval
-                picture = frame.to_image()
-                turn = _quarter_turns(frame.rotation)
-                if turn:
-                    picture = picture.transpose(TURNS[turn])
-                yield VideoFrame(index=index, time=round(time, 6), picture=picture)
+                for frame in packet.decode():
+                    index += 1
+                    if frame.time is None:  # no timestamp: fall back on the frame rate
+                        stamp = index / (self.info.frame_rate or fps)
+                    else:
+                        stamp = float(frame.time)
+                    if start is None:
+                        start = stamp
+                        self._learn_rotation(frame)
+                    time = stamp - start
+                    if time > self.max_seconds:
+                        raise VideoTooLong(
+                            f"The video runs past {self.max_seconds:g} s, the limit."
+                        )
+                    if frame.width * frame.height > self.max_pixels:  # a size change mid-stream
+                        raise ImageTooLarge(
+                            f"Frame {index} is {frame.width}x{frame.height} pixels; the limit is "
+                            f"{self.max_pixels}."
+                        )
+                    if time + 1e-6 < next_time:
+                        continue
+                    next_time = (int(time / interval + 1e-6) + 1) * interval
+                    picture = frame.to_image()
+                    turn = _quarter_turns(frame.rotation)
+                    if turn:
+                        picture = picture.transpose(TURNS[turn])
+                    yield VideoFrame(index=index, time=round(time, 6), picture=picture)
         except av.error.FFmpegError as exc:
             hint = ""
             if exc.errno == errno.EINVAL:  # what the decoder's max_pixels gives, among others
