@@ -140,6 +140,18 @@ def test_inference_base64_json_matches_raw(client, astronaut):
         response = client.post("/inference", json={"image": text})
         assert response.status_code == 200, (name, response.get_data(as_text=True))
         assert response.get_json() == raw, name
+    # The body as Windows tools write it (a byte-order mark, UTF-16), and base64 with a
+    # pasted no-break space: JSON's own encodings, and whitespace, as json.loads takes them.
+    body = json.dumps({"image": plain[:100] + "\u00a0" + plain[100:]})
+    encodings = {
+        "UTF-8 with a byte-order mark": b"\xef\xbb\xbf" + body.encode(),
+        "UTF-16": body.encode("utf-16"),
+        "UTF-16LE": body.encode("utf-16-le"),
+    }
+    for name, data in encodings.items():
+        response = client.post("/inference", data=data, content_type="application/json")
+        assert response.status_code == 200, (name, response.get_data(as_text=True))
+        assert response.get_json() == raw, name
 
 
 def test_base64_json_over_the_limit_and_malformed(app):
@@ -281,7 +293,7 @@ def test_too_many_pixels_is_413():
 
 def test_a_50_megapixel_phone_photo_is_served(client, astronaut):
     """Over EMOTION_MAX_PIXELS (40 million) in full, but a JPEG that size is decoded at 1/8
-    scale (6 megapixels): answered, its face found in the full photo's pixels."""
+    scale (0.8 megapixels): answered, its face found in the full photo's pixels."""
     from PIL import Image
 
     face = Image.fromarray(astronaut).convert("L").resize((4096, 4096), Image.BILINEAR)

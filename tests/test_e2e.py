@@ -102,6 +102,26 @@ def test_requests_the_http_parser_refuses_get_json_errors(server, request_bytes,
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
 
 
+def test_parser_refusals_under_gthread_and_in_the_access_log():
+    """The gthread worker (EMOTION_WORKER_THREADS > 1) answers the parser's refusals as JSON
+    too; a refused request whose request line was read gets its access-log line."""
+    running = GunicornServer(env={"EMOTION_WORKER_THREADS": "2"}, workers=1)
+    try:
+        bad_length = b"POST /inference HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+        long_line = b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        for request_bytes, status, code in (
+            (bad_length, 400, "bad_request"),
+            (long_line, 414, "uri_too_long"),
+        ):
+            answer = _raw_exchange(running, request_bytes)
+            assert answer[:2] == (status, "application/json") and answer[2]["error"] == code
+        assert requests.get(running.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        running.stop()
+    logged = [line for line in running.output().splitlines() if '"POST /inference' in line]
+    assert logged and all('HTTP/1.1" 400 ' in line for line in logged), running.output()[-2000:]
+
+
 def test_fer_private_test_crops(server, fer_private_jpegs, app):
     """FER2013 48x48 crops are classified whole, exactly as the pipeline does in-process."""
     pipeline = state_of(app).pipeline

@@ -78,6 +78,20 @@ def test_orientation_beside_an_oddly_typed_exif_field(orientation):
     assert decode_image(encode(_pattern(), "JPEG", exif=odd)).gray.shape == expected.gray.shape
 
 
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_orientation_stored_as_a_fraction_is_applied(orientation):
+    """Some writers store the orientation as a RATIONAL (6/1): it counts as its number."""
+    entry = struct.pack(">HHII", 0x0112, 5, 1, 26)  # RATIONAL, its value at offset 26
+    ifd = struct.pack(">H", 1) + entry + struct.pack(">I", 0) + struct.pack(">II", orientation, 1)
+    fraction = b"Exif\0\0MM\0*" + struct.pack(">I", 8) + ifd
+    clean = Image.Exif()
+    clean[0x0112] = orientation
+    expected = decode_image(encode(_pattern(), "PNG", exif=clean))
+    decoded = decode_image(encode(_pattern(), "PNG", exif=fraction))
+    assert decoded.gray.shape != _pattern().shape[:2] or orientation == 3
+    assert np.array_equal(decoded.rgb, expected.rgb)
+
+
 def _jpeg_scans(data: bytes) -> list[bytes]:
     """A JPEG cut before each start-of-scan marker: the head, then one piece per scan."""
     return data.split(b"\xff\xda")
@@ -94,6 +108,22 @@ def test_a_jpeg_of_many_scans_is_refused_before_decoding():
     repeated = b"\xff\xda".join([head, *scans[:-1], *[last] * 500]) + b"\xff\xd9"
     with pytest.raises(ImageTooLarge, match="scans"):
         decode_image(repeated)
+
+
+def test_scans_are_counted_in_the_picture_alone():
+    """What is not the picture's coded data holds no scan of it: a segment's contents (an
+    EXIF thumbnail, a comment), a motion photo's video after the end of image, an MPO's
+    second picture."""
+    picture = np.tile(_pattern(), (4, 4, 1))
+    commented = encode(picture, "JPEG", comment=b"\xff\xda" * 300)
+    rng = np.random.default_rng(0)
+    motion = encode(picture, "JPEG") + rng.integers(0, 256, 8_000_000, np.uint8).tobytes()
+    assert motion.count(b"\xff\xda") > 100  # a count of the bytes would refuse it
+    frames = [Image.fromarray(picture), Image.fromarray(picture[::-1])]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    for data in (commented, motion, buffer.getvalue()):
+        assert decode_image(data).width == 240
 
 
 def test_a_progressive_jpeg_counts_at_full_size():

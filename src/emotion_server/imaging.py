@@ -83,7 +83,8 @@ def decode_image(
 
     With `draft_side`, a JPEG whose longer side is larger is decoded at the smallest of 1/2,
     1/4 or 1/8 scale that keeps the longer side at least `draft_side` (several times faster);
-    `max_pixels` then limits the pixels decoded (the reduced size), not the full size.
+    `max_pixels` then limits the pixels decoded (the reduced size), except for a progressive
+    JPEG, whose full size counts (its decoder holds it all).
     """
     if not data:
         raise EmptyBody("The request body is empty: send the image bytes.")
@@ -190,8 +191,7 @@ def _check_decoding_work(image: Image.Image, data: bytes, max_pixels: int) -> No
     """Refuse, before decoding, a file whose decoding would cost far more than its pixels:
     too many JPEG scans, TIFF tiles far larger than the image."""
     if image.format in ("JPEG", "MPO"):
-        # Start-of-scan markers; entropy-coded data cannot hold them (0xFF is stuffed there).
-        scans = data.count(b"\xff\xda")
+        scans = _jpeg_scans(data, MAX_JPEG_SCANS)
         if scans > MAX_JPEG_SCANS:
             raise ImageTooLarge(
                 f"The JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (each is a "
@@ -202,7 +202,7 @@ def _check_decoding_work(image: Image.Image, data: bytes, max_pixels: int) -> No
         tile_width, tile_height = tags.get(322), tags.get(323)
         if isinstance(tile_width, int) and isinstance(tile_height, int):
             tile = tile_width * tile_height
-            bound = min(max(image.width * image.height, MAX_TIFF_TILE_PIXELS), max_pixels)
+            bound = max(image.width * image.height, MAX_TIFF_TILE_PIXELS)
             if tile > bound:
                 raise ImageTooLarge(
                     f"The TIFF's tiles are {tile_width}x{tile_height} pixels, each decoded "
@@ -210,13 +210,55 @@ def _check_decoding_work(image: Image.Image, data: bytes, max_pixels: int) -> No
                 )
 
 
+def _jpeg_scans(data: bytes, enough: int) -> int:
+    """The start-of-scan markers of the first picture in a JPEG file, counted by walking its
+    segments (each skipped by its length, so an EXIF thumbnail's do not count) up to its end
+    of image (so a motion photo's video after it does not count); stops counting past
+    `enough`. A file too damaged to walk counts what was found: the decoder refuses it."""
+    position, scans = 2, 0  # after the start-of-image marker
+    while position + 4 <= len(data) and scans <= enough:
+        if data[position] != 0xFF:
+            break
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill before a marker
+            position += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: its coded data runs to the next marker
+            scans += 1
+            position = _next_marker(data, position)
+    return scans
+
+
+def _next_marker(data: bytes, position: int) -> int:
+    """Where the marker after a scan's coded data starts (len(data) where none does): in
+    coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker, and a run of
+    0xFF is fill before a marker."""
+    position = data.find(b"\xff", position)
+    while 0 <= position < len(data) - 1:
+        following = data[position + 1]
+        if following == 0xFF:
+            position += 1
+        elif following == 0x00 or 0xD0 <= following <= 0xD7:
+            position = data.find(b"\xff", position + 2)
+        else:
+            return position
+    return len(data)
+
+
 def _orientation(image: Image.Image) -> int:
-    """The EXIF orientation, 1 (upright) where there is none or it is unreadable."""
+    """The EXIF orientation, 1 (upright) where there is none or it is unreadable. A value
+    stored as a fraction or a float (6/1, 6.0) counts as its whole number."""
     try:
         value = image.getexif().get(0x0112, 1)
+        return next((key for key in _UPRIGHT if value == key), 1)
     except Exception:  # unreadable EXIF is ignored: the pixels are served as stored
         return 1
-    return value if isinstance(value, int) and value in _UPRIGHT else 1
 
 
 def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:

@@ -110,7 +110,7 @@ class VideoTimeline:
         return self.reader.info
 
     def _check_time(self, at: float) -> None:
-        """Stops once the request's time is spent; runs on every decoded frame."""
+        """Stops once the request's time is spent; runs before each packet is decoded."""
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise VideoTooLong(
                 f"Analysing this video takes longer than the {self.time_budget_s:.0f} s a "

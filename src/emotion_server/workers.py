@@ -27,6 +27,7 @@ a responsive peer leaves the next connection to it (least-connections balancing)
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import mmap
@@ -41,6 +42,7 @@ import gevent.server
 import gevent.socket
 from gunicorn import util
 from gunicorn.http import errors as http_errors
+from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import ggevent, gthread
 
 from emotion_server.config import Settings
@@ -232,13 +234,18 @@ PARSE_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str, 
             http_errors.InvalidHeaderName,
             http_errors.ObsoleteFolding,
             http_errors.InvalidSchemeHeaders,
-            http_errors.InvalidChunkSize,
-            http_errors.ChunkMissingTerminator,
-            http_errors.InvalidChunkExtension,
         ),
         "400 Bad Request",
         "bad_request",
     ),
+)
+
+
+# Body framing errors gunicorn meets only while draining a body the app left unread.
+_AFTER_THE_ANSWER = (
+    http_errors.InvalidChunkSize,
+    http_errors.ChunkMissingTerminator,
+    http_errors.InvalidChunkExtension,
 )
 
 
@@ -419,17 +426,38 @@ class ReadDeadline:
                 self.log.info("read timeout from %s: answered 408", addr)
             util.close(client)
             return
+        if isinstance(exc, _AFTER_THE_ANSWER):
+            # A broken chunked body the app never read, met as gunicorn drains it after the
+            # answer was sent: a second answer would be one the client did not ask for.
+            self.log.info("malformed body left unread from %s: %s", addr, exc)
+            util.close(client)
+            return
         refusal = parse_refusal(exc)
         if refusal is not None:
             status, code = refusal
-            self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+            addr = addr or ("", -1)
+            self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
+            message = f"The request could not be read: {exc}."
             with contextlib.suppress(OSError):
-                write_json_error(client, status, code, f"The request could not be read: {exc}.")
+                write_json_error(client, status, code, message)
                 if isinstance(client, DeadlineSocket):
                     client.linger()  # what the client still sends must not reset the answer
+            self._log_refusal(req or getattr(exc, "req", None), client, addr, status, message)
             util.close(client)
             return
         super().handle_error(req, client, addr, exc)
+
+    def _log_refusal(self, req, client, addr, status: str, message: str) -> None:
+        """The access log's line for a refused request whose request line was read (a bad
+        header, say), as gunicorn writes one."""
+        if req is None:
+            return
+        environ = default_environ(req, client, self.cfg)
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
+        response = Response(req, client, self.cfg)
+        response.status = status
+        response.response_length = len(message)
+        self.log.access(response, req, environ, datetime.timedelta(0))
 
 
 class GeventWorker(ReadDeadline, ggevent.GeventWorker):

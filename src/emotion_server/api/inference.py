@@ -58,13 +58,21 @@ def _image_from_json() -> bytes:
     base64, padded or not, wrapped in lines or not, or a `data:image/...;base64,` URL."""
     raw = request.get_data(cache=False)
     body = None
-    # Anything but an object is refused unread: parsed, a body of tiny arrays ([[],[],...])
-    # took 20 times its size in memory.
-    if OBJECT_START.match(raw):
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
-            body = None
+    try:
+        # Anything but an object is refused unparsed: parsed, a body of tiny arrays
+        # ([[],[],...]) took 20 times its size in memory. UTF-8 (a byte-order mark allowed) is
+        # looked at as it is; UTF-16 and UTF-32 (what Windows PowerShell writes) decoded first.
+        encoding = json.detect_encoding(raw)
+        if encoding.startswith("utf-8"):
+            text: bytes | str = raw
+            opens = OBJECT_START.match(raw, 3 if encoding == "utf-8-sig" else 0) is not None
+        else:
+            text = raw.decode(encoding)
+            opens = text.lstrip(" \t\r\n")[:1] == "{"
+        if opens:
+            body = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        body = None
     if not isinstance(body, dict):
         raise InvalidJson(f"The body is not a JSON object: send {JSON_FORM}.")
     value = body.get("image")
@@ -77,6 +85,8 @@ def _image_from_json() -> bytes:
             raise InvalidImage(
                 "A data: URL in 'image' must be base64 (data:image/jpeg;base64,...)."
             )
+    if not value.isascii():  # whitespace beyond ASCII's (a pasted no-break space) dropped
+        value = "".join(value.split())
     try:
         # In bytes, in one copy (splitting the text at its whitespace made one object per
         # piece: 20 times the text's size for "ab ab ab ...").

@@ -4,7 +4,8 @@ Werkzeug's `max_content_length` stops reading a body (raw, chunked or multipart)
 and raises RequestEntityTooLarge, which api/errors.py answers as our PayloadTooLarge (413
 `payload_too_large`). The limit is the single-image one (EMOTION_MAX_UPLOAD_BYTES) unless the
 endpoint has its own: a batch of images, a video. Each file inside a batch also obeys the
-single-image limit (api/inference.py, per file, in the batch's answer).
+single-image limit (api/inference.py, per file, in the batch's answer). `room_for_uploads`
+answers a full temporary folder, met while an upload is spooled there, as 507.
 """
 
 from __future__ import annotations

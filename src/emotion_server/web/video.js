@@ -205,6 +205,7 @@
   // the photo page; made again for each displayed frame (the box itself is kept).
   function placePoints(box, face) {
     for (const dot of box.querySelectorAll(".point")) dot.remove();
+    if (!face.box.width || !face.box.height) return;
     for (const [name, point] of Object.entries(face.landmarks || {})) {
       const dot = document.createElement("span");
       dot.className = "point";
