@@ -109,6 +109,23 @@
 
   window.emotionServerKey = { headers: keyHeaders, ask: askForKey };
 
+  // The detector's points (eyes, nose, mouth), where it gives them, as dots in a face's box
+  // (made again each time: the video part moves its boxes frame by frame).
+  function placePoints(box, face) {
+    for (const dot of box.querySelectorAll(".point")) dot.remove();
+    if (!face.box.width || !face.box.height) return;
+    for (const [name, point] of Object.entries(face.landmarks || {})) {
+      const dot = document.createElement("span");
+      dot.className = "point";
+      dot.dataset.name = name;
+      dot.style.left = `${(100 * (point.x - face.box.x)) / face.box.width}%`;
+      dot.style.top = `${(100 * (point.y - face.box.y)) / face.box.height}%`;
+      dot.setAttribute("aria-hidden", "true");
+      box.append(dot);
+    }
+  }
+  window.emotionServerPoints = placePoints;
+
   // ---- Sending an image -------------------------------------------------------------------
 
   // `number`: the photo's, from ++latest when it was chosen or taken.
@@ -198,16 +215,7 @@
       tag.textContent = describe(face);
       tag.setAttribute("aria-hidden", "true");
       box.append(tag);
-      // The detector's points (eyes, nose, mouth), where it gives them, as dots in the box.
-      for (const [name, point] of Object.entries(face.landmarks || {})) {
-        const dot = document.createElement("span");
-        dot.className = "point";
-        dot.dataset.name = name;
-        dot.style.left = `${(100 * (point.x - face.box.x)) / face.box.width}%`;
-        dot.style.top = `${(100 * (point.y - face.box.y)) / face.box.height}%`;
-        dot.setAttribute("aria-hidden", "true");
-        box.append(dot);
-      }
+      placePoints(box, face);
       box.addEventListener("click", () => select(index));
       boxes.append(box);
     });

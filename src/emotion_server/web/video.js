@@ -201,22 +201,6 @@
     return box;
   }
 
-  // The detector's points (eyes, nose, mouth), where it gives them, as dots in the box, as on
-  // the photo page; made again for each displayed frame (the box itself is kept).
-  function placePoints(box, face) {
-    for (const dot of box.querySelectorAll(".point")) dot.remove();
-    if (!face.box.width || !face.box.height) return;
-    for (const [name, point] of Object.entries(face.landmarks || {})) {
-      const dot = document.createElement("span");
-      dot.className = "point";
-      dot.dataset.name = name;
-      dot.style.left = `${(100 * (point.x - face.box.x)) / face.box.width}%`;
-      dot.style.top = `${(100 * (point.y - face.box.y)) / face.box.height}%`;
-      dot.setAttribute("aria-hidden", "true");
-      box.append(dot);
-    }
-  }
-
   function drawBoxes() {
     const frame = frameAt(player.currentTime);
     const width = player.videoWidth;
@@ -239,7 +223,7 @@
         box.setAttribute("aria-pressed", String(face.track_id === selected));
         box.firstChild.textContent =
           `${face.track_id}: ${face.prediction} ${percent(face.confidence)}`;
-        placePoints(box, face);
+        window.emotionServerPoints(box, face); // the dots, as on the photo page (app.js)
       }
     }
     for (const [trackId, box] of shown) {
