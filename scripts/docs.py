@@ -7,8 +7,8 @@ A generated region sits between `<!-- generated: NAME begin -->` and
 `<!-- generated: NAME end -->`; everything outside the markers is written by hand and left
 alone. Each NAME has one renderer below, fed from a file the project already writes:
 the served model's card (`emotion-server evaluate`) and `bench/results/` (`bench/run.py`,
-`bench/video.py`, `bench/detectors.py`, `bench/alignment.py`; `photo-path/` holds a
-`bench/run.py` run of its own).
+`bench/video.py`, `bench/detectors.py`, `bench/alignment.py`, `bench/face_size.py`;
+`photo-path/` holds a `bench/run.py` run of its own).
 So a figure on a page is the figure in its source, never a copy that drifts.
 """
 
@@ -37,6 +37,7 @@ FRONTEND_RESULTS = ROOT / "bench" / "results" / "frontends.json"
 DETECTOR_RESULTS = ROOT / "bench" / "results" / "detectors.json"
 PHOTO_RESULTS = ROOT / "bench" / "results" / "photo-path" / "results.json"
 ALIGNMENT_RESULTS = ROOT / "bench" / "results" / "alignment.json"
+FACE_SIZE_RESULTS = ROOT / "bench" / "results" / "face_size.json"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REGION = re.compile(
     r"(?P<begin><!-- generated: (?P<name>[\w-]+) begin -->\n)"
@@ -180,6 +181,12 @@ def alignment_bench() -> str:
     return _load(ROOT / "bench" / "alignment.py").markdown(result)
 
 
+def face_size_bench() -> str:
+    """Faces found and read at each size in a photo, as bench/face_size.py writes them."""
+    result = json.loads(FACE_SIZE_RESULTS.read_text())
+    return _load(ROOT / "bench" / "face_size.py").markdown(result)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "model-card": model_card,
     "float32-card": float32_card,
@@ -193,6 +200,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "detector-bench": detector_bench,
     "photo-path-bench": photo_path_bench,
     "alignment-bench": alignment_bench,
+    "face-size-bench": face_size_bench,
 }
 
 

@@ -119,3 +119,37 @@ def test_the_threshold_is_chosen_by_the_gain_weighted_over_tilts(alignment, fer_
     assert gain["180.0"] == 0  # never turning, against itself
     table = alignment.markdown(result)
     assert table.count("\n| ") == len(alignment.ANGLES) + 2  # head, angles, the gains
+
+
+@pytest.fixture(scope="module")
+def face_size():
+    spec = importlib.util.spec_from_file_location("bench_face_size", ROOT / "bench/face_size.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_face_is_shown_at_its_size_in_a_photo_of_its_grey(face_size):
+    face = np.full((48, 48), 40, np.uint8)
+    face[:, 24:] = 220  # a dark left half, a bright right half; median grey 130
+    photo = face_size.in_photo(face, 96, np.random.default_rng(0))
+    assert photo.shape == (face_size.HEIGHT, face_size.WIDTH)
+    rows, cols = np.nonzero(photo != 130)
+    # The face and its margin (half its size, continued from its edges): 192 px square.
+    assert (np.ptp(rows), np.ptp(cols)) == (191, 191)
+    shown = photo[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert shown[:, :90].max() < 60 and shown[:, 102:].min() > 200
+
+
+def test_face_sizes_end_to_end_on_a_few_faces(face_size, fer_dataset):
+    """On a few PublicTest faces: a row per size, the shares within bounds, the table."""
+    result = face_size.run(fer_dataset.source, limit=8)
+    result["command"] = "python bench/face_size.py --limit 8"
+    assert [row["size"] for row in result["rows"]] == list(face_size.SIZES)
+    for row in result["rows"]:
+        assert 0 <= row["found"] <= row["faces"] == 8
+        assert row["read_right"] <= row["found"] / row["faces"]
+    assert max(row["found"] for row in result["rows"]) > 0  # some size is found
+    assert result["rows"][-1]["sample_found"] is True  # the real face, 144 px wide
+    table = face_size.markdown(result)
+    assert table.count("\n| ") == len(face_size.SIZES) + 1  # head and a row per size

@@ -50,6 +50,7 @@ def test_the_generated_regions_are_where_the_figures_are(docs):
             "detector-bench",
             "photo-path-bench",
             "alignment-bench",
+            "face-size-bench",
         },
     }
     for page, names in expected.items():
