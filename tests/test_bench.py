@@ -11,13 +11,17 @@ from conftest import ROOT
 CROP, PHOTO = "face crop 48x48", "photo 640x480"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    path = ROOT / "bench" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_run", path)
+def _bench_script(name: str):
+    """bench/NAME.py loaded as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench_script("run")
 
 
 def _rows(rps_at_8: float, p50_at_1: float) -> list[dict]:
@@ -90,10 +94,7 @@ def test_rounds_keep_the_median_run_and_the_median_of_the_ratios_within_rounds(b
 
 @pytest.fixture(scope="module")
 def alignment():
-    spec = importlib.util.spec_from_file_location("bench_alignment", ROOT / "bench/alignment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_script("alignment")
 
 
 def test_a_face_made_into_a_photo_is_turned_clockwise_as_seen(alignment):
@@ -123,10 +124,7 @@ def test_the_threshold_is_chosen_by_the_gain_weighted_over_tilts(alignment, fer_
 
 @pytest.fixture(scope="module")
 def face_size():
-    spec = importlib.util.spec_from_file_location("bench_face_size", ROOT / "bench/face_size.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_script("face_size")
 
 
 def test_a_face_is_shown_at_its_size_in_a_photo_of_its_grey(face_size):
