@@ -194,7 +194,7 @@ def _server_error_codes() -> set[str]:
     ours = {cls.code for cls in subclasses(errors.EmotionServerError)}
     ours -= {errors.UnreadableFile.code}  # `emotion-server classify` only: a file it cannot read
     unused = {"forbidden", "service_unavailable"}  # kept in the map; nothing raises them
-    parser = {code for _, _, code in PARSE_REFUSALS if code}
+    parser = {code for _, _, code in PARSE_REFUSALS}
     return ours | (set(HTTP_CODES.values()) - unused) | parser | {"internal_error", "not_ready"}
 
 

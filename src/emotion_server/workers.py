@@ -209,10 +209,7 @@ def answer_read_timeout(sock, error: ReadTimeout) -> None:
 
 # Requests gunicorn's parser refuses before the app sees them, answered as JSON with codes of
 # their own like the app's errors (gunicorn writes an HTML page): status line, error code.
-# The first match counts; a bad header the app tried to send is the app's fault (a 500,
-# gunicorn's own answer).
 PARSE_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str, str], ...] = (
-    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName), "", ""),
     (http_errors.LimitRequestLine, "414 URI Too Long", "uri_too_long"),
     (
         http_errors.LimitRequestHeaders,
@@ -249,12 +246,19 @@ _AFTER_THE_ANSWER = (
 )
 
 
+# A bad header the app tried to send: the app's fault (a 500, gunicorn's own answer), though
+# these subclass the request-header errors above.
+_APP_HEADERS = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)
+
+
 def parse_refusal(exc: BaseException) -> tuple[str, str] | None:
     """(status line, error code) for a request gunicorn could not parse; None for anything
     else, left to gunicorn."""
+    if isinstance(exc, _APP_HEADERS):
+        return None
     for kinds, status, code in PARSE_REFUSALS:
         if isinstance(exc, kinds):
-            return (status, code) if status else None
+            return status, code
     return None
 
 
