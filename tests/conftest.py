@@ -42,6 +42,19 @@ def astronaut() -> np.ndarray:
 # The astronaut's face in data.astronaut() (512x512), located by eye: brow to chin, ear to ear.
 ASTRONAUT_FACE = (170, 40, 280, 200)  # x1, y1, x2, y2
 
+# The security headers every response carries, written out here rather than read from
+# api/security.py, so that a weakened policy there fails the tests instead of passing them.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; media-src 'self' blob:; base-uri 'none'; object-src 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), microphone=(), geolocation=()",
+}
+
 
 @pytest.fixture(scope="session")
 def fer_dataset():

@@ -151,10 +151,19 @@ def test_classify_folder(folder, tmp_path, fmt):
 
 
 def test_classify_writes_to_stdout_in_small_batches(folder):
-    done = _run(str(folder / "astronaut.jpg"), str(folder / "crop.png"), "--batch-size", "1")
+    paths = [folder / "astronaut.jpg", folder / "crop.png"]
+    done = _run(*map(str, paths), "--batch-size", "1")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split(",") == list(CSV_COLUMNS) and len(lines) == 3
+    # Each file's own answer, in order, though each batch held one file.
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [row["file"] for row in rows] == list(map(str, paths))
+    for row, path in zip(rows, paths, strict=True):
+        expected = _expected(path).classification
+        assert row["emotion"] == expected.prediction
+        for emotion, probability in expected.probabilities.items():
+            assert float(row[f"p_{emotion}"]) == pytest.approx(probability, abs=1e-3)
 
 
 def test_classify_with_no_images(tmp_path):

@@ -14,9 +14,8 @@ from collections import Counter
 
 import psutil
 import pytest
-from conftest import GunicornServer
+from conftest import SECURITY_HEADERS, GunicornServer
 
-from emotion_server.api.security import HEADERS
 from emotion_server.slowclients import SlowClients, burst, healthz_seconds, summarize
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +68,7 @@ def test_header_trickle_is_answered_408_json(server):
     assert READ_TIMEOUT_S - 0.1 <= elapsed < BOUND_S
     # Written by the worker, not the app, and still with the security headers.
     head = data.partition(b"\r\n\r\n")[0].decode().lower()
-    for name, value in HEADERS.items():
+    for name, value in SECURITY_HEADERS.items():
         assert f"\r\n{name.lower()}: {value.lower()}\r\n" in head
 
 
@@ -210,7 +209,10 @@ def test_a_thousand_connections_at_once_get_answers_or_refusal():
     try:
         report = burst(cold.url, connections=1000, timeout=60)
         assert sum(report["answers"].values()) == 1000
-        assert set(report["answers"]) <= {"200", "503", "refused"}, report
+        # /healthz has no 503; a refusal at connect is clean, but a server that refuses the
+        # burst wholesale is not serving it: most are answered.
+        assert set(report["answers"]) <= {"200", "refused"}, report
+        assert report["answers"].get("200", 0) >= 500, report
         assert healthz_seconds(cold.url, timeout=BOUND_S) is not None  # still serving
     finally:
         cold.stop()

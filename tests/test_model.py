@@ -44,6 +44,7 @@ def test_bundled_model_gives_probabilities(model):
     assert probabilities.shape == (5, 7)
     assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert (probabilities >= 0).all()
+    assert np.ptp(probabilities, axis=0).max() > 1e-3  # each picture its own answer
     # Batched and one-by-one agree: no state leaks between rows.
     single = np.concatenate([model.predict(batch[i : i + 1]) for i in range(5)])
     assert np.abs(single - probabilities).max() < 1e-5
@@ -102,8 +103,15 @@ def test_fixed_batch_model_is_fed_one_at_a_time(tmp_path):
     path = tmp_path / "fixed.onnx"
     _identity_like_onnx(path, [1, 48, 48, 1], [1, 7])
     model = EmotionModel(path)
-    out = model.predict(np.random.default_rng(1).random((3, 48, 48, 1), dtype=np.float32))
-    assert out.shape == (3, 7)
+    batch = np.random.default_rng(1).random((3, 48, 48, 1), dtype=np.float32)
+    out = model.predict(batch)
+    # Each row its own answer, as the graph computes it: flatten, the matrix, softmax.
+    weights = np.linspace(-1, 1, 48 * 48 * 7).astype(np.float32).reshape(48 * 48, 7)
+    logits = batch.reshape(3, -1).astype(np.float64) @ weights
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(out, expected, atol=1e-4)  # float32 sums of 2,304 terms
+    assert np.ptp(out, axis=0).max() > 1e-3
 
 
 def test_wrong_shape_model_is_refused(tmp_path):

@@ -76,9 +76,18 @@ def test_face_crop_is_classified_whole(pipeline):
 
 
 def test_no_face_found_classifies_whole_image(pipeline):
-    result = pipeline.analyze(encode(np.full((300, 300), 90, np.uint8), "PNG"))
+    """No face in a 300x200 picture: the whole picture, squeezed to 48x48, is what is read."""
+    ramp = np.linspace(0, 255, 300, dtype=np.float32)
+    gray = (ramp[None, :] * np.linspace(0.2, 1.0, 200)[:, None]).astype(np.uint8)
+    gray[60:140, 100:200] = 255 - gray[60:140, 100:200]
+    result = pipeline.analyze(encode(gray, "PNG"))
     assert not result.face_detected and result.whole_image_reason == "no_face_found"
-    assert sum(result.classification.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    expected = pipeline.classify_crops([resize_to_input(gray)])[0]
+    probabilities = result.classification.probabilities
+    assert [probabilities[name] for name in EMOTIONS] == pytest.approx(expected, abs=1e-5)
+    # Not what its centre square alone gives.
+    centre = pipeline.classify_crops([resize_to_input(gray[:, 50:250])])[0]
+    assert np.abs(centre - expected).max() > 1e-3
 
 
 def test_astronaut_face_is_found_and_classified(pipeline, astronaut):
@@ -304,5 +313,8 @@ def test_a_face_whose_eyes_nearly_meet_is_not_turned_unless_the_second_look_conf
         landmarks=(Landmark("eye_left", 180.0, 150.0), Landmark("eye_right", 196.0, 192.0)),
     )
     assert front.roll > 60
-    assert pipeline.face_crop(gray, front)[1].shape == (48, 48)
-    assert not np.array_equal(pipeline.face_crop(gray, front)[1], square_crop(gray, front))
+    crop = pipeline.face_crop(gray, front)[1]
+    side = max(front.width, front.height) * CROP_MARGIN
+    assert np.array_equal(crop, turn_upright(gray, front, front.roll).crop(side))
+    # and turning changed what the model sees
+    assert np.abs(crop.astype(int) - resize_to_input(square_crop(gray, front))).mean() > 10

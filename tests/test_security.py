@@ -8,11 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 import requests
-from conftest import BUNDLED_MODEL, ROOT, GunicornServer, encode
+from conftest import BUNDLED_MODEL, ROOT, SECURITY_HEADERS, GunicornServer, encode
 from openapi_spec_validator import validate
 
 from emotion_server.api import create_app
-from emotion_server.api.security import HEADERS
 from emotion_server.config import Settings
 
 KEYS = "first-key-0123456789,second-key-9876543210"
@@ -173,7 +172,7 @@ def test_wildcard_origin():
 def test_security_headers_on_every_response(client, method, path, status):
     response = client.open(path, method=method)
     assert response.status_code == status
-    for name, value in HEADERS.items():
+    for name, value in SECURITY_HEADERS.items():
         assert response.headers[name] == value
 
 
@@ -191,7 +190,7 @@ def test_security_headers_on_refusals(keyed):
     )
     for response, status in ((keyed.get("/summary"), 401), (refused, 403), (big, 413)):
         assert response.status_code == status
-        for name, value in HEADERS.items():
+        for name, value in SECURITY_HEADERS.items():
             assert response.headers[name] == value
 
 
@@ -236,11 +235,13 @@ def test_max_faces_limits_the_faces_classified(astronaut):
         canvas[20 : 20 + resized.shape[0], x : x + width] = resized
     data = encode(canvas)
     all_faces = create_app({"model_path": str(BUNDLED_MODEL)}).test_client()
-    found = len(all_faces.post("/inference", data=data, headers=RAW).get_json()["faces"])
-    assert found >= 3
+    every = all_faces.post("/inference", data=data, headers=RAW).get_json()["faces"]
+    assert len(every) >= 3
     two = create_app({"model_path": str(BUNDLED_MODEL), "max_faces": 2}).test_client()
     body = two.post("/inference", data=data, headers=RAW).get_json()
-    assert len(body["faces"]) == 2
+    assert [face["box"] for face in body["faces"]] == [face["box"] for face in every[:2]]
+    kept = min(face["box"]["width"] * face["box"]["height"] for face in body["faces"])
+    assert all(face["box"]["width"] * face["box"]["height"] <= kept for face in every[2:])
 
 
 @pytest.mark.e2e

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import av
 import numpy as np
@@ -15,7 +16,9 @@ from conftest import BUNDLED_MODEL, GunicornServer, encode, metric_value, parse_
 from PIL import Image
 
 from emotion_server.api import create_app
+from emotion_server.config import Settings
 from emotion_server.contract import EMOTIONS
+from emotion_server.pipeline import Pipeline
 
 pytestmark = pytest.mark.e2e
 RAW = {"Content-Type": "application/octet-stream"}
@@ -261,9 +264,17 @@ def test_limits_of_length_and_size(limited_server, walking):
 def test_stream_that_runs_out_of_time_ends_with_an_error_line(crossing):
     """Past its share of the worker timeout a video stops; streamed, the status was already 200,
     so the last line says why."""
-    # One full-size detection pass per frame (EMOTION_DETECT_LARGE_FACE=0), as before the two-pass
-    # search: 20 frames with two faces each are then far more than 0.8 s of work.
-    app = create_app({"model_path": str(BUNDLED_MODEL), "timeout": 1, "detect_large_face": 0})
+    # Each frame's analysis made 0.1 s longer than it is, so 20 frames are well past the 0.8 s
+    # share on any CPU, however fast (a frame's real work alone once took 25-45 ms).
+
+    class SlowPipeline(Pipeline):
+        def analyze_image(self, image):
+            time.sleep(0.1)
+            return super().analyze_image(image)
+
+    settings = {"model_path": str(BUNDLED_MODEL), "timeout": 1}
+    slow = SlowPipeline.from_settings(Settings(**settings))
+    app = create_app(settings, pipeline=slow)
     data = crossing[0]
     before = parse_metrics(app.test_client().get("/metrics").get_data(as_text=True))
     response = app.test_client().post(
@@ -351,6 +362,7 @@ def test_a_video_to_be_turned_is_analysed_upright(server, astronaut, rotation):
     photo = requests.post(
         server.url + "/inference", data=encode(upright, "PNG"), headers=RAW, timeout=60
     ).json()
+    assert [frame["time"] for frame in track["frames"]] == [0.0, 0.25, 0.5, 0.75]
     for frame in track["frames"]:
         centre = _centre(frame["box"])
         assert abs(centre[0] - expected[0]) < 25 and abs(centre[1] - expected[1]) < 25, centre
