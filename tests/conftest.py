@@ -82,6 +82,7 @@ def fer_private_jpegs() -> list[tuple[str, bytes]]:
                 found.append((Path(member.name).parent.name, archive.extractfile(member).read()))
                 if len(found) == 20:
                     break
+    assert len(found) == 20, f"{location} holds {len(found)} PrivateTest_ files, not 20 or more"
     return found
 
 

@@ -91,6 +91,17 @@ def test_classify_video_rows_and_plots(folder, tmp_path, pipeline):
         for emotion in EMOTIONS:  # every emotion's line (or its legend) is drawn
             rgb = tuple(int(COLORS[emotion][i : i + 2], 16) for i in (1, 3, 5))
             assert rgb in colours, emotion
+        # The track's strongest emotion is a line across the plot area (x 64-810, y 48-348
+        # for p 1-0; the legend is right of it), at the height of its mean probability.
+        mean = {
+            e: np.mean([r["probabilities"][e] for r in clip if r["track"] == track])
+            for e in EMOTIONS
+        }
+        strongest = max(mean, key=mean.get)
+        rgb = np.array([int(COLORS[strongest][i : i + 2], 16) for i in (1, 3, 5)])
+        ys, xs = np.nonzero((picture[:, :810] == rgb).all(-1))
+        assert len(ys) > 300 and xs.min() < 100 and xs.max() > 770, strongest
+        assert (348 - ys.mean()) / 300 == pytest.approx(mean[strongest], abs=0.1), strongest
 
 
 def test_csv_has_the_video_columns(folder, tmp_path):

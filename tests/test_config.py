@@ -97,13 +97,16 @@ def test_serve_sets_glibc_malloc_tunables_without_dropping_other_tunables():
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=2097152"
 
 
-def test_runtime_threads_share_the_cpus_among_the_workers():
-    from emotion_server.config import available_cpus
+def test_runtime_threads_share_the_cpus_among_the_workers(monkeypatch):
+    from emotion_server import config
 
-    cpus = available_cpus()
-    assert Settings(workers=1).intra_op_threads == cpus
-    assert Settings(workers=cpus).intra_op_threads == 1
-    assert Settings(workers=4 * cpus).intra_op_threads == 1  # never zero
+    monkeypatch.setattr(config, "available_cpus", lambda: 8)  # a host where shares differ
+    assert Settings(workers=1).intra_op_threads == 8
+    assert Settings(workers=2).intra_op_threads == 4
+    assert Settings(workers=3).intra_op_threads == 2  # rounded down: never more than the CPUs
+    assert Settings(workers=8).intra_op_threads == 1
+    assert Settings(workers=32).intra_op_threads == 1  # never zero
+    assert Settings(workers=2).idle_intra_op_threads == 8
     assert Settings(workers=1, threads=3).intra_op_threads == 3  # an explicit setting wins
     assert Settings.from_env({"EMOTION_THREADS": "2"}).intra_op_threads == 2
 

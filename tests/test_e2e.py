@@ -29,10 +29,9 @@ def test_summary_over_http(server):
     assert body["input_shape"] == [1, 48, 48, 1]
 
 
-def test_astronaut_photo(server, astronaut):
-    response = requests.post(
-        server.url + "/inference", data=encode(astronaut), headers=RAW, timeout=30
-    )
+def test_astronaut_photo(server, astronaut, app):
+    data = encode(astronaut)
+    response = requests.post(server.url + "/inference", data=data, headers=RAW, timeout=30)
     assert response.status_code == 200
     body = response.json()
     assert body["face_detected"] is True and len(body["faces"]) == 1
@@ -42,7 +41,11 @@ def test_astronaut_photo(server, astronaut):
     assert x1 <= box["x"] and box["x"] + box["width"] <= x2
     assert y1 <= box["y"] and box["y"] + box["height"] <= y2
     assert box["width"] * box["height"] > 0.5 * (x2 - x1) * (y2 - y1)
-    assert body["prediction"] in body["probabilities"]
+    # The served answer is the pipeline's own on the same bytes, and its argmax.
+    expected = state_of(app).pipeline.analyze(data).classification
+    assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+    probabilities = body["probabilities"]
+    assert body["prediction"] == expected.prediction == max(probabilities, key=probabilities.get)
 
 
 def test_no_room_for_an_image_upload_is_507_and_the_server_serves_on(cramped_server, astronaut):

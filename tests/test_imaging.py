@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import encode
-from PIL import Image
+from PIL import Image, ImageOps
 
 from emotion_server.errors import (
     CorruptImage,
@@ -51,6 +51,17 @@ def test_exif_orientation_is_applied(orientation, shape, bright_corner):
     row = 2 if bright_corner[0] == 0 else -3
     col = 2 if bright_corner[1] == 0 else -3
     assert decoded.gray[row, col] > 150
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_the_picture_as_pillow_does(orientation):
+    """All eight orientations (mirrored ones included) against Pillow's own exif_transpose,
+    which the decoder does not use: each pixel where it belongs."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(_pattern(), "PNG", exif=exif)
+    reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(decode_image(data).rgb, np.asarray(reference))
 
 
 def _exif_with_text_resolution(orientation: int) -> bytes:
