@@ -132,6 +132,18 @@ def serve_refusal(**environ: str) -> subprocess.CompletedProcess:
     )
 
 
+def softmax_tail(graph) -> tuple[list, set[str]]:
+    """The nodes from each Softmax on (the averaging of views and members), and the tensors
+    they write, walked here in the graph's topological order rather than by the quantizer's
+    own choice of what to leave in float32."""
+    nodes, tensors = [], set()
+    for node in graph.node:
+        if node.op_type == "Softmax" or tensors.intersection(node.input):
+            nodes.append(node)
+            tensors.update(node.output)
+    return nodes, tensors
+
+
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
     """Prometheus text -> {(sample name, labels): value}."""
     return {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import videos
 from conftest import BUNDLED_MODEL, encode
-from PIL import Image
+from PIL import Image, ImageColor
 from test_classify import _run
 
 from emotion_server.classify import RowWriter, classify_files
@@ -89,8 +89,7 @@ def test_classify_video_rows_and_plots(folder, tmp_path, pipeline):
         assert picture.shape == (400, 960, 3)
         colours = {tuple(c) for c in picture.reshape(-1, 3)}
         for emotion in EMOTIONS:  # every emotion's line (or its legend) is drawn
-            rgb = tuple(int(COLORS[emotion][i : i + 2], 16) for i in (1, 3, 5))
-            assert rgb in colours, emotion
+            assert ImageColor.getrgb(COLORS[emotion]) in colours, emotion
         # The track's strongest emotion is a line across the plot area (x 64-810, y 48-348
         # for p 1-0; the legend is right of it), at the height of its mean probability.
         mean = {
@@ -98,7 +97,7 @@ def test_classify_video_rows_and_plots(folder, tmp_path, pipeline):
             for e in EMOTIONS
         }
         strongest = max(mean, key=mean.get)
-        rgb = np.array([int(COLORS[strongest][i : i + 2], 16) for i in (1, 3, 5)])
+        rgb = ImageColor.getrgb(COLORS[strongest])
         ys, xs = np.nonzero((picture[:, :810] == rgb).all(-1))
         assert len(ys) > 300 and xs.min() < 100 and xs.max() > 770, strongest
         assert (348 - ys.mean()) / 300 == pytest.approx(mean[strongest], abs=0.1), strongest

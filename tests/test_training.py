@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import requests
-from conftest import ROOT, GunicornServer, encode
+from conftest import ROOT, GunicornServer, encode, softmax_tail
 
 import emotion_server.training  # noqa: F401  (selects Keras's PyTorch backend)
 from emotion_server import hostinfo
@@ -752,14 +752,9 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
     assert np.abs(answered - served).max() < 0.1
     graph = onnx.load(quantized).graph
     assert "QuantizeLinear" in {node.op_type for node in graph.node}
-    # From each member's Softmax to the weighted mean, walked here (nodes come in order)
-    # rather than by the quantizer's own probability_nodes(), which chose what to leave out.
-    downstream: set[str] = set()
-    for node in graph.node:
-        if node.op_type == "Softmax" or downstream.intersection(node.input):
-            assert "Linear" not in node.op_type, node.name
-            downstream.update(node.output)
-    assert graph.output[0].name in downstream
+    tail, written = softmax_tail(graph)  # from each member's Softmax to the weighted mean
+    assert not [n.name for n in tail if "Linear" in n.op_type]
+    assert graph.output[0].name in written
 
 
 @pytest.mark.e2e
