@@ -322,3 +322,35 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(folder):
     running.stdout.close()  # as `| head -n 1` does
     _, stderr = running.communicate(timeout=120)
     assert running.returncode == 141 and b"Traceback" not in stderr, stderr
+
+
+class _FaultOnSmallImages(Pipeline):
+    """The real pipeline with a fault of ours planted where no input can put one: locating the
+    faces of a 48x48 image raises, as a bug would."""
+
+    def locate_faces(self, image):
+        if image.width == 48:
+            raise IndexError("planted fault")
+        return super().locate_faces(image)
+
+
+def test_a_fault_of_ours_on_one_file_spares_the_others_of_its_batch(folder, capsys):
+    pipeline = _FaultOnSmallImages.from_settings(Settings(model_path=str(BUNDLED_MODEL)))
+    paths = [folder / "astronaut.jpg", folder / "crop.png", folder / "nested/deeper/astronaut.png"]
+    stream = io.StringIO()
+    summary = classify_files(pipeline, paths, RowWriter(stream, "csv"), batch_size=16)
+
+    rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+    assert [row["file"] for row in rows] == list(map(str, paths))
+    fault = rows[1]
+    assert fault["error"] == "internal_error" and fault["emotion"] == ""
+    assert "IndexError: planted fault" in fault["message"]
+    for index in (0, 2):  # the same batch, classified on their own
+        row, expected = rows[index], _expected(paths[index]).classification
+        assert row["error"] == "" and row["face_detected"] == "True"
+        assert row["emotion"] == expected.prediction
+        assert float(row["confidence"]) == pytest.approx(expected.confidence, abs=1e-3)
+    assert summary.errors == 1 and summary.files == 3
+    stderr = capsys.readouterr().err
+    assert f"internal error on {paths[1]}" in stderr
+    assert "Traceback" in stderr and "IndexError: planted fault" in stderr

@@ -159,3 +159,34 @@ def test_plot_names_stay_apart_for_videos_of_one_name(tmp_path):
     assert plot_name(tmp_path / "caf\u00e9.mp4", 1, stems) == "caf_.mp4.track1.png"
     assert plot_name(tmp_path / "caf\u00e8.mp4", 1, stems) == "caf_.mp4-2.track1.png"
     assert plot_name(first, 3, stems) == "clip.mp4.track3.png"
+
+
+class _FaultAfterTwoFrames(Pipeline):
+    """The real pipeline with a fault of ours planted: the third video frame it analyses
+    raises, as a bug would (photos are not counted)."""
+
+    frames = 0
+
+    def analyze_image(self, image):
+        if image.width == 640:  # the clip's frames; the astronaut is 512 wide
+            self.frames += 1
+            if self.frames == 3:
+                raise ZeroDivisionError("planted fault")
+        return super().analyze_image(image)
+
+
+def test_a_fault_of_ours_in_a_video_keeps_its_rows_and_goes_on(folder, capsys):
+    pipeline = _FaultAfterTwoFrames.from_settings(Settings(model_path=str(BUNDLED_MODEL)))
+    stream = io.StringIO()
+    paths = [folder / "clip.mp4", folder / "astronaut.jpg"]
+    summary = classify_files(pipeline, paths, RowWriter(stream, "jsonl"), video=VideoOptions(fps=5))
+    rows = [json.loads(line) for line in stream.getvalue().splitlines()]
+    clip = [row for row in rows if row["file"] == str(paths[0])]
+    assert [row["frame"] for row in clip[:4]] == [0, 0, 2, 2]  # two faces in each of two frames
+    assert all(row["error"] is None for row in clip[:4])
+    assert len(clip) == 5 and clip[4]["error"] == "internal_error"
+    assert "ZeroDivisionError: planted fault" in clip[4]["message"]
+    photo = [row for row in rows if row["file"] == str(paths[1])]
+    assert len(photo) == 1 and photo[0]["error"] is None and photo[0]["emotion"]
+    assert summary.errors == 1
+    assert "Traceback" in capsys.readouterr().err

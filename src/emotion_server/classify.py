@@ -3,7 +3,9 @@ JSON lines.
 
 Images go through the serving pipeline in batches (the faces of a batch in one model call);
 videos frame by frame (classify_video.py), one row per face per sampled frame. A file that cannot
-be read or decoded gets a row with its error code and message, and the run goes on.
+be read or decoded gets a row with its error code and message, and the run goes on. So does a
+file that meets a fault of our own (a bug): its row says `internal_error`, its traceback goes to
+standard error, and the other files of its batch are classified alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -298,10 +301,33 @@ def _read(path: Path) -> bytes | UnreadableFile:
         return UnreadableFile(f"{path}: {exc.strerror or exc}")
 
 
+def _internal_error(path: Path, exc: Exception) -> EmotionServerError:
+    """A fault of ours on one file: its traceback to stderr, an `internal_error` for its row."""
+    print(f"emotion-server: internal error on {path} (a bug; please report it):", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+    return EmotionServerError(f"{path}: internal error ({type(exc).__name__}: {exc})")
+
+
+def _analyze_alone(
+    pipeline: Pipeline, path: Path, item: bytes | EmotionServerError
+) -> InferenceResult | EmotionServerError:
+    try:
+        return pipeline.analyze_batch([item])[0]
+    except Exception as exc:
+        return _internal_error(path, exc)
+
+
 def _classify_images(
     pipeline: Pipeline, batch: Sequence[Path], writer: RowWriter, summary: Summary
 ) -> None:
-    outcomes = pipeline.analyze_batch([_read(path) for path in batch])
+    items = [_read(path) for path in batch]
+    try:
+        outcomes = pipeline.analyze_batch(items)
+    except Exception:
+        # One file's fault would lose the whole batch: each file again on its own, so only the
+        # one at fault gets an error row.
+        pairs = zip(batch, items, strict=True)
+        outcomes = [_analyze_alone(pipeline, path, item) for path, item in pairs]
     for path, outcome in zip(batch, outcomes, strict=True):
         rows = rows_for(str(path), outcome)
         for row in rows:
@@ -340,6 +366,10 @@ def _classify_video(
         summary.count(rows)
     except OSError as exc:
         rows = rows_for(str(path), UnreadableFile(f"{path}: {exc.strerror or exc}"))
+        writer.write(rows[0])
+        summary.count(rows)
+    except Exception as exc:  # a fault of ours: this video's rows so far stay, the run goes on
+        rows = rows_for(str(path), _internal_error(path, exc))
         writer.write(rows[0])
         summary.count(rows)
 
