@@ -286,13 +286,18 @@ def test_serve_refuses_settings_out_of_range():
         assert result.returncode == 2 and variable in result.stderr, result.stderr
 
 
-def _log_lines(server, marker: str, until: str, timeout: float = 10.0) -> list[str]:
-    """The server's log lines that contain `marker`, once one contains `until` (a worker
-    writes a request's line after sending its answer, so it may come a moment later)."""
+def _log_lines(
+    server, marker: str, until: str | tuple[str, ...], timeout: float = 10.0
+) -> list[str]:
+    """The server's log lines that contain `marker`, once each of `until` is in one of them (a
+    worker writes a request's line after sending its answer, so it may come a moment later, and
+    two workers' lines in either order)."""
+    wanted = (until,) if isinstance(until, str) else until
     deadline = time.monotonic() + timeout
     while True:
         lines = [line for line in server.output().splitlines() if marker in line]
-        if any(until in line for line in lines) or time.monotonic() > deadline:
+        found = all(any(text in line for line in lines) for text in wanted)
+        if found or time.monotonic() > deadline:
             return lines
         time.sleep(0.05)
 
@@ -304,7 +309,7 @@ def test_the_access_log_leaves_out_the_probes_answered_2xx(server):
     paths = ("/healthz", "/readyz", "/summary", f"/{marker}")
     for path in paths:
         requests.get(f"{server.url}{path}?{marker}=1", timeout=10)
-    lines = _log_lines(server, marker, until=f"GET /{marker}?")
+    lines = _log_lines(server, marker, until=("GET /summary?", f"GET /{marker}?"))
     logged = {path for path in paths if any(f"GET {path}?" in line for line in lines)}
     assert logged == {"/summary", f"/{marker}"}
     assert any('" 404 ' in line for line in lines)  # the refused request, with its status
