@@ -62,7 +62,8 @@ class Settings:
     # float32 does, float32 in the full-size pass (bench/detectors.py; docs/performance.md).
     detect_precision: str = "mixed"
     # Faces at least this wide (pixels) are found by a first pass at reduced size; smaller ones
-    # only where that finds none, by a second at detect_max_side (faces.py; 0: that one alone).
+    # by a second at detect_max_side, which runs where the first finds no face or a narrower one
+    # (faces.py; 0: that one alone).
     detect_large_face: int = 56
     detect_max_side: int = 800  # large uploads are downscaled to this before detection
     crop_size_limit: int = 96  # images no larger than this are taken as a face crop
