@@ -7,6 +7,7 @@ import pytest
 from conftest import encode
 from PIL import Image, ImageOps
 
+from emotion_server import imaging
 from emotion_server.errors import (
     CorruptImage,
     EmptyBody,
@@ -173,6 +174,68 @@ def test_a_tiff_of_tiles_far_larger_than_its_image_is_refused():
     with pytest.raises(ImageTooLarge, match="tiles"):
         decode_image(_tiled_tiff(64, 32768))
     assert decode_image(_tiled_tiff(64, 64)).gray.shape == (64, 64)
+
+
+def _striped_tiff(rows: int, big: bool = False, order: str = "<") -> bytes:
+    """An 8 x `rows` greyscale TIFF (BigTIFF with `big`) in one strip per row, every strip at
+    the same 8 bytes: a file that lists `rows` (at least 3) strips for 8 bytes of pixels, made
+    by hand as an attacker would."""
+    magic = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
+    head = magic + (struct.pack(order + "HHQ", 8, 0, 16) if big else struct.pack(order + "I", 8))
+    entry_format, count_format = (order + "HHQQ", "Q") if big else (order + "HHII", "H")
+    field_bits = 64 if big else 32  # a value that fits is stored in the entry, first bytes first
+
+    def inline(value: int, bits: int) -> int:
+        return value << (field_bits - bits) if order == ">" else value
+
+    tags = 9
+    arrays = len(head) + struct.calcsize(order + count_format)  # the two lists, then the pixels
+    arrays += tags * struct.calcsize(entry_format) + field_bits // 8
+    pixels = arrays + 8 * rows
+    entries = [
+        (256, 4, 1, inline(8, 32)),  # ImageWidth
+        (257, 4, 1, inline(rows, 32)),  # ImageLength
+        (258, 3, 1, inline(8, 16)),  # BitsPerSample
+        (259, 3, 1, inline(1, 16)),  # Compression: none
+        (262, 3, 1, inline(1, 16)),  # PhotometricInterpretation: BlackIsZero
+        (273, 4, rows, arrays),  # StripOffsets
+        (277, 3, 1, inline(1, 16)),  # SamplesPerPixel
+        (278, 4, 1, inline(1, 32)),  # RowsPerStrip
+        (279, 4, rows, arrays + 4 * rows),  # StripByteCounts
+    ]
+    ifd = struct.pack(order + count_format, tags)
+    ifd += b"".join(struct.pack(entry_format, *entry) for entry in entries)
+    ifd += bytes(field_bits // 8)  # no next page
+    offsets = struct.pack(f"{order}{rows}I", *[pixels] * rows)
+    counts = struct.pack(f"{order}{rows}I", *[8] * rows)
+    return head + ifd + offsets + counts + bytes(range(0, 256, 32))
+
+
+@pytest.mark.parametrize(("big", "order"), [(False, "<"), (False, ">"), (True, "<")])
+def test_a_tiff_listing_more_strips_than_are_decoded_is_refused_before_opening(
+    big, order, monkeypatch
+):
+    """A 10 MB file could list millions of strips, each decoded on its own, all of the same
+    few bytes: refused from the file's directory, before Pillow unpacks the list."""
+    made = decode_image(_striped_tiff(3, big, order))  # the file as made is a valid TIFF
+    assert made.gray.shape == (3, 8) and made.gray[2].tolist() == list(range(0, 256, 32))
+    with pytest.raises(ImageTooLarge, match=f"{imaging.MAX_TIFF_BLOCKS + 1} strips or tiles"):
+        decode_image(_striped_tiff(imaging.MAX_TIFF_BLOCKS + 1, big, order))
+    monkeypatch.setattr(imaging, "MAX_TIFF_BLOCKS", 40)  # the bound itself, cheaply
+    assert decode_image(_striped_tiff(40, big, order)).gray.shape == (40, 8)
+    with pytest.raises(ImageTooLarge, match="41 strips or tiles"):
+        decode_image(_striped_tiff(41, big, order))
+
+
+def test_the_strip_count_is_read_in_every_layout_and_never_fails():
+    # Big-endian BigTIFF, which Pillow 13 does not open, is read all the same.
+    assert imaging._tiff_blocks(_striped_tiff(41, True, ">")) == 41
+    made = _striped_tiff(41)
+    # A directory cut short: the entries that are there (StripOffsets is the sixth).
+    assert imaging._tiff_blocks(made[: 10 + 6 * 12]) == 41
+    assert imaging._tiff_blocks(made[: 10 + 6 * 12 - 1]) == 0
+    for data in (b"", b"II", b"II*\x00", b"MM\x00*\xff\xff\xff\xff", encode(np.zeros((8, 8), np.uint8))):
+        assert imaging._tiff_blocks(data) == 0
 
 
 def test_gif_first_frame_is_used():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -88,6 +89,12 @@ def decode_image(
     """
     if not data:
         raise EmptyBody("The request body is empty: send the image bytes.")
+    blocks = _tiff_blocks(data)
+    if blocks > MAX_TIFF_BLOCKS:
+        raise ImageTooLarge(
+            f"The TIFF lists {blocks} strips or tiles; at most {MAX_TIFF_BLOCKS} are decoded "
+            "(each one on its own)."
+        )
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -185,6 +192,47 @@ MAX_JPEG_SCANS = 100
 # A TIFF tile is allocated whole however small the image: tiles of more pixels than this (or
 # than the image, where it is larger) are refused.
 MAX_TIFF_TILE_PIXELS = 1 << 20
+
+
+# A TIFF's strips or tiles are decoded one at a time, each with its own seek, read and decoder
+# call, and Pillow unpacks all their offsets into a tuple as it opens the file: a 10 MB file can
+# list five million of them, all pointing at the same few bytes, for an image of 16 pixels,
+# which held a worker for longer than its timeout. Files as written list one strip of about
+# 8 kB each (a 40-megapixel RGB image: about 15,000) or tiles of 256x256 pixels (about 600).
+MAX_TIFF_BLOCKS = 65_536
+# StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
+_TIFF_BLOCK_TAGS = frozenset({273, 279, 324, 325})
+
+
+def _tiff_blocks(data: bytes) -> int:
+    """The most entries that any strip or tile tag of a TIFF's first page lists, read from the
+    file's first directory before Pillow opens it; 0 for other formats and for a directory that
+    cannot be read (Pillow then says what is wrong with it)."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return 0
+    version = struct.unpack_from(order + "H", data, 2)[0]
+    if version == 42:  # classic TIFF: 2-byte entry count, 12-byte entries
+        count_format, entry_format, entry_size = "H", "HHI", 12
+        first = struct.unpack_from(order + "I", data, 4)[0]
+    elif version == 43 and len(data) >= 16:  # BigTIFF: 8-byte count, 20-byte entries
+        count_format, entry_format, entry_size = "Q", "HHQ", 20
+        first = struct.unpack_from(order + "Q", data, 8)[0]
+    else:
+        return 0
+    most = 0
+    try:
+        entries = struct.unpack_from(order + count_format, data, first)[0]
+        start = first + struct.calcsize(order + count_format)
+        for index in range(min(entries, max(0, len(data) - start) // entry_size)):
+            tag, _kind, count = struct.unpack_from(
+                order + entry_format, data, start + index * entry_size
+            )
+            if tag in _TIFF_BLOCK_TAGS:
+                most = max(most, count)
+    except struct.error:  # a directory past the file's end
+        pass
+    return most
 
 
 def _check_decoding_work(image: Image.Image, data: bytes, max_pixels: int) -> None:
