@@ -238,6 +238,30 @@ def test_too_many_multipart_parts_is_413_that_says_so(client):
     assert "parts" in response.get_json()["message"]
 
 
+def test_a_text_field_is_held_in_memory_only_up_to_one_image(app):
+    """A batch's or a video's body may be far larger than an image, but its files are spooled
+    to disk; a text field is held in memory whole, so it is held to the one-image limit (at
+    least 1 MiB)."""
+    mib = 1 << 20
+    limits = {"max_upload_bytes": 1000, "max_batch_bytes": 4 * mib, "video_max_bytes": 4 * mib}
+    client = create_app(limits, pipeline=state_of(app).pipeline).test_client()
+    boundary = "b0undary"
+    junk = b"\xff" * (2 * mib)
+    for path, name in (("/inference/batch", "images"), ("/inference/video", "video")):
+        field = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+        body = field.encode() + junk + f"\r\n--{boundary}--\r\n".encode()
+        response = client.post(
+            path, data=body, content_type=f"multipart/form-data; boundary={boundary}"
+        )
+        _assert_error(response, 413, "payload_too_large")
+        message = response.get_json()["message"]
+        assert f"text field over {mib} bytes" in message and "as a file" in message
+        # As a file, the same bytes are within the endpoint's body limit.
+        form = {name: [(io.BytesIO(junk), "a.jpg" if name == "images" else "a.mp4")]}
+        as_file = client.post(path, data=form, content_type="multipart/form-data")
+        assert as_file.status_code != 413, as_file.get_data(as_text=True)
+
+
 def test_multipart_with_two_images(client):
     files = [(io.BytesIO(_face_crop()), "a.jpg"), (io.BytesIO(_face_crop()), "b.jpg")]
     response = client.post("/inference", data={"image": files}, content_type="multipart/form-data")

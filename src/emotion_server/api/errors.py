@@ -51,10 +51,12 @@ def register(app: Flask) -> None:
         within = limit is not None and length is not None and length <= limit
         if request.mimetype == "multipart/form-data" and within:
             # Not the body's size: the multipart parser's count of parts (Flask's
-            # MAX_FORM_PARTS), a bound on the work a body of tiny parts can cause.
+            # MAX_FORM_PARTS), a bound on the work a body of tiny parts can cause, or a text
+            # field over what is held in memory (api/limits.py).
             message = (
                 f"The multipart body has more than {request.max_form_parts} parts "
-                "(files and fields)."
+                f"(files and fields), or a text field over {request.max_form_memory_size} "
+                "bytes: send each upload as a file part (curl -F NAME=@FILE), not as text."
             )
         else:
             message = f"The request body is over the limit of {limit} bytes."

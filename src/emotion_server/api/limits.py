@@ -19,6 +19,8 @@ from flask import Flask, request
 from emotion_server.config import Settings
 from emotion_server.errors import InsufficientStorage
 
+# The least a multipart text field may hold in memory, whatever the limits (1 MiB).
+FORM_FLOOR = 1 << 20
 # endpoint -> the Settings field that bounds its whole body
 OWN_LIMITS = {
     "inference.inference_batch": "max_batch_bytes",
@@ -40,10 +42,12 @@ def register(app: Flask, settings: Settings) -> None:
             # decoded (api/inference.py).
             limit = limit * 3 // 2 + 65536
         request.max_content_length = limit
-        # A multipart text field may be as large as the body may be: at Flask's 500 kB a photo
-        # sent as text (curl -F "image=<face.jpg") got a 413 that blamed the body's size,
-        # where the endpoint can say to send it as a file (api/inference.py).
-        request.max_form_memory_size = limit
+        # A multipart text field is held in memory whole: it may be as large as one image (at
+        # Flask's 500 kB a photo sent as text, curl -F "image=<face.jpg", got a 413, where the
+        # endpoint can say to send it as a file: api/inference.py), but not as large as a
+        # batch's or a video's body, whose files are spooled to disk. Werkzeug holds each
+        # chunk it reads (64 kB) to the same bound, files' too, hence the floor.
+        request.max_form_memory_size = max(min(limit, settings.max_upload_bytes), FORM_FLOOR)
 
 
 @contextlib.contextmanager
