@@ -805,6 +805,8 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
     kept = [name for name, w in zip(("m1", "m2"), weights, strict=True) if w]
     for name in ("m1", "m2"):
         shutil.rmtree(runs_dir() / name)
+    # Beside its .h5, an accurate mode ships only its INT8 file's card: that is read.
+    (tmp_path / "ens.train.json").rename(tmp_path / "ens.int8.json")
     reports = recover_run(tmp_path / "ens.h5")
     assert [Path(r["run"]).name for r in reports] == kept
     for name in kept:

@@ -23,13 +23,11 @@ from emotion_server.contract import scale
 def _card(model: Path, card: str | os.PathLike | None) -> tuple[Path, dict]:
     if card:
         card_path = Path(card)
-    else:  # the model card `evaluate` wrote, else the `.train.json` of `export` or `ensemble`
+    else:  # the model card `evaluate` wrote (the float32 file's, else the INT8 file's, which
+        # is all an accurate mode ships), else the `.train.json` of `export` or `ensemble`
+        beside = (".json", ".int8.json", ".train.json")
         card_path = next(
-            (
-                p
-                for p in (model.with_suffix(".json"), model.with_suffix(".train.json"))
-                if p.exists()
-            ),
+            (p for p in (model.with_suffix(suffix) for suffix in beside) if p.exists()),
             model.with_suffix(".json"),
         )
     if not card_path.exists():
