@@ -234,7 +234,13 @@ def test_the_strip_count_is_read_in_every_layout_and_never_fails():
     # A directory cut short: the entries that are there (StripOffsets is the sixth).
     assert imaging._tiff_blocks(made[: 10 + 6 * 12]) == 41
     assert imaging._tiff_blocks(made[: 10 + 6 * 12 - 1]) == 0
-    for data in (b"", b"II", b"II*\x00", b"MM\x00*\xff\xff\xff\xff", encode(np.zeros((8, 8), np.uint8))):
+    for data in (
+        b"",
+        b"II",
+        b"II*\x00",
+        b"MM\x00*\xff\xff\xff\xff",
+        encode(np.zeros((8, 8), np.uint8)),
+    ):
         assert imaging._tiff_blocks(data) == 0
 
 
