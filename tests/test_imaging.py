@@ -239,6 +239,7 @@ def test_the_strip_count_is_read_in_every_layout_and_never_fails():
         b"II",
         b"II*\x00",
         b"MM\x00*\xff\xff\xff\xff",
+        b"II+\x00\x08\x00\x00\x00" + b"\xff" * 8,  # BigTIFF: a directory past 2**63 (fuzzing)
         encode(np.zeros((8, 8), np.uint8)),
     ):
         assert imaging._tiff_blocks(data) == 0

@@ -230,7 +230,7 @@ def _tiff_blocks(data: bytes) -> int:
             )
             if tag in _TIFF_BLOCK_TAGS:
                 most = max(most, count)
-    except struct.error:  # a directory past the file's end
+    except (struct.error, OverflowError):  # a directory past the file's end, or past 2**63
         pass
     return most
 
