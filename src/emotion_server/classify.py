@@ -360,18 +360,16 @@ def _classify_video(
         if not path.is_file():
             raise UnreadableFile(f"{path}: not a readable file")
         summary.plots += len(classify_video(pipeline, path, options, on_frame, progress))
-    except EmotionServerError as error:
-        rows = rows_for(str(path), error)
-        writer.write(rows[0])
-        summary.count(rows)
+        return
+    except EmotionServerError as exc:
+        error = exc
     except OSError as exc:
-        rows = rows_for(str(path), UnreadableFile(f"{path}: {exc.strerror or exc}"))
-        writer.write(rows[0])
-        summary.count(rows)
+        error = UnreadableFile(f"{path}: {exc.strerror or exc}")
     except Exception as exc:  # a fault of ours: this video's rows so far stay, the run goes on
-        rows = rows_for(str(path), _internal_error(path, exc))
-        writer.write(rows[0])
-        summary.count(rows)
+        error = _internal_error(path, exc)
+    rows = rows_for(str(path), error)
+    writer.write(rows[0])
+    summary.count(rows)
 
 
 @contextlib.contextmanager
