@@ -134,21 +134,51 @@ def bmp_huge_dimensions() -> bytes:
     return bytes(data)
 
 
+def tiff_data_offset(tags: int, big: bool = False) -> int:
+    """Where the bytes after a one-directory TIFF's directory of `tags` entries begin (the
+    directory right after the header, as `hand_tiff` writes it)."""
+    head, count, entry, link = (16, 8, 20, 8) if big else (8, 2, 12, 4)
+    return head + count + tags * entry + link
+
+
+def hand_tiff(
+    entries: list[tuple[int, int, int, int]], data: bytes, big: bool = False, order: str = "<"
+) -> bytes:
+    """A TIFF (BigTIFF with `big`; byte order `order`) with one directory of `entries`
+    (tag, type 3=SHORT 4=LONG, count, value), followed by `data` at
+    tiff_data_offset(len(entries), big): made by hand, as an attacker would, or where Pillow
+    writes no such file. A value of count 1 is stored in its entry; a list's value is the offset
+    of its items in `data`."""
+    magic = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
+    head = magic + (struct.pack(order + "HHQ", 8, 0, 16) if big else struct.pack(order + "I", 8))
+    entry_format, count_format = (order + "HHQQ", "Q") if big else (order + "HHII", "H")
+    field_bits = 64 if big else 32  # a value stored in its entry fills its first bytes
+
+    def stored(kind: int, count: int, value: int) -> int:
+        bits = 16 if kind == 3 else 32
+        return value << (field_bits - bits) if order == ">" and count == 1 else value
+
+    ifd = struct.pack(order + count_format, len(entries))
+    ifd += b"".join(
+        struct.pack(entry_format, tag, kind, count, stored(kind, count, value))
+        for tag, kind, count, value in entries
+    )
+    return head + ifd + bytes(field_bits // 8) + data  # no next directory
+
+
 def tiff_huge_dimensions(side: int = 100_000) -> bytes:
     """A little-endian greyscale TIFF whose tags claim side x side pixels, with one byte of data."""
-    tags = [  # (tag, type 3=SHORT 4=LONG, value)
-        (256, 4, side),  # ImageWidth
-        (257, 4, side),  # ImageLength
-        (258, 3, 8),  # BitsPerSample
-        (259, 3, 1),  # Compression: none
-        (262, 3, 1),  # Photometric: black is zero
-        (273, 4, 8 + 2 + 12 * 8 + 4),  # StripOffsets: right after the IFD
-        (278, 4, side),  # RowsPerStrip
-        (279, 4, 1),  # StripByteCounts
+    entries = [  # (tag, type, count, value)
+        (256, 4, 1, side),  # ImageWidth
+        (257, 4, 1, side),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # Photometric: black is zero
+        (273, 4, 1, tiff_data_offset(8)),  # StripOffsets: right after the directory
+        (278, 4, 1, side),  # RowsPerStrip
+        (279, 4, 1, 1),  # StripByteCounts
     ]
-    ifd = struct.pack("<H", len(tags))
-    ifd += b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in tags)
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00"
+    return hand_tiff(entries, b"\x00")
 
 
 def png_zero_width() -> bytes:

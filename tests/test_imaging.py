@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
+from bad_inputs import hand_tiff, tiff_data_offset
 from conftest import encode
 from PIL import Image, ImageOps
 
@@ -151,21 +152,19 @@ def _tiled_tiff(side: int, tile: int) -> bytes:
     """A side x side greyscale TIFF in one tile of tile x tile pixels (tile >= side), deflated
     zeros; made by hand, as Pillow writes no tiled TIFF."""
     pixels = zlib.compress(bytes(side * side))
-    tags = [
-        (256, 4, side),  # ImageWidth
-        (257, 4, side),  # ImageLength
-        (258, 3, 8),  # BitsPerSample
-        (259, 3, 8),  # Compression: deflate
-        (262, 3, 1),  # PhotometricInterpretation: BlackIsZero
-        (277, 3, 1),  # SamplesPerPixel
-        (322, 4, tile),  # TileWidth
-        (323, 4, tile),  # TileLength
-        (324, 4, 8 + 2 + 12 * 10 + 4),  # TileOffsets: the one tile, right after this IFD
-        (325, 4, len(pixels)),  # TileByteCounts
+    entries = [  # (tag, type, count, value)
+        (256, 4, 1, side),  # ImageWidth
+        (257, 4, 1, side),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 8),  # Compression: deflate
+        (262, 3, 1, 1),  # PhotometricInterpretation: BlackIsZero
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (322, 4, 1, tile),  # TileWidth
+        (323, 4, 1, tile),  # TileLength
+        (324, 4, 1, tiff_data_offset(10)),  # TileOffsets: the one tile, after the directory
+        (325, 4, 1, len(pixels)),  # TileByteCounts
     ]
-    ifd = struct.pack("<H", len(tags))
-    ifd += b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in tags)
-    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + pixels
+    return hand_tiff(entries, pixels)
 
 
 def test_a_tiff_of_tiles_far_larger_than_its_image_is_refused():
@@ -180,35 +179,22 @@ def _striped_tiff(rows: int, big: bool = False, order: str = "<") -> bytes:
     """An 8 x `rows` greyscale TIFF (BigTIFF with `big`) in one strip per row, every strip at
     the same 8 bytes: a file that lists `rows` (at least 3) strips for 8 bytes of pixels, made
     by hand as an attacker would."""
-    magic = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
-    head = magic + (struct.pack(order + "HHQ", 8, 0, 16) if big else struct.pack(order + "I", 8))
-    entry_format, count_format = (order + "HHQQ", "Q") if big else (order + "HHII", "H")
-    field_bits = 64 if big else 32  # a value that fits is stored in the entry, first bytes first
-
-    def inline(value: int, bits: int) -> int:
-        return value << (field_bits - bits) if order == ">" else value
-
-    tags = 9
-    arrays = len(head) + struct.calcsize(order + count_format)  # the two lists, then the pixels
-    arrays += tags * struct.calcsize(entry_format) + field_bits // 8
-    pixels = arrays + 8 * rows
-    entries = [
-        (256, 4, 1, inline(8, 32)),  # ImageWidth
-        (257, 4, 1, inline(rows, 32)),  # ImageLength
-        (258, 3, 1, inline(8, 16)),  # BitsPerSample
-        (259, 3, 1, inline(1, 16)),  # Compression: none
-        (262, 3, 1, inline(1, 16)),  # PhotometricInterpretation: BlackIsZero
-        (273, 4, rows, arrays),  # StripOffsets
-        (277, 3, 1, inline(1, 16)),  # SamplesPerPixel
-        (278, 4, 1, inline(1, 32)),  # RowsPerStrip
-        (279, 4, rows, arrays + 4 * rows),  # StripByteCounts
+    offsets = tiff_data_offset(9, big)  # the two lists, then the pixels
+    pixels = offsets + 8 * rows
+    entries = [  # (tag, type, count, value)
+        (256, 4, 1, 8),  # ImageWidth
+        (257, 4, 1, rows),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # PhotometricInterpretation: BlackIsZero
+        (273, 4, rows, offsets),  # StripOffsets
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, 1),  # RowsPerStrip
+        (279, 4, rows, offsets + 4 * rows),  # StripByteCounts
     ]
-    ifd = struct.pack(order + count_format, tags)
-    ifd += b"".join(struct.pack(entry_format, *entry) for entry in entries)
-    ifd += bytes(field_bits // 8)  # no next page
-    offsets = struct.pack(f"{order}{rows}I", *[pixels] * rows)
-    counts = struct.pack(f"{order}{rows}I", *[8] * rows)
-    return head + ifd + offsets + counts + bytes(range(0, 256, 32))
+    lists = struct.pack(f"{order}{rows}I", *[pixels] * rows)
+    lists += struct.pack(f"{order}{rows}I", *[8] * rows)
+    return hand_tiff(entries, lists + bytes(range(0, 256, 32)), big, order)
 
 
 @pytest.mark.parametrize(("big", "order"), [(False, "<"), (False, ">"), (True, "<")])
