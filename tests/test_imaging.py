@@ -353,13 +353,30 @@ def test_large_jpeg_is_decoded_at_reduced_size_in_draft_mode():
     assert full.gray.shape == (4000, 3000) and (full.full_width, full.full_height) == (3000, 4000)
 
 
-def test_small_and_non_jpeg_images_are_never_drafted():
+def test_small_images_are_never_reduced_and_other_formats_are_reduced_as_jpegs_are():
     image = _pattern(400, 600)
     for fmt in ("JPEG", "PNG"):
         decoded = decode_image(encode(image, fmt), draft_side=800)
         assert decoded.gray.shape == (400, 600)
-    png = decode_image(encode(np.zeros((1000, 2000, 3), np.uint8), "PNG"), draft_side=800)
-    assert png.gray.shape == (1000, 2000)
+    # 2000 wide: halved keeps 1000 >= 800, a quarter would not. The mean of each 2x2 block.
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (1000, 2000), dtype=np.uint8)
+    png = decode_image(encode(pixels, "PNG"), draft_side=800)
+    assert png.gray.shape == (500, 1000)
+    assert (png.full_width, png.full_height) == (2000, 1000)
+    means = pixels.reshape(500, 2, 1000, 2).mean(axis=(1, 3))
+    assert np.abs(png.gray.astype(float) - means).max() <= 1
+    # 4000x3000 WebP stored sideways: upright 3000 wide, 4000 high; a quarter keeps 1000.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = np.zeros((3000, 4000, 3), np.uint8)
+    sideways[:, :100] = 255  # the stored image's left edge: the upright one's top
+    webp = decode_image(encode(sideways, "WEBP", exif=exif, lossless=True), draft_side=800)
+    assert webp.rgb.shape == (1000, 750, 3)
+    assert (webp.full_width, webp.full_height) == (3000, 4000)
+    assert webp.gray[:20].min() == 255 and webp.gray[30:].max() == 0
+    # Without draft_side (the CLI's full-size decoding) nothing is reduced.
+    assert decode_image(encode(pixels, "PNG")).gray.shape == (1000, 2000)
 
 
 def test_png_with_corrupt_image_data_is_refused_not_blank():

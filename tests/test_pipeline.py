@@ -172,6 +172,24 @@ def test_boxes_of_a_drafted_jpeg_are_in_the_files_pixels(pipeline, astronaut):
     )
 
 
+def test_boxes_of_a_reduced_png_are_in_the_files_pixels(pipeline, astronaut):
+    """A large PNG is reduced after decoding as a JPEG is in its draft decoding: same face,
+    boxes in the file's pixels, same emotion."""
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(astronaut).resize((3072, 3072)))
+    result = pipeline.analyze(encode(big, "PNG"))
+    assert (result.image_width, result.image_height) == (3072, 3072)
+    (face,) = result.faces
+    x1, y1, x2, y2 = (6 * v for v in ASTRONAUT_FACE)
+    assert x1 <= face.box.x and face.box.x + face.box.width <= x2
+    assert y1 <= face.box.y and face.box.y + face.box.height <= y2
+    assert (
+        result.classification.prediction
+        == pipeline.analyze(encode(astronaut)).classification.prediction
+    )
+
+
 def test_calibration_from_the_card_is_applied_after_tta():
     from emotion_server.contract import apply_temperature
 
