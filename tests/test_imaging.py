@@ -375,7 +375,7 @@ def test_small_images_are_never_reduced_and_other_formats_are_reduced_as_jpegs_a
     assert webp.rgb.shape == (1000, 750, 3)
     assert (webp.full_width, webp.full_height) == (3000, 4000)
     assert webp.gray[:20].min() == 255 and webp.gray[30:].max() == 0
-    # Without draft_side (the CLI's full-size decoding) nothing is reduced.
+    # Without draft_side nothing is reduced.
     assert decode_image(encode(pixels, "PNG")).gray.shape == (1000, 2000)
 
 
