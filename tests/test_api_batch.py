@@ -1,12 +1,15 @@
 """POST /inference/batch on the real bundled model: Flask's test client, then gunicorn."""
 
 import io
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 import requests
+from bad_inputs import png_chunk
 from conftest import BUNDLED_MODEL, ROOT, encode
 from PIL import Image
 
@@ -124,6 +127,38 @@ def test_empty_and_oversized_files_get_their_own_errors(astronaut):
         "message": "The file is over the limit of 200000 bytes.",
     }
     assert ok["filename"] == "small.png" and ok["whole_image_reason"] == "image_is_face_crop"
+
+
+def _big_png(width: int = 7300, height: int = 5470) -> bytes:
+    """A 40-megapixel greyscale PNG of stripes, made by hand (Pillow takes seconds to write one):
+    a few hundred kB that take a worker a good part of a second to decode and analyse."""
+    row = b"\x00" + bytes((np.arange(width) // 8 % 256).astype(np.uint8))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = zlib.compress(row * height, 1)
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        png_chunk(kind, body) for kind, body in ((b"IHDR", header), (b"IDAT", data), (b"IEND", b""))
+    )
+
+
+def test_a_batch_stops_within_the_time_a_request_may_use():
+    """EMOTION_TIMEOUT=1: the batch may spend 0.8 s, sixteen 40-megapixel PNGs take several. The
+    answer is a 200 with the first file analysed and the last left unread (a worker busy past
+    gunicorn's timeout would be killed, with every connection it holds)."""
+    app = create_app({"model_path": str(BUNDLED_MODEL), "timeout": 1})
+    big = _big_png()
+    files = {f"big{index:02}.png": big for index in range(16)}
+    response = app.test_client().post(
+        "/inference/batch", data=_form(files), content_type="multipart/form-data"
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert [entry["filename"] for entry in results] == list(files)
+    assert results[0]["whole_image_reason"] == "no_face_found"
+    assert results[0]["image"] == {"width": 7300, "height": 5470}
+    assert results[-1]["error"] == "time_budget_exceeded"
+    assert "0.8 s" in results[-1]["message"]
+    late = [index for index, entry in enumerate(results) if "error" in entry]
+    assert late == list(range(late[0], 16))  # once out of time, every later file too
 
 
 def _assert_error(response, status, code):

@@ -6,7 +6,13 @@ from conftest import BUNDLED_MODEL, encode
 
 from emotion_server.config import Settings
 from emotion_server.crops import square_crop, to_model_input
-from emotion_server.errors import CorruptImage, EmptyBody, InvalidImage, UnreadableFile
+from emotion_server.errors import (
+    CorruptImage,
+    EmptyBody,
+    InvalidImage,
+    OutOfTime,
+    UnreadableFile,
+)
 from emotion_server.model import EmotionModel
 from emotion_server.pipeline import Pipeline
 
@@ -79,6 +85,25 @@ def test_items_that_failed_before_keep_their_place(pipeline, astronaut):
     assert results[1] is unreadable
     _same(results[0], pipeline.analyze(images[0]))
     _same(results[2], pipeline.analyze(images[2]))
+
+
+def test_images_not_begun_within_the_time_budget_are_left_unread(pipeline, astronaut):
+    """A budget already spent: the first image is still analysed, the others get an OutOfTime
+    error in their place, and a caller's own failure keeps its own."""
+    unreadable = UnreadableFile("missing.jpg: No such file or directory")
+    images = [unreadable, encode(astronaut, "JPEG"), b"not an image", encode(astronaut, "PNG")]
+    pipeline.model.calls.clear()
+    results = pipeline.analyze_batch(images, time_budget_s=0.0)
+    assert pipeline.model.calls == [1]  # the first image's one face, nothing of the others
+    assert results[0] is unreadable
+    _same(results[1], pipeline.analyze(images[1]))
+    for late in results[2:]:
+        assert isinstance(late, OutOfTime) and late.code == "time_budget_exceeded"
+        assert "0 s" in late.message
+    # Time enough: all are analysed.
+    results = pipeline.analyze_batch(images, time_budget_s=60.0)
+    assert isinstance(results[2], InvalidImage)
+    _same(results[3], pipeline.analyze(images[3]))
 
 
 def test_flip_tta_batch_is_still_one_call(astronaut):

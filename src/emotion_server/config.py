@@ -107,6 +107,13 @@ class Settings:
             object.__setattr__(self, "model_path", bundled_model(self.mode))
 
     @property
+    def work_budget_s(self) -> float:
+        """The most seconds of analysis one request may take (a video, a batch): a worker busy
+        past gunicorn's `timeout` (its heartbeat waits on the work) is killed, with every
+        connection it holds, so the work stops short of it."""
+        return self.timeout * WORK_SHARE_OF_TIMEOUT
+
+    @property
     def intra_op_threads(self) -> int:
         """`threads`, or where it is 0 the CPUs this process may use divided among the
         workers (one thread each on 2 CPUs with 2 workers; 4 each on 8 CPUs)."""
@@ -289,6 +296,10 @@ ANALYSIS = frozenset(
     {"threads", "idle_threads", "crop_size_limit", "max_faces", "max_pixels", "video_fps"}
     | {"video_max_fps", "batch_max_size", "detect_threshold", "align_roll"}
 )
+
+# The share of gunicorn's timeout that one request's analysis may use (work_budget_s).
+WORK_SHARE_OF_TIMEOUT = 0.8
+
 # Worker processes the shared count of analyses in progress can tell apart (activity.py).
 MAX_WORKERS = 256
 # The greatest value of a setting where there is one. Pixels: FFmpeg's decoders take their

@@ -130,6 +130,12 @@ class VideoTooLong(EmotionServerError):
     code, status = "video_too_long", 413
 
 
+class OutOfTime(EmotionServerError):
+    """A file of a batch not reached within the time a request's analysis may use."""
+
+    code, status = "time_budget_exceeded", 413
+
+
 class InsufficientStorage(EmotionServerError):
     """No room left to hold an upload (its temporary file's folder is full): the server's
     state, not the request's; another time, or a smaller file, may fit."""

@@ -9,6 +9,7 @@ crops.py cuts the model's input, model.py runs it, contract.py holds the model's
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -27,7 +28,7 @@ from emotion_server.crops import (
     to_model_input,
     turn_upright,
 )
-from emotion_server.errors import EmotionServerError
+from emotion_server.errors import EmotionServerError, OutOfTime
 from emotion_server.faces import FaceBox, FaceDetector, Landmark, make_detector
 from emotion_server.imaging import DecodedImage, decode_image
 from emotion_server.model import EmotionModel
@@ -172,24 +173,38 @@ class Pipeline:
         return self.assemble(located, self.classify_crops(located.crops))
 
     def analyze_batch(
-        self, images: Sequence[bytes | EmotionServerError]
+        self, images: Sequence[bytes | EmotionServerError], time_budget_s: float | None = None
     ) -> list[InferenceResult | EmotionServerError]:
         """Several images -> one result each, in order; the faces of all go through ONE model call.
 
         An item that already failed (an unreadable file, one over a limit) and an image that
-        cannot be decoded keep their error in their place; the others are unaffected.
+        cannot be decoded keep their error in their place; the others are unaffected. With
+        `time_budget_s`, an image not begun within that many seconds is left unread, with an
+        OutOfTime error in its place (the first is always begun).
         """
         with self.server:
-            return self._analyze_batch(images)
+            return self._analyze_batch(images, time_budget_s)
 
     def _analyze_batch(
-        self, images: Sequence[bytes | EmotionServerError]
+        self, images: Sequence[bytes | EmotionServerError], time_budget_s: float | None
     ) -> list[InferenceResult | EmotionServerError]:
         located: list[LocatedFaces | EmotionServerError] = []
-        for item in images:
+        started, begun = time.monotonic(), False
+        for index, item in enumerate(images):
             if isinstance(item, EmotionServerError):
                 located.append(item)
                 continue
+            late = time_budget_s is not None and time.monotonic() - started > time_budget_s
+            if late and begun:
+                located.append(
+                    OutOfTime(
+                        f"The batch's first {index} files took longer than the "
+                        f"{time_budget_s:g} s a request may spend, and this one was not "
+                        "analysed: send it again, or fewer or smaller images per request."
+                    )
+                )
+                continue
+            begun = True
             try:
                 located.append(self.locate_faces(self.decode(item)))
             except EmotionServerError as error:

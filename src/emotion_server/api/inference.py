@@ -219,7 +219,9 @@ def inference_batch():
     settings, pipeline = state.settings, state.pipeline
     files = _read_batch_files(settings)
     contents = [_read_file(file, settings.max_upload_bytes) for file in files]
-    results = pipeline.analyze_batch(contents)  # a file over the limit keeps its error in place
+    # A file over the limit keeps its error in place; one not reached in the request's time,
+    # time_budget_exceeded (a worker busy past gunicorn's timeout is killed).
+    results = pipeline.analyze_batch(contents, time_budget_s=settings.work_budget_s)
     for result in results:
         observe_result(result)
     names = [file.filename or None for file in files]

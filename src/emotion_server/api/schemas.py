@@ -32,8 +32,9 @@ class ErrorBody(_Strict):
     error: str = Field(
         description="Stable code, e.g. empty_body, invalid_image, corrupt_image, "
         "unsupported_image_format, unsupported_media_type, missing_file, payload_too_large, "
-        "image_too_large, too_many_images, invalid_parameter, invalid_video, corrupt_video, "
-        "no_video_stream, empty_video, unsupported_video_format, unsupported_video_codec, "
+        "image_too_large, too_many_images, time_budget_exceeded, invalid_parameter, "
+        "invalid_video, corrupt_video, no_video_stream, empty_video, unsupported_video_format, "
+        "unsupported_video_codec, "
         "video_too_long, read_timeout, malformed_body, bad_request, unauthorized, "
         "invalid_json, origin_not_allowed, not_found, method_not_allowed, not_ready, "
         "insufficient_storage, uri_too_long, headers_too_large, expectation_failed, "

@@ -55,9 +55,6 @@ bp = APIBlueprint(
 
 RAW_TYPES = ("application/octet-stream", "video/", "image/gif")
 NDJSON = "application/x-ndjson"
-# A worker busy past gunicorn's timeout (its heartbeat waits on the work) is killed: a video
-# stops short of it.
-TIME_BUDGET_SHARE = 0.8
 
 
 # A raw body held in memory up to this size, in an unnamed temporary file past it: a worker
@@ -170,9 +167,7 @@ def inference_video():
         source.close()
         raise
     try:
-        timeline = VideoTimeline(
-            pipeline, reader, sampling, time_budget_s=settings.timeout * TIME_BUDGET_SHARE
-        )
+        timeline = VideoTimeline(pipeline, reader, sampling, time_budget_s=settings.work_budget_s)
         frames = timeline.frames()
         if not _wants_ndjson():
             body = _document(timeline, frames)
