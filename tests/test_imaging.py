@@ -379,6 +379,27 @@ def test_small_images_are_never_reduced_and_other_formats_are_reduced_as_jpegs_a
     assert decode_image(encode(pixels, "PNG")).gray.shape == (1000, 2000)
 
 
+@pytest.mark.parametrize(
+    "size", [(1600, 1200), (1602, 1201), (2000, 1000), (3300, 600), (900, 6500)]
+)
+def test_other_formats_are_reduced_by_the_factor_a_jpeg_draft_takes(size):
+    """The same picture as PNG and as JPEG comes out of decoding at the same size."""
+    pixels = np.zeros((size[1], size[0]), np.uint8)
+    png = decode_image(encode(pixels, "PNG"), draft_side=800)
+    jpeg = decode_image(encode(pixels, "JPEG"), draft_side=800)
+    assert png.gray.shape == jpeg.gray.shape
+    assert (png.full_width, png.full_height) == (jpeg.full_width, jpeg.full_height) == size
+
+
+def test_a_large_transparent_png_is_reduced_then_laid_on_white():
+    rgba = np.zeros((1800, 2400, 4), np.uint8)  # transparent black
+    rgba[:, :1200] = (200, 0, 0, 255)  # the left half opaque red
+    decoded = decode_image(encode(rgba, "PNG"), draft_side=800)
+    assert decoded.rgb.shape == (900, 1200, 3)  # halved
+    assert (decoded.rgb[:, :590] == (200, 0, 0)).all()
+    assert (decoded.rgb[:, 610:] == 255).all()
+
+
 def test_png_with_corrupt_image_data_is_refused_not_blank():
     """A PNG whose IDAT is not zlib data is corrupt (it once decoded to a black image)."""
     header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)

@@ -299,7 +299,7 @@ def test_a_face_tilted_less_than_the_setting_is_cut_as_before(pipeline, never_tu
 
 
 def test_a_large_face_in_a_large_picture_is_turned_from_a_reduced_square():
-    """A 2,400-pixel face (a large PNG is decoded whole) is cut at every few pixels before
+    """A 2,400-pixel face (in a picture analysed at full size) is cut at every few pixels before
     turning, so the work does not grow with its area; the crop is the same face."""
     small, face = _pattern()
     gray = np.asarray(Image.fromarray(small).resize((3000, 3000), Image.Resampling.NEAREST))

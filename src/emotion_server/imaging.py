@@ -35,8 +35,9 @@ class DecodedImage:
 
     picture: Image.Image  # upright and loaded, in mode "L" or "RGB"
     format: str
-    # The upright image's size in the file's pixels; larger than the arrays where a big JPEG
-    # was decoded at reduced size (Pillow's draft mode). Boxes are reported in these pixels.
+    # The upright image's size in the file's pixels; larger than the arrays where a large
+    # image was decoded at reduced size (a JPEG's draft mode) or reduced after decoding (other
+    # formats). Boxes are reported in these pixels.
     full_width: int = 0
     full_height: int = 0
 
@@ -155,9 +156,14 @@ def decode_image(
                 # rewrites the EXIF block, which fails on a field of an unexpected type (a
                 # resolution stored as text), and the rewritten block is never used here.
                 upright = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
+                # A large image of another format is reduced as a JPEG's draft is (before its
+                # conversion, in the modes Pillow averages; after it, in the others).
+                reduce = bool(draft_side) and not drafted
+                if reduce and upright.mode in _REDUCIBLE_MODES:
+                    upright, reduce = block_reduced(upright, draft_side), False
                 # Greyscale and RGB stay as they are; every other mode becomes RGB here.
                 picture = upright if upright.mode in ("L", "RGB") else _to_rgb(upright)
-                if draft_side and not drafted:
+                if reduce:
                     picture = block_reduced(picture, draft_side)
         except (EmotionServerError, MemoryError):
             raise
@@ -178,13 +184,26 @@ def decode_image(
     )
 
 
+# Modes whose pixels Image.reduce averages (with alpha, weighted by it).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+
+
+def draft_factor(size: tuple[int, int], side: int) -> int:
+    """The reduction a JPEG's draft decoding takes for a longer side of at least `side`: the
+    largest of 8, 4, 2 or 1 that both sides allow (as Pillow's JpegImagePlugin.draft reckons
+    it from the size asked for, `decode_image`)."""
+    width, height = size
+    scale = side / max(width, height)
+    asked = (int(width * scale + 1), int(height * scale + 1))
+    most = min(width // asked[0], height // asked[1])
+    return next((factor for factor in (8, 4, 2) if most >= factor), 1)
+
+
 def block_reduced(picture: Image.Image, side: int) -> Image.Image:
-    """`picture` made smaller by the largest of 8, 4 or 2 that keeps its longer side at least
-    `side`, each pixel the mean of a block (as a JPEG's draft decoding would give); the
-    picture itself where even 2 is too much. A 40-megapixel PNG analysed at full size spent
-    more time converting and copying its arrays than decoding it."""
-    longest = max(picture.size)
-    factor = next((f for f in (8, 4, 2) if longest // f >= side), 1)
+    """`picture` made smaller by the factor a JPEG's draft decoding would take (draft_factor),
+    each pixel the mean of a block; the picture itself where there is none. A 40-megapixel PNG
+    analysed at full size spent more time converting and copying its arrays than decoding it."""
+    factor = draft_factor(picture.size, side)
     return picture.reduce(factor) if factor > 1 else picture
 
 

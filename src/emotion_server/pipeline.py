@@ -49,7 +49,7 @@ class PipelineOptions:
     crop_size_limit: int = 96  # images no larger than this are taken as a face crop
     align_roll: float = 10.0  # faces tilted more than this (degrees) are turned upright
     max_pixels: int = 40_000_000  # decoded images larger than this are refused
-    decode_side: int = 800  # JPEGs are decoded at reduced size near this (the detector's input)
+    decode_side: int = 800  # large images are decoded or reduced near this (the detector's input)
     # Micro-batching of concurrent callers' crops into shared model calls; 0 ms: off.
     batch_max_size: int = 32
     batch_max_wait_ms: float = 0.0
@@ -158,8 +158,9 @@ class Pipeline:
         return apply_temperature(probabilities, self.temperature)
 
     def _is_face_crop(self, image: DecodedImage) -> bool:
-        limit = self.options.crop_size_limit
-        return image.width <= limit and image.height <= limit
+        limit = self.options.crop_size_limit  # the file's size, not that of a reduced copy
+        width, height = image.full_width or image.width, image.full_height or image.height
+        return width <= limit and height <= limit
 
     def analyze(self, data: bytes) -> InferenceResult:
         """Image bytes -> per-face emotions (or the whole image's, as the original service)."""
@@ -179,8 +180,9 @@ class Pipeline:
 
         An item that already failed (an unreadable file, one over a limit) and an image that
         cannot be decoded keep their error in their place; the others are unaffected. With
-        `time_budget_s`, an image not begun within that many seconds is left unread, with an
-        OutOfTime error in its place (the first is always begun).
+        `time_budget_s`, an image is begun only where the time spent so far plus the slowest
+        image's would stay within it (the first is always begun); the rest get an OutOfTime
+        error in their place.
         """
         with self.server:
             return self._analyze_batch(images, time_budget_s)
@@ -189,26 +191,31 @@ class Pipeline:
         self, images: Sequence[bytes | EmotionServerError], time_budget_s: float | None
     ) -> list[InferenceResult | EmotionServerError]:
         located: list[LocatedFaces | EmotionServerError] = []
-        started, begun = time.monotonic(), False
-        for index, item in enumerate(images):
+        started, begun, slowest = time.monotonic(), 0, 0.0
+        out_of_time: str | None = None
+        for item in images:
             if isinstance(item, EmotionServerError):
                 located.append(item)
                 continue
-            late = time_budget_s is not None and time.monotonic() - started > time_budget_s
-            if late and begun:
-                located.append(
-                    OutOfTime(
-                        f"The batch's first {index} files took longer than the "
-                        f"{time_budget_s:g} s a request may spend, and this one was not "
-                        "analysed: send it again, or fewer or smaller images per request."
+            if time_budget_s is not None and begun and out_of_time is None:
+                # Begun only where the slowest file so far would still end within the budget.
+                elapsed = time.monotonic() - started
+                if elapsed + slowest > time_budget_s:
+                    out_of_time = (
+                        f"This file was not analysed: the {begun} before it took {elapsed:.1f} s "
+                        f"of the {time_budget_s:g} s a request may spend, too little left for "
+                        "another. Send it again, or fewer or smaller images per request."
                     )
-                )
+            if out_of_time is not None:
+                located.append(OutOfTime(out_of_time))
                 continue
-            begun = True
+            begun += 1
+            began = time.monotonic()
             try:
                 located.append(self.locate_faces(self.decode(item)))
             except EmotionServerError as error:
                 located.append(error)
+            slowest = max(slowest, time.monotonic() - began)
         crops = [crop for item in located if isinstance(item, LocatedFaces) for crop in item.crops]
         with self.in_flight:
             vectors = self.classify_crops(crops)
@@ -224,7 +231,7 @@ class Pipeline:
         return results
 
     def decode(self, data: bytes) -> DecodedImage:
-        """Bytes -> image; big JPEGs are decoded at reduced size, near the detector's input."""
+        """Bytes -> image; large ones are decoded (JPEG) or reduced to near the detector's input."""
         return decode_image(
             data, max_pixels=self.options.max_pixels, draft_side=self.options.decode_side
         )
