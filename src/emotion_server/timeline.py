@@ -113,7 +113,7 @@ class VideoTimeline:
         """Stops once the request's time is spent; runs before each packet is decoded."""
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise VideoTooLong(
-                f"Analysing this video takes longer than the {self.time_budget_s:.0f} s a "
+                f"Analysing this video takes longer than the {self.time_budget_s:g} s a "
                 f"request may use (stopped at {at:.1f} s of video): ask for a lower fps, or "
                 "send a shorter or smaller video."
             )
