@@ -909,6 +909,51 @@ def test_fixed_distillation_targets_are_the_teachers_softened_views_and_outlive_
     assert resumed["epochs_done"] == 3
 
 
+def test_kept_targets_are_made_anew_for_other_images_or_a_changed_teacher(fer):
+    """Fixed targets are read back only for the same images in the same order and a teacher
+    whose weights are unchanged (or gone): never another image's target."""
+    from emotion_server.training.data import load_cached
+    from emotion_server.training.train import (
+        BEST,
+        fixed_targets,
+        load_recipe,
+        resolve_run,
+        train,
+    )
+
+    quiet = {"data_path": str(fer), "progress": lambda _: None}
+    train(load_recipe(ROOT / "configs" / "smoke.toml"), "teacher-c", **quiet)
+    recipe = load_recipe(
+        ROOT / "configs" / "smoke.toml", teachers=["teacher-c"], distill_targets="fixed"
+    )
+    images = load_cached(str(fer))["Training"].images
+    folder = resolve_run("teacher-c").parent / "student-c"
+    folder.mkdir()
+    made: list[str] = []
+
+    def targets(pixels):
+        return fixed_targets(recipe, pixels, folder, torch.device("cpu"), made.append)
+
+    first = targets(images)
+    assert torch.equal(targets(images), first) and len(made) == 1  # read back
+    # The same images in another order (FER2013's CSV against its folders): made anew, each
+    # image keeping its own target.
+    reordered = targets(images[::-1].copy())
+    assert len(made) == 2 and torch.allclose(reordered, first.flip(0), atol=1e-5)
+    targets(images)
+    # The teacher's weights changed under its name (trained again, recovered): made anew.
+    state = torch.load(resolve_run("teacher-c") / BEST, weights_only=False)
+    for tensor in state["weights"].values():
+        if tensor.is_floating_point():
+            tensor.mul_(1.5)
+    torch.save(state, resolve_run("teacher-c") / BEST)
+    changed = targets(images)
+    assert len(made) == 4 and not torch.allclose(changed, first, atol=1e-3)
+    # The teacher gone: the kept targets are read on trust.
+    (resolve_run("teacher-c") / BEST).unlink()
+    assert torch.equal(targets(images), changed) and len(made) == 4
+
+
 def test_a_served_model_file_is_a_teacher_of_fixed_targets(fer):
     """`--teachers models/x.onnx`: a shipped model teaches when no run survives (a new machine
     has none); its targets are its served probabilities, softened by T."""

@@ -134,7 +134,8 @@ def _load_csv(path: Path) -> dict[str, Split]:
     }
 
 
-def _sha256(path: Path) -> str | None:
+def file_sha256(path: Path) -> str | None:
+    """The file's sha256 (hex); None where there is no such file."""
     if not path.is_file():
         return None
     digest = hashlib.sha256()
@@ -160,7 +161,7 @@ def load_fer2013(path: str | os.PathLike | None = None) -> Fer2013:
         splits = _load_images(_iter_tar(location))
     if not len(splits["Training"].labels):
         raise ValueError(f"no Training images found in {location}")
-    return Fer2013(splits=splits, source=str(location), sha256=_sha256(location))
+    return Fer2013(splits=splits, source=str(location), sha256=file_sha256(location))
 
 
 def encoded_files(
@@ -196,7 +197,7 @@ def load_cached(path: str | os.PathLike | None = None) -> Fer2013:
     location = find_dataset(path)
     if location is None or not location.is_file():
         return load_fer2013(path)  # folders are not cached: their content can change
-    digest = _sha256(location)
+    digest = file_sha256(location)
     cache = Path(".data") / f"fer2013-{digest[:16]}.npz"
     if cache.exists():
         with np.load(cache) as arrays:

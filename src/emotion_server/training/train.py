@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import math
 import os
@@ -35,7 +36,7 @@ from emotion_server.config import available_cpus
 from emotion_server.contract import EMOTIONS, scale
 from emotion_server.training.architectures import Architecture, build_spec, view_offsets
 from emotion_server.training.augment import Augmentation, augment
-from emotion_server.training.data import load_cached
+from emotion_server.training.data import file_sha256, load_cached
 from emotion_server.training.torch_nets import build_torch, parameter_count
 
 RUNS_ENV = "EMOTION_RUNS_DIR"
@@ -382,6 +383,12 @@ def predict_model_file(path: str | os.PathLike, images: np.ndarray, chunk: int =
     )
 
 
+def _teacher_digest(teacher: str) -> str | None:
+    """sha256 of the file a teacher's weights come from (its run's best.pt, or the model
+    file); None where it is gone."""
+    return file_sha256(Path(teacher) if is_model_file(teacher) else resolve_run(teacher) / BEST)
+
+
 def fixed_targets(
     recipe: Recipe,
     images: np.ndarray,
@@ -391,16 +398,26 @@ def fixed_targets(
 ) -> torch.Tensor:
     """The teachers' mean softened probabilities (temperature `distill_temperature`) of each
     image's centre crop and its mirror image: computed once and kept in the run folder, so a
-    resumed run reads them instead of running the teachers again."""
+    resumed run reads them instead of running the teachers again.
+
+    Kept targets are read only for the same images in the same order (a digest of their
+    pixels: FER2013 read from its CSV and from its folders comes in different orders) and the
+    same teachers: one still there whose weights changed (trained again, recovered) makes them
+    anew; one gone is taken on trust, so the targets outlive their teachers."""
     path = folder / TARGETS
     key = {
         "teachers": list(recipe.teachers),
         "temperature": recipe.distill_temperature,
         "images": len(images),
+        "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
     }
+    weights = {teacher: _teacher_digest(teacher) for teacher in recipe.teachers}
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved["key"] == key:
+        kept = saved.get("weights_sha256", {})
+        if saved["key"] == key and all(
+            digest is None or kept.get(teacher) == digest for teacher, digest in weights.items()
+        ):
             return saved["targets"]
     started = time.time()
     total = np.zeros((len(images), len(EMOTIONS)), np.float64)
@@ -421,7 +438,7 @@ def fixed_targets(
             total += soften(probabilities)
         del model
     targets = torch.from_numpy((total / (2 * len(recipe.teachers))).astype(np.float32))
-    _atomic_save({"key": key, "targets": targets}, path)
+    _atomic_save({"key": key, "weights_sha256": weights, "targets": targets}, path)
     progress(
         f"distillation targets from {', '.join(recipe.teachers)} for {len(images)} images "
         f"in {time.time() - started:.0f} s, kept in {path}"
