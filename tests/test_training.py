@@ -977,10 +977,17 @@ def test_a_served_model_file_is_a_teacher_of_fixed_targets(fer):
     assert train(recipe, "student-of-a-file", **quiet)["epochs_done"] == 1
     saved = torch.load(resolve_run("student-of-a-file") / TARGETS, weights_only=False)["targets"]
     images = load_cached(str(fer))["Training"].images
-    served = torch.from_numpy(EmotionModel(teacher).predict(scale(images))).double()
-    expected = torch.softmax(torch.log(served + 1e-12) / 2.0, 1).float()
+    model = EmotionModel(teacher)
+    served = torch.from_numpy(model.predict(scale(images))).double()
+    # Its class-balance adjustment (export --balance) taken out of the logits first.
+    bias = torch.tensor(model.card["training"]["balance"]["bias"], dtype=torch.float64)
+    assert bias.abs().max() > 0.1
+    unadjusted = torch.softmax(torch.log(served + 1e-12) - bias, 1)
+    expected = torch.softmax(torch.log(unadjusted) / 2.0, 1).float()
     assert torch.allclose(saved, expected, atol=1e-4)
     assert not torch.allclose(saved, served.float(), atol=1e-2)  # softened, not copied
+    leaning = torch.softmax(torch.log(served + 1e-12) / 2.0, 1).float()
+    assert not torch.allclose(saved, leaning, atol=1e-3)  # not the adjusted probabilities
     with pytest.raises(ValueError, match="only with distill_targets = 'fixed'"):
         train(replace(recipe, distill_targets="online"), "online-student", **quiet)
 

@@ -378,9 +378,22 @@ def predict_model_file(path: str | os.PathLike, images: np.ndarray, chunk: int =
     from emotion_server.model import EmotionModel
 
     model = EmotionModel(path, threads=torch.get_num_threads())
-    return np.concatenate(
+    probabilities = np.concatenate(
         [model.predict(scale(images[i : i + chunk])) for i in range(0, len(images), chunk)]
     )
+    return without_balance(probabilities, model.card)
+
+
+def without_balance(probabilities: np.ndarray, card: dict) -> np.ndarray:
+    """A shipped model's probabilities without the class-balance adjustment `export` built
+    into its final bias (its card's training.balance.bias, added to the logits): the same
+    teacher as the run it came from, not one leaning towards the rare classes. Exact for one
+    view; for the mean of two views (a flip in the graph), close."""
+    bias = ((card.get("training") or {}).get("balance") or {}).get("bias")
+    if not bias:
+        return probabilities
+    unadjusted = probabilities.astype(np.float64) * np.exp(-np.asarray(bias, np.float64))
+    return unadjusted / unadjusted.sum(1, keepdims=True)
 
 
 def _teacher_digest(teacher: str) -> str | None:
