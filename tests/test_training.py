@@ -401,8 +401,9 @@ def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
 
 def test_a_budget_follows_the_measured_epochs(monkeypatch):
     """Budget on a clock the test moves: a slow first pass shortens the run, is left out once
-    another pass is timed (the run grows back to its plan, early on), and a late slowdown
-    shortens it again with its warm-up cut to a quarter of the new length."""
+    a second is timed (the run grows back to its plan, even where the first pass had cut it to
+    a few epochs), and a late slowdown shortens it again with its warm-up cut to a quarter of
+    the new length."""
     from emotion_server.training import train as training
 
     clock = [0.0]
@@ -419,10 +420,10 @@ def test_a_budget_follows_the_measured_epochs(monkeypatch):
 
     epoch(1, 40)  # 960 s left at 40 s an epoch: 24 more
     assert (recipe.epochs, recipe.warmup_epochs) == (25, 6)
-    epoch(2, 20)  # the slow first pass still counts: 940 s / 40 s
-    assert recipe.epochs == 25
-    epoch(3, 20)  # now 20 s an epoch: 920 s / 20 s fits all 40 planned
+    epoch(2, 20)  # the second pass is timed: 940 s at 20 s an epoch fits all 40 planned
     assert (recipe.epochs, recipe.warmup_epochs) == (40, 6)
+    epoch(3, 20)
+    assert recipe.epochs == 40
     for done in range(4, 21):
         epoch(done, 20)
     assert recipe.epochs == 40 and clock[0] == 420
@@ -432,6 +433,25 @@ def test_a_budget_follows_the_measured_epochs(monkeypatch):
     assert recipe.epochs == 25
     clock[0] = 2000  # out of time
     assert budget.recipe(23, recipe).epochs == 23
+
+
+def test_a_slow_first_pass_does_not_lock_a_short_budget_short(monkeypatch):
+    """A 7-minute budget whose first pass pays 60 s of start-up, then 2 s an epoch: cut to 7
+    epochs after the first, the run grows back at the second to what the steady speed fits."""
+    from emotion_server.training import train as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    planned = training.Recipe(epochs=200, warmup_epochs=2)
+    budget = training.Budget(420.0, planned)
+    clock[0] += 60
+    recipe = budget.recipe(1, planned)
+    assert recipe.epochs == 7
+    budget.lap()
+    clock[0] += 2
+    recipe = budget.recipe(2, recipe)
+    assert recipe.epochs == 181  # 358 s left at 2 s an epoch: 179 more
+    budget.lap()
 
 
 def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):

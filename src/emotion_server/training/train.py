@@ -202,9 +202,10 @@ class Budget:
     Each pass of the epoch loop (the epoch, its PublicTest score, its saves) is timed on the
     monotonic clock. An epoch is counted as long as the slowest of the last three passes and
     the one in progress; the process's first pass (warm caches, kernel choices) is left out
-    once another is timed. The run is shortened whenever its epochs no longer fit, and grows
-    back toward the planned length only in the first quarter of its current one: later, a
-    longer schedule would raise a learning rate that has begun to decay."""
+    as soon as a second is being timed. The run is shortened whenever its epochs no longer
+    fit, and grows back toward the planned length at its second epoch (the first one timed
+    without start-up costs) or in the first quarter of its current length: later, a longer
+    schedule would raise a learning rate that has begun to decay."""
 
     def __init__(self, deadline: float, planned: Recipe):
         self.deadline = deadline  # on the monotonic clock
@@ -219,15 +220,15 @@ class Budget:
         self._lap = now
 
     def seconds_per_epoch(self) -> float:
-        timed = self.passes[1:] if len(self.passes) >= 2 else self.passes
-        return max([*timed[-3:], time.monotonic() - self._lap])
+        timed = [*self.passes, time.monotonic() - self._lap]
+        return max(timed[1:][-3:] if len(timed) >= 2 else timed)
 
     def recipe(self, done: int, current: Recipe) -> Recipe:
         """`current` with the length that fits now, `done` epochs done; a run shortened below
         its plan has its warm-up cut to a quarter of its length where that is longer."""
         left = self.deadline - time.monotonic()
         length = epochs_within(done, self.planned.epochs, left, self.seconds_per_epoch())
-        if length > current.epochs and done > current.epochs // 4:
+        if length > current.epochs and done > max(2, current.epochs // 4):
             length = current.epochs
         if length == current.epochs:
             return current
