@@ -32,6 +32,8 @@ ACCURATE_CARDS = [ROOT / "models" / f"accurate_model{s}" for s in (".int8.json",
 BENCH_RESULTS = ROOT / "bench" / "results" / "results.json"
 # The same benchmark on a CPU with AVX2 only, where the model costs several times more per face.
 AVX2_RESULTS = ROOT / "bench" / "results" / "avx2" / "results.json"
+# And on an AMD Zen 5 with AVX-512 (VNNI, BF16) but no AMX.
+ZEN5_RESULTS = ROOT / "bench" / "results" / "zen5" / "results.json"
 VIDEO_RESULTS = ROOT / "bench" / "results" / "video.md"
 FRONTEND_RESULTS = ROOT / "bench" / "results" / "frontends.json"
 DETECTOR_RESULTS = ROOT / "bench" / "results" / "detectors.json"
@@ -195,6 +197,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "accurate-card": accurate_card,
     "bench-results": bench_results,
     "bench-results-avx2": lambda: bench_results(AVX2_RESULTS),
+    "bench-results-zen5": lambda: bench_results(ZEN5_RESULTS),
     "video-bench": video_bench,
     "frontends": frontends,
     "detector-bench": detector_bench,
