@@ -46,6 +46,7 @@ def test_the_generated_regions_are_where_the_figures_are(docs):
         "docs/performance.md": {
             "bench-results",
             "bench-results-avx2",
+            "bench-results-zen5",
             "video-bench",
             "detector-bench",
             "photo-path-bench",
