@@ -54,6 +54,12 @@ class DecodedImage:
         return np.asarray(picture, dtype=np.uint8)
 
     @property
+    def file_size(self) -> tuple[int, int]:
+        """(width, height) in the file's upright pixels: `full_width` and `full_height` where
+        given, else the picture's own."""
+        return (self.full_width or self.width, self.full_height or self.height)
+
+    @property
     def width(self) -> int:
         return self.picture.width
 
@@ -137,8 +143,7 @@ def decode_image(
                     # reports a corrupt file instead of leaving a blank image).
                     orientation = _orientation(image)
                     full_size = _upright_size(image.size, orientation)
-                    scale = draft_side / max(width, height)
-                    image.draft(image.mode, (int(width * scale + 1), int(height * scale + 1)))
+                    image.draft(image.mode, _draft_request((width, height), draft_side))
                     # The limit holds for the pixels decoded, known now and before any is:
                     # a 200-megapixel phone photo decoded at 1/8 scale is 3 megapixels.
                     kept = image.size[0] * image.size[1]
@@ -188,14 +193,19 @@ def decode_image(
 _REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 
 
+def _draft_request(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The size `decode_image` asks a JPEG's draft decoding for: the longer side just over
+    `side`, the shape kept."""
+    scale = side / max(size)
+    return (int(size[0] * scale + 1), int(size[1] * scale + 1))
+
+
 def draft_factor(size: tuple[int, int], side: int) -> int:
     """The reduction a JPEG's draft decoding takes for a longer side of at least `side`: the
     largest of 8, 4, 2 or 1 that both sides allow (as Pillow's JpegImagePlugin.draft reckons
-    it from the size asked for, `decode_image`)."""
-    width, height = size
-    scale = side / max(width, height)
-    asked = (int(width * scale + 1), int(height * scale + 1))
-    most = min(width // asked[0], height // asked[1])
+    it from the size asked for)."""
+    asked = _draft_request(size, side)
+    most = min(size[0] // asked[0], size[1] // asked[1])
     return next((factor for factor in (8, 4, 2) if most >= factor), 1)
 
 

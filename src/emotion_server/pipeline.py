@@ -159,8 +159,7 @@ class Pipeline:
 
     def _is_face_crop(self, image: DecodedImage) -> bool:
         limit = self.options.crop_size_limit  # the file's size, not that of a reduced copy
-        width, height = image.full_width or image.width, image.full_height or image.height
-        return width <= limit and height <= limit
+        return max(image.file_size) <= limit
 
     def analyze(self, data: bytes) -> InferenceResult:
         """Image bytes -> per-face emotions (or the whole image's, as the original service)."""
@@ -312,7 +311,7 @@ class Pipeline:
         if faces:
             cropped = [self.face_crop(image.gray, face) for face in faces]
             faces, crops = [face for face, _ in cropped], [crop for _, crop in cropped]
-        full_width, full_height = image.full_width or image.width, image.full_height or image.height
+        full_width, full_height = image.file_size
         if (full_width, full_height) != (image.width, image.height):
             # Decoded at reduced size: report the boxes in the file's upright pixels.
             sx, sy = full_width / image.width, full_height / image.height
