@@ -43,7 +43,7 @@ def one_start(tree: Path) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def worktree(revision: str):
-    with tempfile.TemporaryDirectory(prefix="cold-start-") as parent:
+    with tempfile.TemporaryDirectory(prefix="bench-tree-") as parent:
         path = Path(parent) / "tree"
         subprocess.run(
             ["git", "worktree", "add", "--detach", "-q", str(path), revision], cwd=ROOT, check=True

@@ -12,7 +12,9 @@ Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same 
 - http-floor: bench/floor_app.py, an empty Flask view on the same gunicorn layout: what a
   request costs before any of our work (no ceiling, no goals);
 - variants (--variant NAME:VAR=VALUE,...): our server again with other settings, for
-  example the float32 model or another worker layout, each with its own ceiling.
+  example the float32 model or another worker layout, each with its own ceiling;
+- ours@REV (--against REV): our server as of a git revision, from a temporary worktree (its
+  own src and models, this environment's packages), to measure a change side by side.
 Workloads: a 48x48 greyscale face crop (JPEG) and a 640x480 photo with one face, both made
 from scikit-image's astronaut photo; concurrency 1, 8 and 32. Each run also records the CPU
 time all the server's processes used per request, which says where the time goes.
@@ -94,7 +96,9 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 class Contender:
-    def __init__(self, name: str, command: list[str], env: dict[str, str], body: bytes):
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], body: bytes, cwd: Path = ROOT
+    ):
         self.name = name
 
         def first_inference(server: Server) -> bool:
@@ -110,9 +114,7 @@ class Contender:
             return response.status_code == 200
 
         # Cold start: process start to the first 200 answer to an inference request.
-        self.server = Server(
-            env=env, command=command, workers=None, ready=first_inference, cwd=ROOT
-        )
+        self.server = Server(env=env, command=command, workers=None, ready=first_inference, cwd=cwd)
         self.process = self.server.process
         self.url = self.server.url
         self.cold_start_s = self.server.ready_s
@@ -269,7 +271,7 @@ def to_markdown(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for key, (value, goal) in result["ratios"].items():
-        met = "-" if goal == "(bound)" else ("yes" if goal_met(value, goal) else "no")
+        met = "-" if goal.startswith("(") else ("yes" if goal_met(value, goal) else "no")
         lines.append(f"| {key} | {value} | {goal} | {met} | {_listed(by_round.get(key))} |")
     return "\n".join(lines) + "\n"
 
@@ -366,6 +368,26 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
             round(max(entry["worker_rss_mb"]) / max(base["worker_rss_mb"]), 2),
             "<= 0.25",
         )
+    # Our server against each variant or revision: a change measured side by side.
+    ours = result["contenders"]["ours"]["workloads"]
+    for name in servers:
+        if name == "ours":
+            continue
+        other = result["contenders"][name]["workloads"]
+        for workload, label in (("photo 640x480", "photo"), ("face crop 48x48", "face-crop")):
+            one, eight = CONCURRENCY.index(1), CONCURRENCY.index(8)
+            found[f"ours / {name}, {label} throughput at 8 connections"] = (
+                round(
+                    ours[workload][eight]["throughput_rps"]
+                    / other[workload][eight]["throughput_rps"],
+                    2,
+                ),
+                "(compare)",
+            )
+            found[f"ours / {name}, {label} p50 at 1 connection"] = (
+                round(ours[workload][one]["p50_ms"] / other[workload][one]["p50_ms"], 2),
+                "(compare)",
+            )
     return found
 
 
@@ -382,6 +404,11 @@ def main() -> None:
         metavar="NAME:VAR=VALUE,...",
         help="also run our server with these environment variables (layout experiments)",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run our server as of this git revision (ours@REV), to measure a change",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -389,13 +416,19 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     workloads = make_workloads(folder)
     crop_body = workloads["face crop 48x48"].read_bytes()
-    contenders = {
-        "ours": ([sys.executable, "-m", "emotion_server.cli", "serve"], {}),
-    }
+    serve = [sys.executable, "-m", "emotion_server.cli", "serve"]
+    # name -> (command, environment, working directory)
+    contenders: dict[str, tuple[list[str], dict[str, str], Path]] = {"ours": (serve, {}, ROOT)}
     for variant in args.variant:
         name, _, assignments = variant.partition(":")
         env = dict(item.split("=", 1) for item in assignments.split(",") if item)
-        contenders[name] = ([sys.executable, "-m", "emotion_server.cli", "serve"], env)
+        contenders[name] = (serve, env, ROOT)
+    trees = contextlib.ExitStack()
+    if args.against:
+        from cold_start import worktree  # beside this script
+
+        tree = trees.enter_context(worktree(args.against))
+        contenders[f"ours@{args.against}"] = (serve, {"PYTHONPATH": str(tree / "src")}, tree)
     # The floor: an empty Flask view on the same gunicorn layout (2 sync workers).
     contenders[FLOOR] = (
         [
@@ -403,11 +436,13 @@ def main() -> None:
             *("--chdir", str(ROOT / "bench"), "--bind", "127.0.0.1:{port}", "floor_app:app"),
         ],
         {},
+        ROOT,
     )
     if not args.skip_baseline:
         contenders["baseline"] = (
             [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "{port}"],
             {},
+            ROOT,
         )
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
@@ -422,8 +457,8 @@ def main() -> None:
     try:
         # Started one after the other (each cold start timed on an otherwise idle machine),
         # then all kept running: an idle contender costs the loaded one next to nothing.
-        for name, (command, env) in contenders.items():
-            started[name] = Contender(name, command, env, crop_body)
+        for name, (command, env, cwd) in contenders.items():
+            started[name] = Contender(name, command, env, crop_body, cwd)
             result["contenders"][name] = {"cold_start_s": round(started[name].cold_start_s, 2)}
         for contender in started.values():
             for path in workloads.values():
@@ -448,6 +483,7 @@ def main() -> None:
     finally:
         for contender in started.values():
             contender.stop()
+        trees.close()  # the worktree, once its server has stopped
     combine_rounds(result, rounds, servers)
 
     write_results(Path(args.out), "results", result, to_markdown(result))

@@ -92,6 +92,39 @@ def test_rounds_keep_the_median_run_and_the_median_of_the_ratios_within_rounds(b
     assert "| 25.0 | >= 30 | no | 30.0, 10.0, 25.0 |" in markdown
 
 
+def test_a_revision_is_compared_with_ours_within_each_round(bench):
+    """`--against REV`: ours / ours@REV on photos and crops, each ratio taken within a round
+    (the machine's drift falls on both), and marked as a comparison, not a goal."""
+    ours = [(100.0, 10.0), (60.0, 14.0), (90.0, 11.0)]  # photo req/s at 8, p50 ms at 1
+    theirs = [(80.0, 12.5), (50.0, 14.0), (100.0, 11.0)]
+    rev = "ours@abc123"
+    rounds = [
+        {
+            "contenders": {
+                "ours": {"workloads": {CROP: _rows(500.0, 2.0), PHOTO: _rows(*o)}},
+                rev: {"workloads": {CROP: _rows(400.0, 2.5), PHOTO: _rows(*t)}},
+            },
+            "ceilings": {
+                name: {"faces_per_s": 900.0, "model": "m", "tta": "none", "threads": 2}
+                for name in ("ours", rev)
+            },
+        }
+        for o, t in zip(ours, theirs, strict=True)
+    ]
+    entry = {"cold_start_s": 1.0, "worker_rss_mb": [100.0], "worker_peak_rss_mb": [100.0]}
+    result = {"contenders": {"ours": dict(entry), rev: dict(entry)}}
+    bench.combine_rounds(result, rounds, ["ours", rev])
+
+    key = f"ours / {rev}, photo throughput at 8 connections"
+    assert result["ratio_rounds"][key] == [1.25, 1.2, 0.9]
+    assert result["ratios"][key] == (1.2, "(compare)")
+    assert result["ratio_rounds"][f"ours / {rev}, photo p50 at 1 connection"] == [0.8, 1.0, 1.0]
+    assert result["ratios"][f"ours / {rev}, face-crop throughput at 8 connections"][0] == 1.25
+    assert not any(k.startswith("ours / ours,") for k in result["ratios"])  # not itself
+    markdown = bench.to_markdown({**result, "date": "d", "machine": "m", "command": "c"})
+    assert f"| {key} | 1.2 | (compare) | - | 1.25, 1.2, 0.9 |" in markdown
+
+
 @pytest.fixture(scope="module")
 def alignment():
     return _bench_script("alignment")
