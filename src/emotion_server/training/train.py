@@ -284,8 +284,13 @@ def _write_log(log: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(log[-1]))
     writer.writeheader()
     writer.writerows(log)
+    _atomic_write_text(buffer.getvalue(), path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    """Write then rename, as _atomic_save does."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue())
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -498,7 +503,7 @@ def train(
                     f"{folder} has done {state['epoch']} epochs already: give it more than that"
                 )
             recipe = replace(recipe, epochs=epochs)
-            (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
+            _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
     elif checkpoint_path.exists():
         raise FileExistsError(f"{folder} already holds a run: resume it or choose another name")
     if recipe is None:
@@ -573,7 +578,7 @@ def train(
     else:
         if recipe.init_from:
             progress(f"weights from {_warm_start(model, ema, recipe, spec)}")
-        (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
+        _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
         progress(
             f"run {folder}: {spec.name}, {parameter_count(model) / 1e6:.2f} M parameters, "
             f"{recipe.epochs} epochs of {steps_per_epoch} steps, {threads} threads, "
@@ -636,7 +641,7 @@ def train(
                     recipe = fit.recipe = fitted
                     schedule = _schedule(recipe, steps_per_epoch)
                     scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
-                    (folder / "recipe.toml").write_text(_to_toml(asdict(recipe)))
+                    _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
             if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
                 state = fit.checkpoint(spec, done, best, log)
                 if budget is not None:  # what was asked, beside what fitted
