@@ -188,20 +188,23 @@ def run_wrk(url: str, body_path: Path, connections: int, duration: int) -> dict:
     }
 
 
-def ceiling(env: dict[str, str], seconds: float = 5.0) -> dict:
-    """Faces per second of the model a contender serves (its environment names it), run
-    in-process in batches of 256 on all cores: no HTTP, no decoding."""
+def ceiling(env: dict[str, str], seconds: float = 5.0, cwd: Path = ROOT) -> dict:
+    """Faces per second of the model a contender serves (its environment names it; a bundled
+    one is looked for in `cwd`, its working directory, first), run in-process in batches of
+    256 on all cores: no HTTP, no decoding."""
     from emotion_server.config import Settings
     from emotion_server.faces import NoDetector
     from emotion_server.model import EmotionModel
     from emotion_server.pipeline import Pipeline, PipelineOptions
 
-    settings = Settings.from_env(env, threads=os.cpu_count() or 1, detector="none")
-    pipeline = Pipeline(
-        EmotionModel(settings.model_path, threads=settings.threads),
-        NoDetector(),
-        PipelineOptions.from_settings(settings),
-    )
+    with contextlib.chdir(cwd):
+        settings = Settings.from_env(env, threads=os.cpu_count() or 1, detector="none")
+        pipeline = Pipeline(
+            EmotionModel(settings.model_path, threads=settings.threads),
+            NoDetector(),
+            PipelineOptions.from_settings(settings),
+        )
+        model = os.path.relpath(settings.model_path)  # as the contender's folder has it
     crops = list(np.random.default_rng(0).integers(0, 256, (256, 48, 48), dtype=np.uint8))
     pipeline.classify_crops(crops)
     faces, started = 0, time.perf_counter()
@@ -210,7 +213,7 @@ def ceiling(env: dict[str, str], seconds: float = 5.0) -> dict:
         faces += len(crops)
     return {
         "faces_per_s": round(faces / (time.perf_counter() - started), 1),
-        "model": os.path.relpath(settings.model_path, ROOT),
+        "model": model,
         "tta": pipeline.tta,
         "threads": settings.threads,
     }
@@ -473,7 +476,9 @@ def main() -> None:
                     for contender in order:
                         row = contender.load(path, connections, args.duration)
                         measured[contender.name]["workloads"][workload].append(row)
-            ceilings = {name: ceiling(contenders[name][1]) for name in servers}
+            ceilings = {
+                name: ceiling(contenders[name][1], cwd=contenders[name][2]) for name in servers
+            }
             rounds.append({"contenders": measured, "ceilings": ceilings})
             print(f"round {index + 1} of {args.rounds}: done", file=sys.stderr)
         for name, contender in started.items():
