@@ -822,19 +822,48 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
     served = EmotionModel(tmp_path / "ens.onnx").predict(faces[..., None] / np.float32(255))
     assert np.abs(served - expected).max() <= 1e-4
 
+    # An ensemble whose .h5 would reach the size limit (here: any) is written one member per
+    # file instead, beside the same ONNX file; an .h5 of the whole written before is removed.
     kept = [name for name, w in zip(("m1", "m2"), weights, strict=True) if w]
-    for name in ("m1", "m2"):
-        shutil.rmtree(runs_dir() / name)
-    # Beside its .h5, an accurate mode ships only its INT8 file's card: that is read.
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "ens.h5").write_bytes(b"an older ensemble")
+    report = build_ensemble(
+        ["m1", "m2"],
+        split / "ens.h5",
+        views="centre",
+        balance="auto",
+        data_path=str(fer),
+        taus=(0.5,),
+        max_file_bytes=1,
+    )
+    parts = [f"ens.member{int(name[1]) - 1}.h5" for name in kept]
+    assert report["h5_parts"] == parts
+    assert sorted(f.name for f in split.glob("*.h5")) == parts
+    again = EmotionModel(split / "ens.onnx").predict(faces[..., None] / np.float32(255))
+    assert np.abs(again - served).max() <= 1e-6
+
+    # Beside its .h5, an accurate mode ships only its INT8 file's card: that is read. Members
+    # written one per file are read from the files the card lists.
     (tmp_path / "ens.train.json").rename(tmp_path / "ens.int8.json")
-    reports = recover_run(tmp_path / "ens.h5")
-    assert [Path(r["run"]).name for r in reports] == kept
+    (split / "ens.train.json").rename(split / "ens.int8.json")
+    for source in (tmp_path / "ens.h5", split / "ens.h5"):
+        for name in ("m1", "m2"):
+            shutil.rmtree(runs_dir() / name, ignore_errors=True)
+        reports = recover_run(source)
+        assert [Path(r["run"]).name for r in reports] == kept
+        for name in kept:
+            original = nets[int(name[1]) - 1].state_dict()
+            recovered = load_run_model(name).state_dict()
+            for key, value in original.items():
+                if not key.endswith("num_batches_tracked"):
+                    assert torch.allclose(recovered[key], value, atol=1e-6), key
+    # A part gone missing is named.
+    (split / parts[0]).unlink()
     for name in kept:
-        original = nets[int(name[1]) - 1].state_dict()
-        recovered = load_run_model(name).state_dict()
-        for key, value in original.items():
-            if not key.endswith("num_batches_tracked"):
-                assert torch.allclose(recovered[key], value, atol=1e-6), key
+        shutil.rmtree(runs_dir() / name)
+    with pytest.raises(FileNotFoundError, match=parts[0]):
+        recover_run(split / "ens.h5")
 
 
 @pytest.mark.e2e

@@ -76,14 +76,15 @@ def check_parity(name: str, expected: np.ndarray, got: np.ndarray) -> float:
 def staged(output: Path) -> Iterator[tuple[Path, Path]]:
     """Where to write `output` (.h5) and its .onnx: a scratch folder beside it (one file
     system, so the files can be renamed into place), whose files replace the outputs only when
-    the block ends without an error: a failed parity check leaves the files that were there."""
+    the block ends without an error: a failed parity check leaves the files that were there.
+    Every file written into the folder is moved beside `output` (an ensemble's parts)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
         h5 = Path(scratch) / output.name
         onnx = h5.with_suffix(".onnx")
         yield h5, onnx
-        onnx.replace(output.with_suffix(".onnx"))
-        h5.replace(output)
+        for written in sorted(Path(scratch).iterdir(), key=lambda f: f == h5):  # .h5 last
+            written.replace(output.parent / written.name)
 
 
 def export_onnx(model_path: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:

@@ -71,7 +71,9 @@ def recover_run(
     for name in [run] if run else [m["run"] for m in members]:
         if (resolve_run(name) / CHECKPOINT).exists():
             raise FileExistsError(f"{resolve_run(name)} already holds a run: choose another name")
-    shipped = keras.saving.load_model(model, compile=False)
+    # An ensemble too large for one file was written one member per file (ensemble.py).
+    parts = training.get("h5_parts")
+    shipped = None if parts else keras.saving.load_model(model, compile=False)
     views = training.get("views", "centre")
     balance = (training.get("balance") or {}).get("bias")
     reports = []
@@ -79,13 +81,23 @@ def recover_run(
         if member is not None and not member.get("weight", 1):
             continue  # a weight-0 member is not in the file
         member = member or members[0]
-        if "members" in training:
+        source = model
+        if parts:
+            from emotion_server.training.ensemble import part_name
+
+            source = model.parent / part_name(model, f"member{index}")
+            if source.name not in parts or not source.exists():
+                raise FileNotFoundError(
+                    f"{card_path} lists {', '.join(parts)} beside {model}; {source} is missing"
+                )
+            container = keras.saving.load_model(source, compile=False)
+        elif "members" in training:
             prefix = f"member{index}_"
             (container,) = [layer for layer in shipped.layers if layer.name.startswith(prefix)]
         else:
             container = shipped
         reports.append(
-            _recover_one(container, member, views, balance, str(model), run or member["run"])
+            _recover_one(container, member, views, balance, str(source), run or member["run"])
         )
     return reports
 
