@@ -260,6 +260,16 @@ def test_augmentation_crops_flips_and_erases():
     assert 16 < int(touched.sum()) < 48  # about half the images
 
 
+def test_publictest_is_scored_every_few_epochs_then_each_of_the_last_quarter():
+    from emotion_server.training.train import evaluates
+
+    scored = [done for done in range(1, 151) if evaluates(done, 150, 5)]
+    assert scored == [*range(5, 115, 5), *range(114, 151)]
+    assert all(evaluates(done, 3, 5) for done in (1, 2, 3))  # a short run: every epoch
+    assert [evaluates(done, 12, 1) for done in range(1, 13)] == [True] * 12
+    assert [d for d in range(1, 21) if evaluates(d, 20, 4)] == [4, 8, 12, *range(16, 21)]
+
+
 def _wait_for(predicate, timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -317,6 +327,12 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
             assert torch.allclose(tensor.float(), resumed[key][name].float(), atol=1e-5), name
     strip = [{k: v for k, v in row.items() if "seconds" not in k} for row in whole["log"]]
     assert strip == [{k: v for k, v in row.items() if "seconds" not in k} for row in resumed["log"]]
+    # PublicTest scored every 5th epoch, then each of the last quarter's (31-40).
+    scored = [row["epoch"] for row in whole["log"] if row["public_flip"] is not None]
+    assert scored == [5, 10, 15, 20, 25, 30, *range(31, 41)]
+    assert all(row["public_centre"] is None for row in whole["log"] if row["epoch"] < 5)
+    with (runs_dir() / "whole" / "log.csv").open() as handle:
+        assert [r["public_flip"] == "" for r in csv.DictReader(handle)][:5] == [True] * 4 + [False]
     # A second start under the same name is refused rather than overwriting the run.
     again = subprocess.run(
         [*base, "--name", "whole"], env=env, capture_output=True, text=True, timeout=300
