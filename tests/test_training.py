@@ -473,7 +473,7 @@ def test_a_slow_first_pass_does_not_lock_a_short_budget_short(monkeypatch):
 def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
     """`train --time-budget`: with no time left after the first epoch, a 40-epoch run ends
     there, and its checkpoint and recipe say it is a 1-epoch run (finished, not stopped)."""
-    from emotion_server.training.train import CHECKPOINT, runs_dir
+    from emotion_server.training.train import BEST, CHECKPOINT, runs_dir
 
     base = ["train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
     result = _cli(*base, "--name", "hurried", "--epochs", "40", "--time-budget", "0.001s")
@@ -483,6 +483,7 @@ def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
     assert state["epoch"] == 1 and state["recipe"]["epochs"] == 1
     assert state["time_budget"] == {"seconds": 0.001, "planned_epochs": 40}
     assert "epochs = 1\n" in (runs_dir() / "hurried" / "recipe.toml").read_text()
+    assert torch.load(runs_dir() / "hurried" / BEST, weights_only=False)["epoch"] == 1
 
     ample = _cli(*base, "--name", "unhurried", "--time-budget", "1h")
     assert ample.returncode == 0 and "time budget" not in ample.stdout
@@ -490,7 +491,11 @@ def test_a_run_out_of_time_ends_finished_at_the_epoch_it_reached(fer):
     # Resumed with a new length and no time: one epoch more (timed in this process), then done.
     resumed = _cli("train", "--resume", "unhurried", "--epochs", "40", "--time-budget", "0.001s")
     assert "the run ends at epoch 3" in resumed.stdout, resumed.stdout + resumed.stderr
-    assert torch.load(runs_dir() / "unhurried" / CHECKPOINT, weights_only=False)["epoch"] == 3
+    state = torch.load(runs_dir() / "unhurried" / CHECKPOINT, weights_only=False)
+    assert state["epoch"] == 3
+    # Scored although not a 5th epoch nor in the last quarter of 40: under a time budget every
+    # epoch is, since any may be the last.
+    assert state["log"][-1]["public_flip"] is not None
 
     refused = _cli(*base, "--name", "never", "--time-budget", "soon")
     assert refused.returncode == 2 and "2.5h" in refused.stderr
@@ -810,14 +815,19 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
     for seed in (1, 2):
         recipe = load_recipe(ROOT / "configs" / "smoke.toml", seed=seed)
         train(recipe, f"m{seed}", data_path=str(fer), progress=lambda _: None)
-    report = build_ensemble(
-        ["m1", "m2"],
-        tmp_path / "ens.h5",
-        views="centre",
-        balance="auto",
-        data_path=str(fer),
-        taus=(0.5,),  # the grid is real (`fit_balance`); one value makes the shift certain
-    )
+
+    def build(output: Path, **size) -> dict:
+        return build_ensemble(
+            ["m1", "m2"],
+            output,
+            views="centre",
+            balance="auto",
+            data_path=str(fer),
+            taus=(0.5,),  # the grid is real (`fit_balance`); one value makes the shift certain
+            **size,
+        )
+
+    report = build(tmp_path / "ens.h5")
     assert report["views"] == "centre" and report["balance"]["tau"] == 0.5
     # The recorded PublicTest figure is the shipped ensemble's, adjustment included.
     public = load_fer2013(str(fer))["PublicTest"]
@@ -839,31 +849,27 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
     assert np.abs(served - expected).max() <= 1e-4
 
     # An ensemble whose .h5 would reach the size limit (here: any) is written one member per
-    # file instead, beside the same ONNX file; an .h5 of the whole written before is removed.
+    # file instead, beside the same ONNX file; files of an ensemble written before under that
+    # name (its .h5 of the whole, a member no longer in it) are removed.
     kept = [name for name, w in zip(("m1", "m2"), weights, strict=True) if w]
     split = tmp_path / "split"
     split.mkdir()
     (split / "ens.h5").write_bytes(b"an older ensemble")
-    report = build_ensemble(
-        ["m1", "m2"],
-        split / "ens.h5",
-        views="centre",
-        balance="auto",
-        data_path=str(fer),
-        taus=(0.5,),
-        max_file_bytes=1,
-    )
-    parts = [f"ens.member{int(name[1]) - 1}.h5" for name in kept]
+    (split / "ens.member7.h5").write_bytes(b"an older member")
+    report = build(split / "ens.h5", max_file_bytes=1)
+    parts = [f"member{int(name[1]) - 1}" for name in kept]
     assert report["h5_parts"] == parts
-    assert sorted(f.name for f in split.glob("*.h5")) == parts
+    assert sorted(f.name for f in split.glob("*.h5")) == [f"ens.{part}.h5" for part in parts]
     again = EmotionModel(split / "ens.onnx").predict(faces[..., None] / np.float32(255))
     assert np.abs(again - served).max() <= 1e-6
 
     # Beside its .h5, an accurate mode ships only its INT8 file's card: that is read. Members
-    # written one per file are read from the files the card lists.
+    # written one per file are read from beside the .h5 named, renamed with it as they ship.
     (tmp_path / "ens.train.json").rename(tmp_path / "ens.int8.json")
-    (split / "ens.train.json").rename(split / "ens.int8.json")
-    for source in (tmp_path / "ens.h5", split / "ens.h5"):
+    (split / "ens.train.json").rename(split / "accurate.int8.json")
+    for part in parts:
+        (split / f"ens.{part}.h5").rename(split / f"accurate.{part}.h5")
+    for source in (tmp_path / "ens.h5", split / "accurate.h5"):
         for name in ("m1", "m2"):
             shutil.rmtree(runs_dir() / name, ignore_errors=True)
         reports = recover_run(source)
@@ -874,12 +880,21 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
             for key, value in original.items():
                 if not key.endswith("num_batches_tracked"):
                     assert torch.allclose(recovered[key], value, atol=1e-6), key
-    # A part gone missing is named.
-    (split / parts[0]).unlink()
+    # A member's file gone missing is named.
+    (split / f"accurate.{parts[0]}.h5").unlink()
     for name in kept:
         shutil.rmtree(runs_dir() / name)
-    with pytest.raises(FileNotFoundError, match=parts[0]):
-        recover_run(split / "ens.h5")
+    with pytest.raises(FileNotFoundError, match=f"accurate.{parts[0]}.h5"):
+        recover_run(split / "accurate.h5")
+    # Written whole again under that name, the members' files go.
+    (split / "ens.member0.h5").write_bytes(b"an older member")
+    for name in kept:
+        shutil.rmtree(runs_dir() / name, ignore_errors=True)
+    for seed in (1, 2):  # the runs again, as at the start
+        recipe = load_recipe(ROOT / "configs" / "smoke.toml", seed=seed)
+        train(recipe, f"m{seed}", data_path=str(fer), progress=lambda _: None)
+    assert build(split / "ens.h5")["h5_parts"] is None
+    assert sorted(f.name for f in split.glob("ens*.h5")) == ["ens.h5"]
 
 
 @pytest.mark.e2e

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 
 from emotion_server.config import MAX_WORKERS
 
@@ -148,9 +149,16 @@ def _ensemble(args: argparse.Namespace) -> int:
             f"{member['run']}: PublicTest {member['public_test_accuracy']:.4f}, "
             f"weight {member['weight']}"
         )
+    if report["h5_parts"]:  # too large for one file: one per member (ensemble.py)
+        from emotion_server.training.ensemble import part_path
+
+        parts = [part_path(Path(args.output), key) for key in report["h5_parts"]]
+        saved = ", ".join(map(str, parts)) + " (one .h5 per member)"
+    else:
+        saved = args.output
     print(
         f"ensemble PublicTest {report['public_test_accuracy']:.4f} with {report['views']} "
-        f"views (unadjusted {report['public_test_accuracy_unadjusted']:.4f}); saved {args.output}"
+        f"views (unadjusted {report['public_test_accuracy_unadjusted']:.4f}); saved {saved}"
     )
     return 0
 

@@ -8,6 +8,7 @@ contract does not change.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -19,13 +20,19 @@ from emotion_server.training.data import load_cached
 
 # No file the repository ships reaches 40 MB (tests/test_model.py). An ensemble's Keras file
 # holds every member (a VGG-48 12.5 MB, a VGG-64 25 MB): where it would reach that, each member
-# is written to a file of its own, `<stem>.member<i>.h5`, which `recover` reads instead.
+# is written to a file of its own, `<stem>.member<i>.h5`, which `recover` reads instead. (A
+# single member of 40 MB or more would still be one file over it.)
 MAX_FILE_BYTES = 40_000_000
 
 
-def part_name(output: Path, member: str) -> str:
-    """The file of one member (`member0`, ...) of the ensemble `output` written in parts."""
-    return f"{output.stem}.{member}.h5"
+def part_path(model: Path, member: str) -> Path:
+    """The file of one member (`member0`, ...) of the ensemble `model` (.h5) written in parts:
+    beside it, named after it, so the files can be renamed together."""
+    return model.with_name(f"{model.stem}.{member}.h5")
+
+
+def _part_files(model: Path) -> list[Path]:
+    return list(model.parent.glob(f"{glob.escape(model.stem)}.member*.h5"))
 
 
 def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, rounds: int = 25):
@@ -62,7 +69,7 @@ def build_ensemble(
     """Weight the runs on PublicTest, save the ensemble as `output` (.h5) and its .onnx,
     with `<stem>.train.json` describing members, weights and views; return that report.
     Where the .h5 would reach `max_file_bytes`, each member's Keras model is saved on its own
-    instead (`part_name`; the report lists them as `h5_parts`) and no `output` is written.
+    instead (`part_path`; the report lists them as `h5_parts`) and no `output` is written.
 
     `balance="auto"` fits one logit adjustment for the rare classes on the ensemble's
     PublicTest answers (`training.balance`, as `export --balance auto` does for one network)
@@ -140,30 +147,25 @@ def build_ensemble(
         else:
             h5_staged.unlink()
             worst = 0.0
-            for (
-                layer
-            ) in model.layers:  # the members with a weight, as keras_nets.ensemble names them
+            # The members with a weight, under the names keras_nets.ensemble gives them.
+            for layer in model.layers:
                 if not layer.name.startswith("member"):
                     continue
-                index = int(layer.name.removeprefix("member").split("_")[0])
-                part = h5_staged.with_name(part_name(output, f"member{index}"))
+                key = layer.name.split("_")[0]  # member<i>: i counts every run given
+                part = part_path(h5_staged, key)
                 layer.save(part)
-                loaded = keras.saving.load_model(part, compile=False)
-                worst = max(
-                    worst,
-                    check_parity(
-                        f"PyTorch member {index} and {part.name}",
-                        each[index],
-                        keras_predict(loaded, as_float),
-                    ),
-                )
-                parts.append(part.name)
+                answered = keras_predict(keras.saving.load_model(part, compile=False), as_float)
+                index = int(key.removeprefix("member"))
+                name = f"PyTorch member {index} and {part.name}"
+                worst = max(worst, check_parity(name, each[index], answered))
+                parts.append(key)
             parity["torch_vs_keras"] = worst
-    if parts:  # an .h5 of the whole ensemble written before would now be out of date
-        output.unlink(missing_ok=True)
-    else:
-        for stale in output.parent.glob(part_name(output, "member*")):
-            stale.unlink()
+    # Files of an ensemble written before under this name, now out of date: its .h5 of the
+    # whole, or members not written this time.
+    written = {part_path(output, key) for key in parts}
+    for stale in [output] * bool(parts) + _part_files(output):
+        if stale not in written:
+            stale.unlink(missing_ok=True)
     unadjusted = scores[chosen]["accuracy"]
     report = {
         "members": [
@@ -185,7 +187,8 @@ def build_ensemble(
         "parameters": int(sum(sum(p.numel() for p in n.parameters()) for n in nets)),
         "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
         "shipped_as": f"Keras {keras.__version__} .h5"
-        + (f", one per member: {', '.join(parts)}" if parts else ""),
+        + (f", one per member ({', '.join(parts)})" if parts else ""),
+        # Written one member per file: <stem>.<part>.h5 beside the .h5 (part_path).
         "h5_parts": parts or None,
         "parity_max_abs_diff": parity,
     }

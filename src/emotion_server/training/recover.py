@@ -83,12 +83,13 @@ def recover_run(
         member = member or members[0]
         source = model
         if parts:
-            from emotion_server.training.ensemble import part_name
+            from emotion_server.training.ensemble import part_path
 
-            source = model.parent / part_name(model, f"member{index}")
-            if source.name not in parts or not source.exists():
+            source = part_path(model, f"member{index}")
+            if f"member{index}" not in parts or not source.exists():
                 raise FileNotFoundError(
-                    f"{card_path} lists {', '.join(parts)} beside {model}; {source} is missing"
+                    f"{card_path} says {model}'s members were written one per file; "
+                    f"{source} is missing"
                 )
             container = keras.saving.load_model(source, compile=False)
         elif "members" in training:

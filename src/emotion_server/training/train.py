@@ -81,9 +81,10 @@ class Recipe:
     # begin from those weights, the optimizer and the schedule from scratch (a warm restart).
     init_from: str | None = None
     checkpoint_every: int = 1
-    # PublicTest is scored (and best.pt kept) every epoch of the schedule's last quarter, where
-    # the best epoch falls, and every `evaluate_every`-th one before: on a CPU its two views
-    # cost about 8% of a VGG-64 epoch. Training does not depend on it.
+    # PublicTest is scored (and best.pt kept) at the first epoch, every epoch of the schedule's
+    # last quarter, where the best epoch falls, and every `evaluate_every`-th one before (every
+    # epoch under a time budget): on a CPU its two views cost about 8% of a VGG-64 epoch.
+    # Training does not depend on it.
     evaluate_every: int = 5
     seed: int = 1
     limit_train: int | None = None  # tests: only the first N Training images
@@ -209,13 +210,14 @@ def epochs_within(done: int, planned: int, seconds_left: float, seconds_per_epoc
 class Budget:
     """A run's time budget: how many of its planned epochs fit, measured as the run goes.
 
-    Each pass of the epoch loop (the epoch, its PublicTest score, its saves) is timed on the
-    monotonic clock. An epoch is counted as long as the slowest of the last three passes and
-    the one in progress; the process's first pass (warm caches, kernel choices) is left out
-    as soon as a second is being timed. The run is shortened whenever its epochs no longer
-    fit, and grows back toward the planned length at its second epoch (the first one timed
-    without start-up costs) or in the first quarter of its current length: later, a longer
-    schedule would raise a learning rate that has begun to decay."""
+    Each pass of the epoch loop (the epoch, its PublicTest score, its saves; a run with a budget
+    is scored every epoch) is timed on the monotonic clock. An epoch is counted as long as the
+    slowest of the last three passes and the one in progress; the process's first pass (warm
+    caches, kernel choices) is left out as soon as a second is being timed. The run is
+    shortened whenever its epochs no longer fit, and grows back toward the planned length at
+    its second epoch (the first one timed without start-up costs) or in the first quarter of
+    its current length: later, a longer schedule would raise a learning rate that has begun to
+    decay."""
 
     def __init__(self, deadline: float, planned: Recipe):
         self.deadline = deadline  # on the monotonic clock
@@ -596,6 +598,9 @@ def train(
         )
 
     budget = Budget(deadline, recipe) if deadline is not None else None
+    # A run with a time budget is scored every epoch: the budget times whole epochs, scoring
+    # included, and may end the run at any one of them.
+    every = 1 if budget is not None else recipe.evaluate_every
     # SIGTERM (a time limit, `kill`) ends the epoch loop like Ctrl-C: the last checkpoint stays.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     epoch = start_epoch
@@ -606,7 +611,8 @@ def train(
             train_seconds = time.time() - started
             judged = ema.model if ema is not None else model
             accuracy = centre_accuracy = None
-            if evaluates(epoch + 1, recipe.epochs, recipe.evaluate_every):
+            # The first epoch is scored too, so a run stopped early still has a best.pt.
+            if best["epoch"] == 0 or evaluates(epoch + 1, recipe.epochs, every):
                 centre, mirror = predict_views(judged, public.images, "flip", bf16=use_bf16)
                 accuracy = float(((centre + mirror).argmax(1) == public.labels).mean())
                 centre_accuracy = round(float((centre.argmax(1) == public.labels).mean()), 4)
