@@ -191,7 +191,8 @@ def run_wrk(url: str, body_path: Path, connections: int, duration: int) -> dict:
 def ceiling(env: dict[str, str], seconds: float = 5.0, cwd: Path = ROOT) -> dict:
     """Faces per second of the model a contender serves (its environment names it; a bundled
     one is looked for in `cwd`, its working directory, first), run in-process in batches of
-    256 on all cores: no HTTP, no decoding."""
+    256 on all cores: no HTTP, no decoding. The code that runs it is this tree's, also for a
+    revision's contender (`--against`): its model file, not its code, sets its ceiling."""
     from emotion_server.config import Settings
     from emotion_server.faces import NoDetector
     from emotion_server.model import EmotionModel
@@ -379,18 +380,17 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
         other = result["contenders"][name]["workloads"]
         for workload, label in (("photo 640x480", "photo"), ("face crop 48x48", "face-crop")):
             one, eight = CONCURRENCY.index(1), CONCURRENCY.index(8)
-            found[f"ours / {name}, {label} throughput at 8 connections"] = (
-                round(
-                    ours[workload][eight]["throughput_rps"]
-                    / other[workload][eight]["throughput_rps"],
-                    2,
-                ),
-                "(compare)",
-            )
-            found[f"ours / {name}, {label} p50 at 1 connection"] = (
-                round(ours[workload][one]["p50_ms"] / other[workload][one]["p50_ms"], 2),
-                "(compare)",
-            )
+            compared = {
+                f"{label} throughput at 8 connections": (eight, "throughput_rps"),
+                f"{label} p50 at 1 connection": (one, "p50_ms"),
+            }
+            for what, (row, key) in compared.items():
+                theirs = other[workload][row][key]
+                if theirs:  # a contender that answered nothing has no ratio
+                    found[f"ours / {name}, {what}"] = (
+                        round(ours[workload][row][key] / theirs, 2),
+                        "(compare)",
+                    )
     return found
 
 
@@ -427,37 +427,37 @@ def main() -> None:
         env = dict(item.split("=", 1) for item in assignments.split(",") if item)
         contenders[name] = (serve, env, ROOT)
     trees = contextlib.ExitStack()
-    if args.against:
-        from cold_start import worktree  # beside this script
+    started: dict[str, Contender] = {}
+    try:  # the worktree, too, is removed however the run ends
+        if args.against:
+            from cold_start import worktree  # beside this script
 
-        tree = trees.enter_context(worktree(args.against))
-        contenders[f"ours@{args.against}"] = (serve, {"PYTHONPATH": str(tree / "src")}, tree)
-    # The floor: an empty Flask view on the same gunicorn layout (2 sync workers).
-    contenders[FLOOR] = (
-        [
-            *(sys.executable, "-m", "gunicorn", "--workers", "2"),
-            *("--chdir", str(ROOT / "bench"), "--bind", "127.0.0.1:{port}", "floor_app:app"),
-        ],
-        {},
-        ROOT,
-    )
-    if not args.skip_baseline:
-        contenders["baseline"] = (
-            [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "{port}"],
+            tree = trees.enter_context(worktree(args.against))
+            contenders[f"ours@{args.against}"] = (serve, {"PYTHONPATH": str(tree / "src")}, tree)
+        # The floor: an empty Flask view on the same gunicorn layout (2 sync workers).
+        contenders[FLOOR] = (
+            [
+                *(sys.executable, "-m", "gunicorn", "--workers", "2"),
+                *("--chdir", str(ROOT / "bench"), "--bind", "127.0.0.1:{port}", "floor_app:app"),
+            ],
             {},
             ROOT,
         )
-    result = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "duration_s": args.duration,
-        "rounds": args.rounds,
-        "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
-        "contenders": {},
-    }
-    servers = [name for name in contenders if name not in ("baseline", FLOOR)]
-    started: dict[str, Contender] = {}
-    try:
+        if not args.skip_baseline:
+            contenders["baseline"] = (
+                [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "{port}"],
+                {},
+                ROOT,
+            )
+        result = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
+            "contenders": {},
+        }
+        servers = [name for name in contenders if name not in ("baseline", FLOOR)]
         # Started one after the other (each cold start timed on an otherwise idle machine),
         # then all kept running: an idle contender costs the loaded one next to nothing.
         for name, (command, env, cwd) in contenders.items():
