@@ -327,12 +327,13 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
             assert torch.allclose(tensor.float(), resumed[key][name].float(), atol=1e-5), name
     strip = [{k: v for k, v in row.items() if "seconds" not in k} for row in whole["log"]]
     assert strip == [{k: v for k, v in row.items() if "seconds" not in k} for row in resumed["log"]]
-    # PublicTest scored every 5th epoch, then each of the last quarter's (31-40).
+    # PublicTest scored at the first epoch, every 5th, then each of the last quarter's (31-40).
     scored = [row["epoch"] for row in whole["log"] if row["public_flip"] is not None]
-    assert scored == [5, 10, 15, 20, 25, 30, *range(31, 41)]
-    assert all(row["public_centre"] is None for row in whole["log"] if row["epoch"] < 5)
+    assert scored == [1, 5, 10, 15, 20, 25, 30, *range(31, 41)]
+    assert all(row["public_centre"] is None for row in whole["log"] if 1 < row["epoch"] < 5)
     with (runs_dir() / "whole" / "log.csv").open() as handle:
-        assert [r["public_flip"] == "" for r in csv.DictReader(handle)][:5] == [True] * 4 + [False]
+        empty = [r["public_flip"] == "" for r in csv.DictReader(handle)][:5]
+    assert empty == [False, True, True, True, False]
     # A second start under the same name is refused rather than overwriting the run.
     again = subprocess.run(
         [*base, "--name", "whole"], env=env, capture_output=True, text=True, timeout=300
