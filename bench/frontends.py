@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shlex
 import shutil
 import signal
 import subprocess
@@ -40,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -402,7 +400,7 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run the original design")
     parser.add_argument("--nginx-front", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from run import ceiling, machine, make_workloads, write_results
+    from run import ceiling, make_workloads, run_header, write_results
 
     if args.nginx_front:
         sys.exit(nginx_front(args.nginx_front))
@@ -412,15 +410,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     workloads = make_workloads(folder)
     metrics_dir = str(folder / "metrics")
-    result = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "duration_s": args.duration,
-        "rounds": args.rounds,
-        "command": shlex.join(["python", "bench/frontends.py", *sys.argv[1:]]),
-        "chosen": "gevent",
-        "candidates": {},
-    }
+    result = {**run_header("frontends.py", args), "chosen": "gevent", "candidates": {}}
     for sub in ("granian", "waitress"):
         Path(metrics_dir, sub).mkdir(parents=True, exist_ok=True)
     chosen = {

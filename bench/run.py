@@ -449,14 +449,7 @@ def main() -> None:
                 {},
                 ROOT,
             )
-        result = {
-            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "machine": machine(),
-            "duration_s": args.duration,
-            "rounds": args.rounds,
-            "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
-            "contenders": {},
-        }
+        result = {**run_header("run.py", args), "contenders": {}}
         servers = [name for name in contenders if name not in ("baseline", FLOOR)]
         # Started one after the other (each cold start timed on an otherwise idle machine),
         # then all kept running: an idle contender costs the loaded one next to nothing.
@@ -492,6 +485,18 @@ def main() -> None:
     combine_rounds(result, rounds, servers)
 
     write_results(Path(args.out), "results", result, to_markdown(result))
+
+
+def run_header(script: str, args: argparse.Namespace) -> dict:
+    """What a bench script's results begin with: the date, this machine, how long each load ran
+    and how many rounds, and the command (`script` in bench/, this process's arguments)."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "command": shlex.join(["python", f"bench/{script}", *sys.argv[1:]]),
+    }
 
 
 def write_results(folder: Path, stem: str, result: dict, markdown: str) -> None:

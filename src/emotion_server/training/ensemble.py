@@ -162,10 +162,9 @@ def build_ensemble(
             parity["torch_vs_keras"] = worst
     # Files of an ensemble written before under this name, now out of date: its .h5 of the
     # whole, or members not written this time.
-    written = {part_path(output, key) for key in parts}
-    for stale in [output] * bool(parts) + _part_files(output):
-        if stale not in written:
-            stale.unlink(missing_ok=True)
+    stale = _part_files(output) + ([output] if parts else [])
+    for path in set(stale) - {part_path(output, key) for key in parts}:
+        path.unlink(missing_ok=True)
     unadjusted = scores[chosen]["accuracy"]
     report = {
         "members": [
@@ -186,8 +185,7 @@ def build_ensemble(
         "balance": balanced.to_dict() if balanced else None,
         "parameters": int(sum(sum(p.numel() for p in n.parameters()) for n in nets)),
         "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
-        "shipped_as": f"Keras {keras.__version__} .h5"
-        + (f", one per member ({', '.join(parts)})" if parts else ""),
+        "shipped_as": f"Keras {keras.__version__} .h5" + (", one per member" if parts else ""),
         # Written one member per file: <stem>.<part>.h5 beside the .h5 (part_path).
         "h5_parts": parts or None,
         "parity_max_abs_diff": parity,
