@@ -641,6 +641,29 @@ def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
     assert "epoch 1/" not in refused.stdout
     both = _cli("train", "--resume", "warm", "--init", "source")
     assert both.returncode == 2 and "--init starts a new run" in both.stderr
+    # A resumed run keeps its recipe: options that would change it are refused, not ignored.
+    for option in (["--seed", "3"], ["--config", smoke_path], ["--name", "other"]):
+        changed = _cli("train", "--resume", "warm", *option)
+        assert changed.returncode == 2, option
+        assert f"{option[0]} cannot change a resumed run" in changed.stderr
+
+
+def test_a_run_being_trained_is_not_started_twice(fer):
+    """Two processes training one run folder would write over each other's checkpoints:
+    while one holds the run's lock, a second start is refused before any epoch; the lock goes
+    with the process that held it."""
+    from emotion_server.training.train import CHECKPOINT, run_lock, runs_dir
+
+    start = ["train", "--config", str(ROOT / "configs" / "smoke.toml"), "--data", str(fer)]
+    folder = runs_dir() / "busy"
+    folder.mkdir(parents=True)
+    with run_lock(folder):
+        refused = _cli(*start, "--name", "busy", "--epochs", "1")
+    assert refused.returncode == 2 and "being trained by another process" in refused.stderr
+    assert "epoch 1/" not in refused.stdout and not (folder / CHECKPOINT).exists()
+    started = _cli(*start, "--name", "busy", "--epochs", "1")
+    assert started.returncode == 0, started.stderr
+    assert (folder / CHECKPOINT).exists()
 
 
 @pytest.mark.e2e
@@ -679,6 +702,20 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     public = load_fer2013(str(fer))["PublicTest"]
     answered = _served_accuracy(h5.with_suffix(".onnx"), public)
     assert info["public_test_accuracy"] == round(answered, 4)
+    # Choosing between candidates: PublicTest alone, printed; no card, PrivateTest unread.
+    public_only = _cli(
+        "evaluate",
+        "--model",
+        str(h5.with_suffix(".onnx")),
+        "--data",
+        str(fer),
+        "--train-info",
+        str(h5.with_suffix(".train.json")),
+        "--public-only",
+    )
+    assert public_only.returncode == 0, public_only.stderr
+    assert f"PublicTest: accuracy {info['public_test_accuracy']:.4f}" in public_only.stdout
+    assert "PrivateTest" not in public_only.stdout and not h5.with_suffix(".json").exists()
     result = subprocess.run(
         [
             *CLI,
@@ -700,6 +737,9 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     )
     card = json.loads(h5.with_suffix(".json").read_text())
     assert "confusion matrix" in result.stdout and "precision" in result.stdout
+    # The export's views are in the graph: evaluate adds no server-side mirror image of its own,
+    # so it does not choose between views on PublicTest.
+    assert card["tta"] == "none" and card["tta_public_test_accuracy"] is None
     matrix = np.array(card["metrics"]["PrivateTest"]["confusion_matrix"])
     assert matrix.sum() == 14
     assert card["accuracy"] == round(np.trace(matrix) / matrix.sum(), 4)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from emotion_server.config import MAX_WORKERS
 
+DEFAULT_RECIPE = "configs/default.toml"  # `train` without --config or --resume
 # glibc's malloc settings for gunicorn and its workers (docs/performance.md, detector memory).
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=2097152")
 
@@ -73,10 +74,29 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 2
     if args.resume:
+        # What a recipe says is fixed when its run starts: a resumed run takes its own.
+        given = [
+            option
+            for option, value in (
+                ("--config", args.config),
+                ("--name", args.name),
+                ("--seed", args.seed),
+                ("--teachers", args.teachers),
+            )
+            if value is not None
+        ]
+        if given:
+            print(
+                f"emotion-server: {', '.join(given)} cannot change a resumed run, which "
+                "goes on with its own recipe (recipe.toml in its folder); --epochs and "
+                "--time-budget can",
+                file=sys.stderr,
+            )
+            return 2
         run, recipe = args.resume, None
     else:
         recipe = load_recipe(
-            args.config,
+            args.config or DEFAULT_RECIPE,
             epochs=args.epochs,
             seed=args.seed,
             teachers=args.teachers,
@@ -191,6 +211,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         plots_dir=args.plots,
         name=args.name,
         version=args.version,
+        public_only=args.public_only,
     )
     return 0
 
@@ -393,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a network on FER2013 with PyTorch (needs the [train] extra); resumable",
     )
-    train.add_argument("--config", default="configs/default.toml", help="recipe TOML file")
+    train.add_argument("--config", help=f"recipe TOML file (default: {DEFAULT_RECIPE})")
     train.add_argument(
         "--name",
         help="run name (default: the recipe's); the run folder is "
@@ -519,7 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         choices=["auto", "none", "flip"],
         default="auto",
-        help="test-time augmentation the server will use (auto: the better on PublicTest)",
+        help="test-time augmentation the server will use (auto: none where the training "
+        "info records the views in the model's graph, else the better on PublicTest)",
+    )
+    evaluate.add_argument(
+        "--public-only",
+        action="store_true",
+        help="score PublicTest alone and write nothing: to choose between candidate models",
     )
     evaluate.add_argument("--plots", default="docs", help="folder for the PNG plots")
     evaluate.add_argument("--name", default="emotion-classifier")

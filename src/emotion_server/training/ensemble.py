@@ -160,35 +160,43 @@ def build_ensemble(
                 worst = max(worst, check_parity(name, each[index], answered))
                 parts.append(key)
             parity["torch_vs_keras"] = worst
+        unadjusted = scores[chosen]["accuracy"]
+        report = {
+            "members": [
+                {
+                    **runs_summary(run),
+                    "public_test_accuracy": round(scores[chosen]["members"][i], 4),
+                    "weight": weights[i],
+                }
+                for i, run in enumerate(runs)
+            ],
+            "views": chosen,
+            "views_public_test_accuracy": {k: round(v["accuracy"], 4) for k, v in scores.items()},
+            # PublicTest accuracy of the ensemble as it answers: with the adjusted bias, if any.
+            "public_test_accuracy": round(
+                balanced.public_test["chosen"]["accuracy"] if balanced else unadjusted, 4
+            ),
+            "public_test_accuracy_unadjusted": round(unadjusted, 4),
+            "balance": balanced.to_dict() if balanced else None,
+            # The members that answer: one of weight 0 is in neither file.
+            "parameters": int(
+                sum(
+                    sum(p.numel() for p in net.parameters())
+                    for net, weight in zip(nets, weights, strict=True)
+                    if weight
+                )
+            ),
+            "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
+            "shipped_as": f"Keras {keras.__version__} .h5" + (", one per member" if parts else ""),
+            # Written one member per file: <stem>.<part>.h5 beside the .h5 (part_path).
+            "h5_parts": parts or None,
+            "parity_max_abs_diff": parity,
+        }
+        # In the scratch folder too: it replaces the old one with the model files.
+        h5_staged.with_suffix(".train.json").write_text(json.dumps(report, indent=2) + "\n")
     # Files of an ensemble written before under this name, now out of date: its .h5 of the
     # whole, or members not written this time.
     stale = _part_files(output) + ([output] if parts else [])
     for path in set(stale) - {part_path(output, key) for key in parts}:
         path.unlink(missing_ok=True)
-    unadjusted = scores[chosen]["accuracy"]
-    report = {
-        "members": [
-            {
-                **runs_summary(run),
-                "public_test_accuracy": round(scores[chosen]["members"][i], 4),
-                "weight": weights[i],
-            }
-            for i, run in enumerate(runs)
-        ],
-        "views": chosen,
-        "views_public_test_accuracy": {k: round(v["accuracy"], 4) for k, v in scores.items()},
-        # PublicTest accuracy of the ensemble as it answers: with the adjusted bias, if any.
-        "public_test_accuracy": round(
-            balanced.public_test["chosen"]["accuracy"] if balanced else unadjusted, 4
-        ),
-        "public_test_accuracy_unadjusted": round(unadjusted, 4),
-        "balance": balanced.to_dict() if balanced else None,
-        "parameters": int(sum(sum(p.numel() for p in n.parameters()) for n in nets)),
-        "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
-        "shipped_as": f"Keras {keras.__version__} .h5" + (", one per member" if parts else ""),
-        # Written one member per file: <stem>.<part>.h5 beside the .h5 (part_path).
-        "h5_parts": parts or None,
-        "parity_max_abs_diff": parity,
-    }
-    output.with_suffix(".train.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -179,17 +179,28 @@ def export_run(
             net.layers["probabilities"].bias += torch.tensor(balanced.bias, dtype=torch.float32)
     elif balance != "none":
         raise ValueError(f"balance must be 'auto' or 'none', got {balance!r}")
+    from emotion_server.training.train import predict_proba
+
+    if balanced is not None:  # what ships: these views, the adjusted bias
+        shipped_accuracy = balanced.public_test["chosen"]["accuracy"]
+    else:  # in float32 (training scored its epochs under bfloat16 autocast)
+        from emotion_server.training.data import load_cached
+
+        public = load_cached(data_path)["PublicTest"]
+        shipped_accuracy = float(
+            (predict_proba(net, public.images, views).argmax(1) == public.labels).mean()
+        )
     model = keras_nets.from_torch(net, views, name=Path(output).stem)
     output = Path(output)
     onnx_path = output.with_suffix(".onnx")
+    info_path = output.with_suffix(".train.json")
+    best = torch.load(folder / BEST, map_location="cpu", weights_only=False)
     with staged(output) as (h5_staged, onnx_staged):
         model.save(h5_staged)
         export_torch_onnx([net], views, onnx_staged)
 
         # Three-way parity on sample inputs: the trained network, the shipped file, the served
         # file; checked before they replace anything.
-        from emotion_server.training.train import predict_proba
-
         inputs = sample_inputs()
         expected = predict_proba(net, np.round(inputs[..., 0] * 255).astype(np.uint8), views)
         as_uint8 = scale(np.round(inputs[..., 0] * 255).astype(np.uint8))
@@ -200,31 +211,20 @@ def export_run(
             "torch_vs_keras": check_parity("PyTorch and the .h5", expected, shipped),
             "torch_vs_onnx": check_parity("PyTorch and the ONNX file", expected, served),
         }
-    best = torch.load(folder / BEST, map_location="cpu", weights_only=False)
-    if balanced is not None:  # what ships: these views, the adjusted bias
-        shipped_accuracy = balanced.public_test["chosen"]["accuracy"]
-    elif views == "flip":  # training scored best.pt's weights with exactly these views
-        shipped_accuracy = float(best["public_test_flip"])
-    else:
-        from emotion_server.training.data import load_cached
-
-        public = load_cached(data_path)["PublicTest"]
-        shipped_accuracy = float(
-            (predict_proba(net, public.images, views).argmax(1) == public.labels).mean()
-        )
-    info = {
-        **runs_summary(folder),
-        "best_epoch": best["epoch"],
-        # PublicTest accuracy of the exported model as it answers (its views and bias).
-        "public_test_accuracy": round(float(shipped_accuracy), 4),
-        "views": views,
-        "balance": balanced.to_dict() if balanced else None,
-        "parameters": int(sum(p.numel() for p in net.parameters())),
-        "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
-        "shipped_as": f"Keras {keras.__version__} .h5",
-        "parity_max_abs_diff": report,
-        "exported_on": f"{hostinfo.describe()}, {platform.machine()}",
-    }
-    info_path = output.with_suffix(".train.json")
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+        info = {
+            **runs_summary(folder),
+            "best_epoch": best["epoch"],
+            # PublicTest accuracy of the exported model as it answers (its views and bias).
+            "public_test_accuracy": round(float(shipped_accuracy), 4),
+            "views": views,
+            "balance": balanced.to_dict() if balanced else None,
+            "parameters": int(sum(p.numel() for p in net.parameters())),
+            "trained_with": f"PyTorch {torch.__version__.split('+')[0]}",
+            "shipped_as": f"Keras {keras.__version__} .h5",
+            "parity_max_abs_diff": report,
+            "exported_on": f"{hostinfo.describe()}, {platform.machine()}",
+        }
+        # In the scratch folder too: it replaces the old one with the model files, never
+        # leaving a new model beside an old run's description.
+        h5_staged.with_suffix(".train.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"h5": str(output), "onnx": str(onnx_path), "train_info": str(info_path), **report}

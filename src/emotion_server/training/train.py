@@ -12,6 +12,7 @@ The recipe comes from a TOML file (configs/*.toml), so a run can be repeated exa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -22,7 +23,7 @@ import random
 import signal
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from emotion_server.training.torch_nets import build_torch, parameter_count
 RUNS_ENV = "EMOTION_RUNS_DIR"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+LOCK = "lock"  # held by the process training the run (flock), so no second one starts
 
 
 def runs_dir() -> Path:
@@ -477,7 +479,45 @@ def fixed_targets(
     return targets
 
 
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold the run folder's lock for the block, or raise FileExistsError if another process
+    holds it: two processes training one run would write over each other's checkpoints and
+    share the cores. The lock goes with the process, however it ends (flock; not on Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with (folder / LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"{folder} is being trained by another process: stop it (or let it end) first"
+            ) from None
+        yield
+
+
 def train(
+    recipe: Recipe | None,
+    run: str | os.PathLike,
+    data_path: str | None = None,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+    epochs: int | None = None,
+    time_budget_s: float | None = None,
+) -> dict:
+    """`_train` in the run folder, holding its lock (`run_lock`)."""
+    folder = resolve_run(run)
+    if resume and not (folder / CHECKPOINT).exists():
+        raise FileNotFoundError(f"no checkpoint to resume in {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with run_lock(folder):
+        return _train(recipe, folder, data_path, resume, progress, epochs, time_budget_s)
+
+
+def _train(
     recipe: Recipe | None,
     run: str | os.PathLike,
     data_path: str | None = None,
