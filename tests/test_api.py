@@ -46,6 +46,8 @@ def test_summary_has_the_original_fields(client):
     assert body["accuracy"] == card["accuracy"] and 0.6 <= body["accuracy"] <= 1
     assert body["created_at"] == card["created_at"] and body["version"] == card["version"]
     assert body["mode"] == "default"  # the bundled default model serves
+    # The views its graph holds, from the card's export info; the server's own mirror on top.
+    assert body["model_views"] == card["training"]["views"] in ("centre", "flip", "tencrop")
 
 
 def test_inference_raw_bytes_keeps_prediction(client):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import onnx
@@ -99,6 +100,30 @@ def test_user_model_without_card_reports_nulls(tmp_path):
     assert info.created_at is None
 
 
+def test_a_card_of_the_wrong_shape_stops_the_model_loading_clearly(tmp_path):
+    """A hand-written card beside a user's model is checked where it is read: one that is not
+    an object, or a field /summary reports of the wrong JSON type, fails the load (and so the
+    start) with the field's name, instead of a 500 on every /summary later."""
+    path = tmp_path / "mine.onnx"
+    _identity_like_onnx(path, ["N", 48, 48, 1], ["N", 7])
+    card = path.with_suffix(".json")
+    card.write_text(json.dumps({"version": "2", "accuracy": 0.7, "training": {"views": "flip"}}))
+    assert EmotionModel(path).info().version == "2"
+    for wrong, field in (
+        ({"version": 2}, "version"),
+        ({"accuracy": "69%"}, "accuracy"),
+        ({"accuracy": True}, "accuracy"),
+        ({"metrics": []}, "metrics"),
+        ({"training": {"views": ["flip"]}}, "training.views"),
+    ):
+        card.write_text(json.dumps(wrong))
+        with pytest.raises(ModelLoadError, match=rf"wrong type of {re.escape(field)} \(should"):
+            EmotionModel(path)
+    card.write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="not a JSON object"):
+        EmotionModel(path)
+
+
 def test_fixed_batch_model_is_fed_one_at_a_time(tmp_path):
     path = tmp_path / "fixed.onnx"
     _identity_like_onnx(path, [1, 48, 48, 1], [1, 7])
@@ -163,7 +188,12 @@ def test_only_shipped_models_are_tracked_each_under_40_mb():
         if name.endswith(".json"):
             training = json.loads((ROOT / name).read_text()).get("training") or {}
             stem = name.removeprefix("models/").split(".")[0]
-            shipped |= {f"models/{stem}.{part}.h5" for part in training.get("h5_parts") or []}
+            parts = {f"models/{stem}.{part}.h5" for part in training.get("h5_parts") or []}
+            # Its parts all ship (`recover` needs each), and no stale whole .h5 beside them.
+            assert parts <= set(files), f"{name} lists parts not in git: {parts - set(files)}"
+            if parts:
+                assert f"models/{stem}.h5" not in files, f"{stem}.h5 beside its parts"
+            shipped |= parts
     assert not {name for name in files if name.startswith("models/")} - shipped
     sizes = {name: (ROOT / name).stat().st_size for name in files}
     assert not {name: size for name, size in sizes.items() if size >= 40_000_000}

@@ -215,3 +215,4 @@ def test_summary_with_a_model_card_is_served(tmp_path):
     body = response.get_json()
     assert body["accuracy"] == 0.7012 and body["metrics"] == card["metrics"]
     assert body["test_time_augmentation"] == "flip" and body["name"] == card["name"]
+    assert body["model_views"] is None  # the card does not say

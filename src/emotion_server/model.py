@@ -21,6 +21,15 @@ from emotion_server.errors import ModelLoadError
 from emotion_server.runtime import cpu_session, idle_session
 
 KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
+# The card's fields that /summary and the pipeline read, with their JSON types (null allowed).
+_TEXT, _NUMBER, _OBJECT = (str,), (int, float), (dict,)
+CARD_FIELDS = {
+    **dict.fromkeys(("name", "version", "dataset", "framework", "precision", "created_at"), _TEXT),
+    **dict.fromkeys(("tta",), _TEXT),
+    **dict.fromkeys(("accuracy", "temperature"), _NUMBER),
+    **dict.fromkeys(("metrics", "training"), _OBJECT),
+}
+_JSON_NAMES = {_TEXT: "a string", _NUMBER: "a number", _OBJECT: "an object"}
 
 
 @dataclass(frozen=True)
@@ -88,12 +97,28 @@ class EmotionModel:
 
     @staticmethod
     def _read_card(path: Path) -> dict[str, Any]:
+        """The card beside the model, checked where the server reads it: a hand-written card
+        with a field of the wrong type stops the start with its name, not /summary later."""
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
+            card = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"model card {path} is unreadable: {exc}") from exc
+        if not isinstance(card, dict):
+            raise ModelLoadError(f"model card {path} is not a JSON object")
+        wrong = [
+            f"{key} (should be {_JSON_NAMES[kinds]})"
+            for key, kinds in CARD_FIELDS.items()
+            if card.get(key) is not None
+            and (not isinstance(card[key], kinds) or isinstance(card[key], bool))
+        ]
+        views = (card.get("training") or {}).get("views") if not wrong else None
+        if views is not None and not isinstance(views, str):
+            wrong.append("training.views (should be a string)")
+        if wrong:
+            raise ModelLoadError(f"model card {path}: wrong type of {', '.join(wrong)}")
+        return card
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N,48,48,1] in [0,1] -> float32 [N,7] probabilities (FER2013 order)."""

@@ -359,7 +359,13 @@ class SummaryResponse(BaseModel):
     output_shape: list[int]
     precision: str | None
     created_at: str | None
-    test_time_augmentation: Literal["none", "flip"]
+    test_time_augmentation: Literal["none", "flip"] = Field(
+        description="The mirror image the server adds to each face (EMOTION_TTA)"
+    )
+    model_views: str | None = Field(
+        description="The test-time views built into the model's graph at export (centre, flip "
+        "or tencrop, from its card); null where the card does not say"
+    )
     detector: str
     mode: Literal["default", "accurate"] | None = Field(
         description="Which bundled model serves (EMOTION_MODE); null for a model file named "

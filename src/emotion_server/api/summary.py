@@ -34,6 +34,7 @@ def summary():
     info.update(
         {
             "test_time_augmentation": pipeline.tta,
+            "model_views": (card.get("training") or {}).get("views"),
             "detector": pipeline.detector.name,
             "mode": mode_of(pipeline.model.path),
             "metrics": card.get("metrics"),
