@@ -5,6 +5,7 @@ connections are spread over the workers; a thousand connections at once all get 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import select
@@ -16,6 +17,7 @@ import psutil
 import pytest
 from conftest import SECURITY_HEADERS, GunicornServer
 
+from emotion_server.api.docs import SWAGGER_UI_DIR
 from emotion_server.slowclients import SlowClients, burst, healthz_seconds, summarize
 
 pytestmark = pytest.mark.e2e
@@ -120,6 +122,31 @@ def test_silent_connection_is_closed_without_an_answer(server):
     started = time.monotonic()
     assert sock.recv(1024) == b""  # closed, nothing sent: no request arrived to answer
     assert READ_TIMEOUT_S - 0.1 <= time.monotonic() - started < BOUND_S
+
+
+def test_a_client_that_stops_reading_its_answers_is_cut_off(server):
+    """A client that asks for large answers (the 1.5 MB Swagger UI bundle, 8 times, pipelined:
+    more than the kernel's buffers hold) and reads none is cut off once the server's writes
+    stall past the timeout: it gets part of the answers, then the end of the connection, where
+    a server that waited for it for good would still hold the connection and send them all
+    once read; meanwhile /healthz answers."""
+    asked = 8
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
+    sock.settimeout(BOUND_S)
+    sock.connect(("127.0.0.1", server.port))
+    request = b"GET /docs/assets/js/swagger-ui-bundle.js HTTP/1.1\r\nHost: localhost\r\n"
+    sock.sendall((request + b"\r\n") * (asked - 1) + request + b"Connection: close\r\n\r\n")
+    assert healthz_seconds(server.url, timeout=BOUND_S) < 2
+    time.sleep(READ_TIMEOUT_S + 2)  # reads nothing: the server's writes stall, then it gives up
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    length = (SWAGGER_UI_DIR / "js" / "swagger-ui-bundle.js").stat().st_size
+    assert received.startswith(b"HTTP/1.1 200") and length > 1_000_000
+    assert len(received) < asked * length  # not every answer: cut off
+    assert "write timeout" in server.output()
 
 
 def test_a_large_upload_at_a_fair_rate_is_not_cut_off(server):

@@ -76,6 +76,38 @@ def test_a_client_that_closed_after_the_deadline_reads_as_closed(pair):
     assert sock.recv(4096) == b""  # end of stream, as gunicorn expects it
 
 
+def test_a_client_that_stops_reading_the_answer_is_cut_off(pair):
+    """Writing the answer has the read's bound too: a client that takes none of it (a full
+    receive window) breaks the write after the timeout, as one that went away; a client that
+    reads gets all of it."""
+    import threading
+
+    server_end, _ = pair  # the client end reads nothing
+    sock = DeadlineSocket(server_end, read_timeout=0.3, min_rate=1e12, idle=0)
+    answer = b"x" * 20_000_000  # far more than the socket buffers hold
+    started = time.monotonic()
+    with pytest.raises(BrokenPipeError):
+        sock.sendall(answer)
+    assert 0.25 < time.monotonic() - started < 5 and sock.stalled
+    assert server_end.gettimeout() is None  # the socket is left as it was
+
+    reader_end, writer_end = socket.socketpair()
+    received = []
+    reading = threading.Thread(
+        target=lambda: received.extend(iter(lambda: reader_end.recv(1 << 20), b""))
+    )
+    reading.start()
+    try:
+        writer = DeadlineSocket(writer_end, read_timeout=0.3, min_rate=0, idle=0)
+        writer.sendall(answer[:5_000_000])
+        assert not writer.stalled
+    finally:
+        writer_end.close()
+        reading.join(10)
+        reader_end.close()
+    assert sum(map(len, received)) == 5_000_000
+
+
 def test_slots_are_handed_out_once_and_reused_when_their_process_is_gone():
     board = LoadBoard(slots=3)
     first, second = board.reserve(), board.reserve()

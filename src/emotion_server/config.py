@@ -95,7 +95,8 @@ class Settings:
     # "all", or "off" (accesslog.py).
     access_log: str = "requests"
     # Slow clients (workers.py): a request must arrive whole within read_timeout_s seconds,
-    # plus 1 s per read_min_rate bytes received, or it is answered 408 and closed.
+    # plus 1 s per read_min_rate bytes received, or it is answered 408 and closed; each write
+    # of the answer must be taken within the same bound, or the connection is closed.
     read_timeout_s: float = 10.0
     read_min_rate: float = 100_000.0
     # Access control (api/auth.py, api/cors.py): comma-separated lists; empty turns them off.

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import functools
 import json
+import logging
 import mmap
 import os
 import socket
@@ -75,6 +77,7 @@ class DeadlineSocket:
         self.min_rate = min_rate
         self.idle = idle
         self.timed_out = False
+        self.stalled = False  # the client stopped taking the answer (`_stalled`)
         self.request = None  # gunicorn's request being read, told to close the connection
         self._held: bytes | None = None
         self._hold_next = False
@@ -167,17 +170,54 @@ class DeadlineSocket:
             return
         if self._held is not None:
             data, self._held = self._held + bytes(data), None
-        self._sock.sendall(data, *flags)
+        self._send_all(data, *flags)
 
     def flush(self) -> None:
         self._hold_next = False
         if self._held is not None:
             data, self._held = self._held, None
-            self._sock.sendall(data)
+            self._send_all(data)
+
+    def write_limit(self, size: int) -> float:
+        """Seconds the client has to take `size` bytes of the answer: the read's rule (the
+        timeout, plus 1 s per `min_rate` bytes), so a client that stops reading cannot hold
+        the connection, and what the answer keeps alive (a video's decoder, its upload), for
+        good."""
+        return self.read_timeout + (size / self.min_rate if self.min_rate > 0 else 0.0)
+
+    def _send_all(self, data, *flags: int) -> None:
+        self._sock.settimeout(self.write_limit(len(data)))
+        try:
+            self._sock.sendall(data, *flags)
+        except TimeoutError:
+            self._stalled()
+        finally:
+            self._sock.settimeout(None)
 
     def sendfile(self, *args, **kwargs):
         self.flush()
-        return self._sock.sendfile(*args, **kwargs)
+        # Sent a piece at a time: each must be taken within the timeout.
+        self._sock.settimeout(self.write_limit(0))
+        try:
+            return self._sock.sendfile(*args, **kwargs)
+        except TimeoutError:
+            self._stalled()
+        finally:
+            self._sock.settimeout(None)
+
+    def _stalled(self):
+        """A client that stopped reading the answer is treated as one that went away: the
+        connection closes (gunicorn ignores a broken pipe) and the response is abandoned."""
+        self.stalled = True
+        with contextlib.suppress(OSError):
+            logging.getLogger("gunicorn.error").info(
+                "write timeout: %s did not take the answer in time (%g s, plus 1 s per %g "
+                "bytes); closed",
+                self._sock.getpeername(),
+                self.read_timeout,
+                self.min_rate,
+            )
+        raise BrokenPipeError(errno.EPIPE, "the client stopped reading the answer")
 
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
