@@ -55,6 +55,7 @@ def test_bad_numbers_fail_loudly():
         ("EMOTION_BATCH_MAX_WAIT_MS", "-0.5", "EMOTION_BATCH_MAX_WAIT_MS must be at least 0"),
         ("EMOTION_THREADS", "-2", "EMOTION_THREADS must be at least 0"),
         ("EMOTION_API_KEYS", " , ", "EMOTION_API_KEYS is set but holds no key"),
+        ("EMOTION_API_KEYS", " ", "EMOTION_API_KEYS is set but holds no key"),
         ("EMOTION_MAX_PIXELS", "2000000000", "EMOTION_MAX_PIXELS must be at most 1073741823"),
         ("EMOTION_ALIGN_ROLL", "-1", "EMOTION_ALIGN_ROLL must be at least 0"),
         ("EMOTION_ALIGN_ROLL", "181", "EMOTION_ALIGN_ROLL must be at most 180"),

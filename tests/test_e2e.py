@@ -272,6 +272,24 @@ def test_python_app_py_serves_on_port():
     assert body["output_shape"] == [1, 7]
 
 
+def test_serve_listens_on_an_ipv6_host():
+    """HOST=:: (every IPv6 and, on Linux, IPv4 address) is a bind gunicorn can read: the
+    server answers on the IPv6 loopback, and on 127.0.0.1 too."""
+    if not socket.has_ipv6:
+        pytest.skip("this Python has no IPv6 support")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    server = GunicornServer(env={"HOST": "::"}, workers=1)  # ready: 127.0.0.1 answered /readyz
+    try:
+        body = requests.get(f"http://[::1]:{server.port}/healthz", timeout=10).json()
+        assert body == {"status": "ok"}
+    finally:
+        server.stop()
+
+
 def test_serve_fails_fast_on_missing_model(tmp_path):
     result = serve_refusal(EMOTION_MODEL_PATH=str(tmp_path / "absent.onnx"))
     assert result.returncode == 2

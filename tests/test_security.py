@@ -12,6 +12,7 @@ from conftest import BUNDLED_MODEL, ROOT, SECURITY_HEADERS, GunicornServer, enco
 from openapi_spec_validator import validate
 
 from emotion_server.api import create_app
+from emotion_server.api.state import state_of
 from emotion_server.config import Settings
 
 KEYS = "first-key-0123456789,second-key-9876543210"
@@ -76,6 +77,30 @@ def test_a_valid_key_in_either_header_is_accepted(keyed, headers):
 
 def test_unknown_paths_are_404_not_401(keyed):
     assert keyed.get("/nowhere").status_code == 404
+
+
+def test_an_app_made_with_keys_that_hold_none_is_refused(app):
+    """gunicorn pointed at the factory itself (not `serve`) gets the same check: API keys
+    that hold no key would otherwise leave every route open."""
+    for value in (",", " "):
+        with pytest.raises(ValueError, match="EMOTION_API_KEYS is set but holds no key"):
+            create_app({"api_keys": value}, pipeline=state_of(app).pipeline)
+
+
+def test_doubled_slashes_get_a_json_404_not_an_html_redirect(client):
+    """Werkzeug merges repeated slashes with a 308 to a Location built from the client's Host
+    header, as an HTML page out of reach of the JSON error handlers: here such a path is a
+    path like any other, and matches no route."""
+    for method, path in (("POST", "/inference//batch"), ("GET", "/summary//")):
+        # The path as sent (the test client would read "//..." as a host name).
+        response = client.open(
+            "/",
+            method=method,
+            headers={"Host": "evil.example"},
+            environ_overrides={"PATH_INFO": path},
+        )
+        assert response.status_code == 404, path
+        assert response.get_json()["error"] == "not_found" and "Location" not in response.headers
 
 
 def test_no_keys_means_no_check(client):

@@ -157,8 +157,8 @@ class Settings:
                     f"EMOTION_CORS_ORIGINS: {origin!r} is not an origin as browsers send it, "
                     "scheme://host or scheme://host:port (no path, no trailing slash)"
                 )
-        if self.api_keys.strip() and not self.api_key_list:
-            # "," or "${K1},${K2}" with the variables unset: keys were meant, none came.
+        if self.api_keys and not self.api_key_list:
+            # "," or " " or "${K1},${K2}" with the variables unset: keys were meant, none came.
             return "EMOTION_API_KEYS is set but holds no key (only commas and spaces)"
         return None
 

@@ -16,7 +16,13 @@ if _problem is not None:
     sys.exit(2)
 _settings = Settings.from_env()
 
-bind = f"{_settings.host}:{_settings.port}"
+# An IPv6 address (HOST=::) in brackets, as gunicorn reads an address with its port.
+_host = _settings.host
+bind = (
+    f"[{_host}]:{_settings.port}"
+    if ":" in _host and not _host.startswith("[")
+    else f"{_host}:{_settings.port}"
+)
 workers = _settings.workers
 # gevent: one greenlet per connection, so slow clients cost no thread or process; each
 # request must arrive within EMOTION_READ_TIMEOUT_S or gets a 408 (workers.py; why gevent:

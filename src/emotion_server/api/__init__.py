@@ -24,6 +24,12 @@ def create_app(
     warmed up with one inference on a synthetic image before the app is returned.
     """
     settings = Settings.from_env(**dict(test_config or {}))
+    # `serve` and app.py check this before any worker starts; an app made another way (gunicorn
+    # pointed at this factory) is checked here, so a setting it cannot honour (API keys that
+    # hold no key: no key would be asked for) stops it instead of being passed over.
+    problem = settings.out_of_range()
+    if problem:
+        raise ValueError(problem)
     # An OpenAPI app is a Flask app that also writes the OpenAPI 3.1 document of its routes.
     # Its own docs pages are off: /docs is ours (local assets, no inline script). Requests are
     # read and checked by our views, never by the library's pydantic request validation, so
@@ -42,6 +48,9 @@ def create_app(
         validation_error_status=500,
         static_folder=None,  # the page's assets are the `web` blueprint's
     )
+    # Werkzeug would answer //healthz with an HTML 308 to /healthz, built from the client's
+    # Host header and out of reach of the JSON error handlers: such a path is a JSON 404.
+    app.url_map.merge_slashes = False
     if pipeline is None:
         pipeline = Pipeline.from_settings(settings)
 
