@@ -115,6 +115,31 @@ def test_each_frame_equals_inference_on_that_frame(server, crossing):
             assert face["landmarks"] == wanted["landmarks"]
 
 
+def test_a_large_frame_gets_what_inference_gives_for_that_picture(server, astronaut):
+    """A 1920x1080 frame is reduced for the analysis as a photo of that size is, so its faces,
+    boxes (in the frame's pixels) and probabilities are those of POST /inference on it."""
+    person = videos.actor(astronaut, 600, (0, 0), (0, 0))
+    frames = []
+    for x in (300, 900):
+        canvas = np.full((1080, 1920, 3), 96, np.uint8)
+        canvas[200:800, x : x + 600] = person.picture
+        frames.append(canvas)
+    data = videos.encode_video(frames, fps=1)
+    body = _post(server, data, {"fps": 1}).json()
+    assert body["video"]["width"] == 1920 and body["video"]["height"] == 1080
+    faces = {face["frame"]: face for track in body["tracks"] for face in track["frames"]}
+    assert sorted(faces) == [0, 1]
+    for index, picture in enumerate(videos.decode_frames(data)):
+        answer = requests.post(
+            server.url + "/inference", data=encode(picture, "PNG"), headers=RAW, timeout=30
+        ).json()
+        assert answer["image"] == {"width": 1920, "height": 1080}
+        (expected,) = answer["faces"]
+        assert faces[index]["box"] == expected["box"]
+        assert faces[index]["box"]["x"] > (300 if index == 0 else 900)  # full-frame pixels
+        assert faces[index]["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+
+
 def test_ndjson_streams_one_line_per_frame_then_the_summary(server, crossing):
     data, _ = crossing
     whole = _post(server, data, {"fps": 5}).json()

@@ -18,7 +18,7 @@ import numpy as np
 from emotion_server.contract import EMOTIONS
 from emotion_server.errors import InvalidParameter, VideoTooLong
 from emotion_server.faces import FaceBox
-from emotion_server.imaging import DecodedImage
+from emotion_server.imaging import DecodedImage, block_reduced
 from emotion_server.pipeline import Pipeline
 from emotion_server.results import Classification
 from emotion_server.tracking import IoUTracker
@@ -120,8 +120,15 @@ class VideoTimeline:
 
     def frames(self) -> Iterator[FrameResult]:
         for frame in self.reader.frames(self.sampling.fps, check=self._check_time):
+            # Also before each analysis: the decoder's last packet can release a dozen frames
+            # at once, and a worker past gunicorn's timeout is killed with all its connections.
+            self._check_time(frame.time)
             width, height = frame.picture.size
-            image = DecodedImage(frame.picture, "VIDEO", full_width=width, full_height=height)
+            # Reduced as a photo of that size is (decode_image), so a frame gets what
+            # POST /inference gives for the same picture, at a photo's cost; the boxes are in
+            # the frame's own pixels.
+            picture = block_reduced(frame.picture, self.pipeline.options.decode_side)
+            image = DecodedImage(picture, "VIDEO", full_width=width, full_height=height)
             with self.pipeline.in_flight, self.pipeline.server:
                 result = self.pipeline.analyze_image(image)
             if result.faces:
