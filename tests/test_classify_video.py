@@ -190,3 +190,20 @@ def test_a_fault_of_ours_in_a_video_keeps_its_rows_and_goes_on(folder, capsys):
     assert len(photo) == 1 and photo[0]["error"] is None and photo[0]["emotion"]
     assert summary.errors == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_plot_of_enormous_timestamps_ends(tmp_path):
+    """A crafted file's timestamps can be 1e15 s and more, where adding the axis's 0.2 s step to
+    a tick no longer changes it: the chart is still drawn, in bounded time."""
+    import threading
+
+    from emotion_server.timeline_plot import draw_timeline
+
+    flat = dict.fromkeys(EMOTIONS, 1 / len(EMOTIONS))
+    path = tmp_path / "far.png"
+    drawing = threading.Thread(
+        target=draw_timeline, args=([3e15, 3e15 + 0.5], [flat, flat], "far", path), daemon=True
+    )
+    drawing.start()
+    drawing.join(30)
+    assert not drawing.is_alive() and path.stat().st_size > 0

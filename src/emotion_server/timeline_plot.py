@@ -70,12 +70,16 @@ def draw_timeline(
         draw.line([(x0, y), (x1, y)], fill="#e3e6ec")
         draw.text((x0 - 8, y), f"{p:g}", fill="#333", font=small, anchor="rm")
     step = _step(end - start)
-    tick = math.ceil(start / step) * step
-    while tick <= end + 1e-9:
+    first = math.ceil(start / step)
+    # Counted, not summed: at times of 1e15 s and more (a crafted file's timestamps) adding a
+    # 0.2 s step to a tick no longer changes it, and a summing loop never ended.
+    for index in range(int((end - start) / step) + 2):
+        tick = (first + index) * step
+        if tick > end + 1e-9:
+            break
         x = x_of(tick)
         draw.line([(x, y1), (x, y1 + 5)], fill="#333")
         draw.text((x, y1 + 8), f"{tick:g}", fill="#333", font=small, anchor="mt")
-        tick += step
     draw.rectangle([x0, y0, x1, y1], outline="#333")
     draw.text(((x0 + x1) / 2, HEIGHT - 8), "time (s)", fill="#333", font=small, anchor="mb")
     draw.text((14, (y0 + y1) / 2), "p", fill="#333", font=small, anchor="mm")
