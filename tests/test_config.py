@@ -56,6 +56,7 @@ def test_bad_numbers_fail_loudly():
         ("EMOTION_THREADS", "-2", "EMOTION_THREADS must be at least 0"),
         ("EMOTION_API_KEYS", " , ", "EMOTION_API_KEYS is set but holds no key"),
         ("EMOTION_API_KEYS", " ", "EMOTION_API_KEYS is set but holds no key"),
+        ("EMOTION_API_KEYS", "ok,clé", "EMOTION_API_KEYS: keys must be printable ASCII"),
         ("EMOTION_MAX_PIXELS", "2000000000", "EMOTION_MAX_PIXELS must be at most 1073741823"),
         ("EMOTION_ALIGN_ROLL", "-1", "EMOTION_ALIGN_ROLL must be at least 0"),
         ("EMOTION_ALIGN_ROLL", "181", "EMOTION_ALIGN_ROLL must be at most 180"),

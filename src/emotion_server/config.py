@@ -160,6 +160,9 @@ class Settings:
         if self.api_keys and not self.api_key_list:
             # "," or " " or "${K1},${K2}" with the variables unset: keys were meant, none came.
             return "EMOTION_API_KEYS is set but holds no key (only commas and spaces)"
+        if not all(key.isascii() and key.isprintable() for key in self.api_key_list):
+            # A header's value reaches the app as Latin-1: a key in other text never matches.
+            return "EMOTION_API_KEYS: keys must be printable ASCII (as HTTP headers carry them)"
         return None
 
     @property

@@ -9,6 +9,7 @@ else needs a key: /inference, /inference/batch, /inference/video, /summary and /
 from __future__ import annotations
 
 import copy
+import hashlib
 import hmac
 from typing import Any
 
@@ -50,11 +51,18 @@ def presented_key() -> str | None:
     return None
 
 
-def key_is_valid(candidate: str, keys: tuple[str, ...]) -> bool:
-    """Compared in constant time with every key, so timing tells nothing about them."""
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def key_is_valid(candidate: str, key_digests: tuple[bytes, ...]) -> bool:
+    """Compared in constant time with every key, as SHA-256 digests: all of one length, so
+    timing tells neither a key's bytes nor its length (compare_digest returns at once on
+    inputs of different lengths)."""
+    presented = _digest(candidate)
     found = False
-    for key in keys:
-        found |= hmac.compare_digest(candidate.encode(), key.encode())
+    for digest in key_digests:
+        found |= hmac.compare_digest(presented, digest)
     return found
 
 
@@ -67,6 +75,7 @@ def register(app: Flask) -> None:
     keys = state_of(app).settings.api_key_list
     if not keys:
         return
+    digests = tuple(_digest(key) for key in keys)
 
     @app.before_request
     def _require_key():
@@ -78,7 +87,7 @@ def register(app: Flask) -> None:
                 "This server needs an API key: send it as 'X-API-Key: <key>' or "
                 "'Authorization: Bearer <key>'."
             )
-        if not key_is_valid(candidate, keys):
+        if not key_is_valid(candidate, digests):
             raise Unauthorized("The API key is not valid.")
         return None
 
