@@ -165,6 +165,9 @@ def test_only_listed_origins_get_the_allow_origin_header(keyed):
     refused = keyed.get("/summary", headers={"Origin": "https://a.example"})
     assert refused.status_code == 401
     assert refused.headers["Access-Control-Allow-Origin"] == "https://a.example"
+    # ...and may read why: WWW-Authenticate, not among the headers scripts see by default.
+    exposed = refused.headers["Access-Control-Expose-Headers"].split(", ")
+    assert "WWW-Authenticate" in exposed and refused.headers["WWW-Authenticate"]
 
 
 def test_no_origins_configured_allows_none(client):

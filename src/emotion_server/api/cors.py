@@ -14,6 +14,7 @@ from emotion_server.errors import OriginNotAllowed
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Content-Type, X-API-Key, Authorization"
 MAX_AGE_SECONDS = "600"
+EXPOSE_HEADERS = "WWW-Authenticate, Allow"  # beyond the CORS-safelisted response headers
 
 
 def register(app: Flask) -> None:
@@ -48,4 +49,7 @@ def register(app: Flask) -> None:
         origin = request.headers.get("Origin")
         if allowed(origin):
             response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
+            # Beyond the few headers a cross-origin script may read anyway: why a 401 was
+            # refused, and what a 405 allows.
+            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response
