@@ -134,7 +134,15 @@ class VideoReader:
         try:
             # Tags that are not UTF-8 (a Latin-1 title) are read with replacement characters:
             # in strict mode they fail the whole file, and nothing here reads them.
-            self.container = av.open(source, mode="r", metadata_errors="replace")
+            # The decoders' pixel bound holds from the start: opening decodes a few frames of
+            # every stream to learn their parameters (6000x6000 ones took 87 MB before any
+            # check; bounded, 15 MB, and the stream still says its size for the 413 below).
+            self.container = av.open(
+                source,
+                mode="r",
+                metadata_errors="replace",
+                options={"max_pixels": str(self._decoder_max_pixels)},
+            )
         except av.error.FFmpegError as exc:
             if _looks_like_video(head):
                 raise CorruptVideo(
