@@ -18,8 +18,10 @@ from emotion_server.api.limits import room_for_uploads
 from emotion_server.api.metrics import observe_result
 from emotion_server.api.schemas import (
     BATCH_BODY,
+    BODY_FAULTS,
     COMMON_RESPONSES,
     INFERENCE_BODY,
+    READ_TIMEOUT,
     BatchResponse,
     InferenceResponse,
     error_response,
@@ -151,8 +153,9 @@ def result_json(result: InferenceResult) -> dict:
     responses={
         200: InferenceResponse,
         400: error_response(
-            "empty_body, invalid_image, corrupt_image, missing_file or invalid_json"
+            f"empty_body, invalid_image, corrupt_image, missing_file, invalid_json, {BODY_FAULTS}"
         ),
+        408: READ_TIMEOUT,
         413: error_response("payload_too_large (the body) or image_too_large (its pixels)"),
         415: error_response("unsupported_media_type or unsupported_image_format"),
         507: error_response("insufficient_storage (no room left to hold a multipart upload)"),
@@ -207,7 +210,8 @@ def _read_file(file: FileStorage, limit: int) -> bytes | PayloadTooLarge:
     "images are classified in one batched model call.",
     responses={
         200: BatchResponse,
-        400: error_response("missing_file (no file in the field 'images')"),
+        400: error_response(f"missing_file (no file in the field 'images'), {BODY_FAULTS}"),
+        408: READ_TIMEOUT,
         413: error_response("too_many_images or payload_too_large (the whole request)"),
         415: error_response("unsupported_media_type (the body is not multipart/form-data)"),
         507: error_response("insufficient_storage (no room left to hold the upload)"),

@@ -511,6 +511,14 @@ def error_response(description: str) -> dict[str, Any]:
 # Every operation can fail unexpectedly; the blueprints add this to each of theirs.
 COMMON_RESPONSES: dict[int, Any] = {500: ErrorBody}
 
+# What any upload can meet before the view reads it (workers.py, api/errors.py): in the text
+# of each upload's 400, and its 408.
+BODY_FAULTS = "malformed_body (broken chunked framing) or bad_request (a body cut short)"
+READ_TIMEOUT = error_response(
+    "read_timeout: the request did not arrive whole within EMOTION_READ_TIMEOUT_S (plus 1 s "
+    "per EMOTION_READ_MIN_RATE bytes); the connection is closed"
+)
+
 METRICS_TEXT = {
     "description": "Prometheus metrics in the text exposition format (all workers together)",
     "content": {"text/plain": {"schema": {"type": "string"}}},

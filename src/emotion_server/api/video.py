@@ -18,7 +18,9 @@ from flask_openapi3 import APIBlueprint, Tag
 from emotion_server.api.limits import room_for_uploads
 from emotion_server.api.metrics import observe_stream_error
 from emotion_server.api.schemas import (
+    BODY_FAULTS,
     COMMON_RESPONSES,
+    READ_TIMEOUT,
     VIDEO_OK,
     VIDEO_REQUEST,
     SamplingModel,
@@ -134,8 +136,9 @@ def _wants_ndjson() -> bool:
         200: VIDEO_OK,
         400: error_response(
             "empty_body, missing_file, invalid_parameter, invalid_video, corrupt_video, "
-            "no_video_stream or empty_video"
+            f"no_video_stream, empty_video, {BODY_FAULTS}"
         ),
+        408: READ_TIMEOUT,
         413: error_response(
             "payload_too_large (the body), image_too_large (a frame's pixels) or "
             "video_too_long (its duration, or the work it takes)"
