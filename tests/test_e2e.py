@@ -12,7 +12,16 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import ASTRONAUT_FACE, BUNDLED_MODEL, ROOT, GunicornServer, encode, serve_refusal
+from conftest import (
+    ASTRONAUT_FACE,
+    BUNDLED_MODEL,
+    ROOT,
+    GunicornServer,
+    encode,
+    metric_value,
+    parse_metrics,
+    serve_refusal,
+)
 from test_imaging import _png_header_only
 
 from emotion_server.api.state import state_of
@@ -99,10 +108,17 @@ def _raw_exchange(server, data: bytes) -> tuple[int, str, dict]:
 def test_requests_the_http_parser_refuses_get_json_errors(server, request_bytes, status, code):
     """gunicorn refuses these before the app sees them; the answer is JSON with a stable code
     (gunicorn's own is an HTML page), and the server serves on."""
+
+    def refused() -> float:
+        samples = parse_metrics(requests.get(server.url + "/metrics", timeout=10).text)
+        return metric_value(samples, "emotion_http_errors_total", endpoint="unmatched", code=code)
+
+    before = refused()
     got, content_type, body = _raw_exchange(server, request_bytes)
     assert (got, body["error"]) == (status, code), body
     assert content_type == "application/json" and body["message"]
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert refused() == before + 1  # counted in /metrics, though the app never saw it
 
 
 def test_parser_refusals_under_gthread_and_in_the_access_log():

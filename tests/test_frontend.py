@@ -15,7 +15,8 @@ from collections import Counter
 
 import psutil
 import pytest
-from conftest import SECURITY_HEADERS, GunicornServer
+import requests
+from conftest import SECURITY_HEADERS, GunicornServer, metric_value, parse_metrics
 
 from emotion_server.api.docs import SWAGGER_UI_DIR
 from emotion_server.slowclients import SlowClients, burst, healthz_seconds, summarize
@@ -59,7 +60,15 @@ def _status_and_body(data: bytes) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def _unmatched_errors(server, code: str) -> float:
+    text = requests.get(server.url + "/metrics", timeout=BOUND_S).text
+    return metric_value(
+        parse_metrics(text), "emotion_http_errors_total", endpoint="unmatched", code=code
+    )
+
+
 def test_header_trickle_is_answered_408_json(server):
+    before = _unmatched_errors(server, "read_timeout")
     sock = _connect(server)
     started = time.monotonic()
     sock.sendall(b"POST /inference HTTP/1.1\r\nHost: localhost\r\n")
@@ -72,6 +81,8 @@ def test_header_trickle_is_answered_408_json(server):
     head = data.partition(b"\r\n\r\n")[0].decode().lower()
     for name, value in SECURITY_HEADERS.items():
         assert f"\r\n{name.lower()}: {value.lower()}\r\n" in head
+    # ...and counted in /metrics like the app's answers (no route: `unmatched`).
+    assert _unmatched_errors(server, "read_timeout") == before + 1
 
 
 @pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])

@@ -464,6 +464,7 @@ class ReadDeadline:
         if isinstance(exc, ReadTimeout):
             # Nothing of a request arrived: close quietly. Part of one: say why, then close.
             if isinstance(client, DeadlineSocket) and client.received:
+                _count_answer(req, 408, exc.code, client.started)
                 with contextlib.suppress(OSError):
                     answer_read_timeout(client, exc)
                     client.linger()
@@ -482,6 +483,8 @@ class ReadDeadline:
             addr = addr or ("", -1)
             self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
             message = f"The request could not be read: {exc}."
+            started = client.started if isinstance(client, DeadlineSocket) else None
+            _count_answer(req, int(status.split()[0]), code, started)
             with contextlib.suppress(OSError):
                 write_json_error(client, status, code, message)
                 if isinstance(client, DeadlineSocket):
@@ -581,6 +584,22 @@ class ThreadWorker(ReadDeadline, gthread.ThreadWorker):
             return False
         sock.next_request()
         return keep
+
+
+def _count_answer(req, status: int, code: str, started: float | None) -> None:
+    """Count an answer the worker wrote itself (the app never saw the request) in /metrics,
+    as the app's hooks count theirs: no route matched, so under the `unmatched` endpoint."""
+    # Imported here, in a worker: gunicorn's master imports this module and must not import
+    # prometheus_client (metrics.py says why).
+    from emotion_server import metrics
+    from emotion_server.api.metrics import KNOWN_METHODS, UNMATCHED
+
+    method = getattr(req, "method", None)
+    method = method if method in KNOWN_METHODS else "other"
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    with contextlib.suppress(Exception):  # the count must never cost the answer
+        metrics.observe_request(UNMATCHED, method, status, elapsed)
+        metrics.observe_error(UNMATCHED, code)
 
 
 def _body_failed(req) -> bool:
