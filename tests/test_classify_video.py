@@ -207,3 +207,6 @@ def test_a_plot_of_enormous_timestamps_ends(tmp_path):
     drawing.start()
     drawing.join(30)
     assert not drawing.is_alive() and path.stat().st_size > 0
+    # One sample so far out that a second added to it is lost in rounding: still drawn.
+    draw_timeline([1e16], [flat], "farther", tmp_path / "farther.png")
+    assert (tmp_path / "farther.png").stat().st_size > 0

@@ -85,6 +85,29 @@ def test_header_trickle_is_answered_408_json(server):
     assert _unmatched_errors(server, "read_timeout") == before + 1
 
 
+def test_a_body_left_unread_after_its_answer_gets_no_second_answer(server):
+    """A request answered without its body being read (a 404 here; a 401 or 413 alike): the
+    rest of the body, trickled after the answer and then stalled, is not a new request, so
+    the connection closes with no 408 nobody asked for, and nothing is counted for it."""
+    before = _unmatched_errors(server, "read_timeout")
+    sock = _connect(server)
+    sock.sendall(
+        b"POST /nowhere HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 404")
+    sock.sendall(b"y" * 10)  # more of the same body, then nothing
+    rest = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert rest == b"", rest  # closed, with no second answer
+    assert _unmatched_errors(server, "read_timeout") == before
+
+
 @pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])
 def test_body_trickle_is_answered_408_json(server, multipart):
     if multipart:

@@ -638,6 +638,7 @@ def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
     other.write_text(smoke.replace('"tiny"', '"vgg"\narch_args = { width = 8, dense = 16 }'))
     refused = _cli(*base, "--config", str(other), "--name", "other", "--init", "source")
     assert refused.returncode == 2 and "needs the same network" in refused.stderr
+    assert not (runs_dir() / "other").exists()  # a refused start leaves no folder behind
     assert "epoch 1/" not in refused.stdout
     both = _cli("train", "--resume", "warm", "--init", "source")
     assert both.returncode == 2 and "--init starts a new run" in both.stderr

@@ -90,12 +90,19 @@ def test_pictures_that_grow_past_the_limit_part_way_are_not_decoded():
         assert [frame.picture.size for frame in reader.frames(5)][2] == (400, 400)
 
 
-def test_opening_a_video_far_past_the_limit_decodes_none_of_its_pictures(tmp_path):
+@pytest.mark.parametrize(
+    ("container", "refusal"),
+    [("mp4", "6000x6000 = 36000000 pixels; the limit is 1000000"), ("flv", "format is not")],
+)
+def test_opening_a_video_far_past_the_limit_decodes_none_of_its_pictures(
+    tmp_path, container, refusal
+):
     """Opening a file decodes a few frames of each stream to learn its parameters, before any
     check of ours: the decoders' pixel bound holds from there, so a 6000x6000 video is refused
-    (413 image_too_large, its size still known) without its 54 MB pictures being made. Peak
-    memory of the opening, in a fresh process: about 87 MB more without the bound, 15 MB with
-    it."""
+    (413 image_too_large, its size still known) without its 54 MB pictures being made. A
+    format whose streams appear only as it is read (FLV) would escape that bound: it is refused
+    (415) before it is read. Peak memory of the opening, in a fresh process: about 87 MB more
+    without the bound, 15 MB with it."""
     import subprocess
     import sys
 
@@ -103,11 +110,11 @@ def test_opening_a_video_far_past_the_limit_decodes_none_of_its_pictures(tmp_pat
 
     path = tmp_path / "big.mp4"
     frames = [np.full((6000, 6000, 3), 90 + 20 * i, np.uint8) for i in range(3)]
-    path.write_bytes(videos.encode_video(frames, fps=1))
+    path.write_bytes(videos.encode_video(frames, fps=1, container=container))
     # The peak of this process's own memory (VmHWM; ru_maxrss carries the parent's over exec).
     script = f"""
 import re
-from emotion_server.errors import ImageTooLarge
+from emotion_server.errors import ImageTooLarge, UnsupportedVideoFormat
 from emotion_server.video_reader import VideoReader
 def peak_kb():
     return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
@@ -115,7 +122,7 @@ data = open({str(path)!r}, "rb").read()
 before = peak_kb()
 try:
     VideoReader(data, max_seconds=60, max_pixels=1_000_000)
-except ImageTooLarge as error:
+except (ImageTooLarge, UnsupportedVideoFormat) as error:
     print(error.message)
 print((peak_kb() - before) // 1024)
 """
@@ -124,7 +131,7 @@ print((peak_kb() - before) // 1024)
     )
     assert done.returncode == 0, done.stderr
     message, grown_mb = done.stdout.strip().splitlines()
-    assert "6000x6000" in message and "the limit is 1000000" in message
+    assert refusal in message, message
     assert int(grown_mb) < 40, f"opening took {grown_mb} MB more"
 
 

@@ -98,7 +98,7 @@ def test_a_client_that_stops_reading_the_answer_is_cut_off(pair):
     )
     reading.start()
     try:
-        writer = DeadlineSocket(writer_end, read_timeout=0.3, min_rate=0, idle=0)
+        writer = DeadlineSocket(writer_end, read_timeout=0.3, min_rate=1e6, idle=0)
         writer.sendall(answer[:5_000_000])
         assert not writer.stalled
     finally:

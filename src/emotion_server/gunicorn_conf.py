@@ -18,11 +18,8 @@ _settings = Settings.from_env()
 
 # An IPv6 address (HOST=::) in brackets, as gunicorn reads an address with its port.
 _host = _settings.host
-bind = (
-    f"[{_host}]:{_settings.port}"
-    if ":" in _host and not _host.startswith("[")
-    else f"{_host}:{_settings.port}"
-)
+_ipv6 = ":" in _host and not _host.startswith(("[", "unix:"))
+bind = f"[{_host}]:{_settings.port}" if _ipv6 else f"{_host}:{_settings.port}"
 workers = _settings.workers
 # gevent: one greenlet per connection, so slow clients cost no thread or process; each
 # request must arrive within EMOTION_READ_TIMEOUT_S or gets a 408 (workers.py; why gevent:

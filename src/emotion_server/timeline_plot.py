@@ -56,7 +56,8 @@ def draw_timeline(
     x0, y0, x1, y1 = LEFT, TOP, WIDTH - RIGHT, HEIGHT - BOTTOM
     start, end = (times[0], times[-1]) if times else (0.0, 1.0)
     if end <= start:
-        end = start + 1.0
+        # At least a second, and wide enough to tell apart from `start` at any magnitude.
+        end = start + max(1.0, 8 * math.ulp(start))
 
     def x_of(t: float) -> float:
         return x0 + (t - start) / (end - start) * (x1 - x0)

@@ -137,13 +137,20 @@ class VideoReader:
             # The decoders' pixel bound holds from the start: opening decodes a few frames of
             # every stream to learn their parameters (6000x6000 ones took 87 MB before any
             # check; bounded, 15 MB, and the stream still says its size for the 413 below).
+            # It reaches the streams a file lists up front; other demuxers (FLV, MPEG-PS) make
+            # theirs while reading, unbounded, so only ours are opened at all.
             self.container = av.open(
                 source,
                 mode="r",
                 metadata_errors="replace",
                 options={"max_pixels": str(self._decoder_max_pixels)},
+                container_options={"format_whitelist": ",".join(CONTAINERS)},
             )
         except av.error.FFmpegError as exc:
+            if exc.errno == errno.EINVAL:  # a format FFmpeg knows, not on the list
+                raise UnsupportedVideoFormat(
+                    f"This file's format is not supported: send {FORMATS_TEXT}."
+                ) from None
             if _looks_like_video(head):
                 raise CorruptVideo(
                     f"The video is truncated or corrupt ({exc.strerror or exc})."

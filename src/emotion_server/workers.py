@@ -32,6 +32,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import mmap
 import os
 import socket
@@ -43,6 +44,7 @@ import gevent
 import gevent.server
 import gevent.socket
 from gunicorn import util
+from gunicorn.http import body as gunicorn_body
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import ggevent, gthread
@@ -78,6 +80,10 @@ class DeadlineSocket:
         self.idle = idle
         self.timed_out = False
         self.stalled = False  # the client stopped taking the answer (`_stalled`)
+        # Bytes of the last request's body its answer left unread (gunicorn reads them off
+        # before the next request): a timeout among them is not a new request's.
+        self.unread_body: float = 0
+        self.first_byte_at: float | None = None
         self.request = None  # gunicorn's request being read, told to close the connection
         self._held: bytes | None = None
         self._hold_next = False
@@ -88,6 +94,7 @@ class DeadlineSocket:
         the wait is `read_timeout` on a new connection and `idle` (keep-alive) after that."""
         self.started = time.monotonic()
         self.received = 0
+        self.first_byte_at = None
         self.first_byte_by = self.started + (self.read_timeout if first else self.idle)
 
     def deadline(self) -> float:
@@ -116,6 +123,8 @@ class DeadlineSocket:
             data = self._recv_arrived(size, *flags)
             if data is None:
                 self._expire()
+        if data and not self.received:
+            self.first_byte_at = time.monotonic()
         self.received += len(data)
         return data
 
@@ -450,12 +459,14 @@ class ReadDeadline:
         (malformed chunked encoding; the app answered 400 malformed_body) is answered with
         `Connection: close` and the connection closed: where the next request starts is lost."""
         sock.request = req
+        sock.unread_body = 0
         closes = req.should_close
         req.should_close = lambda: _body_failed(req) or closes()
         sock.hold_head()
         try:
             yield
         finally:
+            sock.unread_body = _unread_body(req)
             sock.flush()
             if sock.timed_out:  # the app answered 408 mid-body (and closes: framing is lost)
                 sock.linger()
@@ -463,8 +474,12 @@ class ReadDeadline:
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, ReadTimeout):
             # Nothing of a request arrived: close quietly. Part of one: say why, then close.
-            if isinstance(client, DeadlineSocket) and client.received:
-                _count_answer(req, 408, exc.code, client.started)
+            if isinstance(client, DeadlineSocket) and 0 < client.received <= client.unread_body:
+                # Only the rest of a body whose request was answered arrived (gunicorn reads it
+                # off before the next request): nothing new to answer, nor to count.
+                self.log.info("read timeout from %s in a body left unread: closed", addr)
+            elif isinstance(client, DeadlineSocket) and client.received:
+                _count_answer(req, 408, exc.code, client.first_byte_at)
                 with contextlib.suppress(OSError):
                     answer_read_timeout(client, exc)
                     client.linger()
@@ -483,8 +498,8 @@ class ReadDeadline:
             addr = addr or ("", -1)
             self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
             message = f"The request could not be read: {exc}."
-            started = client.started if isinstance(client, DeadlineSocket) else None
-            _count_answer(req, int(status.split()[0]), code, started)
+            started = client.first_byte_at if isinstance(client, DeadlineSocket) else None
+            _count_answer(req or getattr(exc, "req", None), int(status.split()[0]), code, started)
             with contextlib.suppress(OSError):
                 write_json_error(client, status, code, message)
                 if isinstance(client, DeadlineSocket):
@@ -584,6 +599,17 @@ class ThreadWorker(ReadDeadline, gthread.ThreadWorker):
             return False
         sock.next_request()
         return keep
+
+
+def _unread_body(req) -> float:
+    """Bytes of `req`'s body still to come off the socket after its answer: what is left of a
+    Content-Length, all of an unfinished chunked body (inf), none otherwise."""
+    reader = getattr(getattr(req, "body", None), "reader", None)
+    if isinstance(reader, gunicorn_body.LengthReader):
+        return reader.length
+    if isinstance(reader, gunicorn_body.ChunkedReader) and reader.parser is not None:
+        return math.inf
+    return 0
 
 
 def _count_answer(req, status: int, code: str, started: float | None) -> None:

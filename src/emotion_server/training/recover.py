@@ -118,23 +118,27 @@ def write_finished_run(
     """A run folder that holds a finished network without its optimizer state (from a shipped
     `.h5` here, from a packed run in transfer.py): its best.pt, and a checkpoint marked
     `recovered_from` `source`, which `train --resume` refuses."""
-    from emotion_server.training.train import BEST, CHECKPOINT, _atomic_save
+    from emotion_server.training.train import BEST, CHECKPOINT, _atomic_save, run_lock
 
     folder.mkdir(parents=True, exist_ok=True)
-    # Each file whole or not at all, the checkpoint (which marks the folder a run) last.
-    _atomic_save(
-        {
-            "arch": arch,
-            "recipe": recipe,
-            "epoch": best["epoch"],
-            "public_test_flip": best["accuracy"],
-            "weights": weights,
-        },
-        folder / BEST,
-    )
-    state = {"format": 1, "recovered_from": source, "recipe": recipe, "arch": arch}
-    state.update(epoch=epochs_done, best=best, log=log, **extra)
-    _atomic_save(state, folder / CHECKPOINT)
+    # Not into a run being trained (before its first checkpoint, nothing else says so).
+    with run_lock(folder):
+        if (folder / CHECKPOINT).exists():
+            raise FileExistsError(f"{folder} already holds a run: choose another name")
+        # Each file whole or not at all, the checkpoint (which marks the folder a run) last.
+        _atomic_save(
+            {
+                "arch": arch,
+                "recipe": recipe,
+                "epoch": best["epoch"],
+                "public_test_flip": best["accuracy"],
+                "weights": weights,
+            },
+            folder / BEST,
+        )
+        state = {"format": 1, "recovered_from": source, "recipe": recipe, "arch": arch}
+        state.update(epoch=epochs_done, best=best, log=log, **extra)
+        _atomic_save(state, folder / CHECKPOINT)
 
 
 def _recover_one(container, member: dict, views: str, balance, source: str, run) -> dict:

@@ -512,9 +512,18 @@ def train(
     folder = resolve_run(run)
     if resume and not (folder / CHECKPOINT).exists():
         raise FileNotFoundError(f"no checkpoint to resume in {folder}")
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with run_lock(folder):
-        return _train(recipe, folder, data_path, resume, progress, epochs, time_budget_s)
+    try:
+        with run_lock(folder):
+            return _train(recipe, folder, data_path, resume, progress, epochs, time_budget_s)
+    except BaseException:
+        # A start refused before anything was written (a recipe's mistake) leaves no folder.
+        if made and [path.name for path in folder.iterdir()] == [LOCK]:
+            (folder / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _train(
