@@ -103,6 +103,8 @@ def _raw_exchange(server, data: bytes) -> tuple[int, str, dict]:
             501,
             "unsupported_transfer_coding",
         ),
+        # A proxy's mount point (trusted from loopback) that the path is outside of.
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nSCRIPT_NAME: /api\r\n\r\n", 404, "not_found"),
     ],
 )
 def test_requests_the_http_parser_refuses_get_json_errors(server, request_bytes, status, code):

@@ -49,6 +49,7 @@ def test_readyz_is_503_json_until_warmed_up():
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["error"] == "not_ready" and response.get_json()["message"]
+    assert response.headers["Retry-After"] == "1"  # when to ask again, as 503 allows
     assert app.test_client().get("/healthz").status_code == 200  # alive all the same
 
 

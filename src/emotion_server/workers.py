@@ -266,6 +266,9 @@ PARSE_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str, 
         "headers_too_large",
     ),
     (http_errors.ExpectationFailed, "417 Expectation Failed", "expectation_failed"),
+    # A path outside the mount point a proxy (trusted by gunicorn's forwarded_allow_ips) gave
+    # in a SCRIPT_NAME header, or the SCRIPT_NAME variable: no route of ours is there.
+    (http_errors.ConfigurationProblem, "404 Not Found", "not_found"),
     (
         http_errors.UnsupportedTransferCoding,
         "501 Not Implemented",

@@ -91,7 +91,10 @@ def readyz():
     readiness = state.readiness
     if not readiness.ready:
         return error_json(
-            "not_ready", "The model is not loaded and warmed up yet: try again shortly.", 503
+            "not_ready",
+            "The model is not loaded and warmed up yet: try again shortly.",
+            503,
+            {"Retry-After": "1"},  # the warm-up is one inference
         )
     pipeline = state.pipeline
     return jsonify(
