@@ -410,10 +410,11 @@ def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
     for bad in ("soon", "0", "-5m", "", "inf", "1e400"):
         with pytest.raises(ValueError):
             parse_duration(bad)
-    from emotion_server.training.train import Recipe, train
+    from emotion_server.training.train import Recipe, resolve_run, train
 
     with pytest.raises(ValueError, match="finite"):
         train(Recipe(), "never-started", time_budget_s=float("inf"))
+    assert not resolve_run("never-started").exists()  # refused before any folder is made
 
 
 def test_a_budget_follows_the_measured_epochs(monkeypatch):

@@ -509,6 +509,8 @@ def train(
     time_budget_s: float | None = None,
 ) -> dict:
     """`_train` in the run folder, holding its lock (`run_lock`)."""
+    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
+        raise ValueError(f"a time budget must be positive and finite, not {time_budget_s!r}")
     folder = resolve_run(run)
     if resume and not (folder / CHECKPOINT).exists():
         raise FileNotFoundError(f"no checkpoint to resume in {folder}")
@@ -542,8 +544,6 @@ def _train(
     complete: after each epoch, the run's length becomes the planned epochs that fit in the
     time left, as this process measures them (`Budget`), and the cosine decay follows it.
     Returns the run's summary (best PublicTest accuracy and epoch, log)."""
-    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
-        raise ValueError(f"a time budget must be positive and finite, not {time_budget_s!r}")
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
     folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
