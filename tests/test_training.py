@@ -705,32 +705,14 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     answered = _served_accuracy(h5.with_suffix(".onnx"), public)
     assert info["public_test_accuracy"] == round(answered, 4)
     # Choosing between candidates: PublicTest alone, printed; no card, PrivateTest unread.
-    public_only = _cli(
-        "evaluate",
-        "--model",
-        str(h5.with_suffix(".onnx")),
-        "--data",
-        str(fer),
-        "--train-info",
-        str(h5.with_suffix(".train.json")),
-        "--public-only",
-    )
+    evaluate = ["evaluate", "--model", str(h5.with_suffix(".onnx")), "--data", str(fer)]
+    evaluate += ["--train-info", str(h5.with_suffix(".train.json"))]
+    public_only = _cli(*evaluate, "--public-only")
     assert public_only.returncode == 0, public_only.stderr
     assert f"PublicTest: accuracy {info['public_test_accuracy']:.4f}" in public_only.stdout
     assert "PrivateTest" not in public_only.stdout and not h5.with_suffix(".json").exists()
     result = subprocess.run(
-        [
-            *CLI,
-            "evaluate",
-            "--model",
-            str(h5.with_suffix(".onnx")),
-            "--data",
-            str(fer),
-            "--train-info",
-            str(h5.with_suffix(".train.json")),
-            "--plots",
-            str(tmp_path / "plots"),
-        ],
+        [*CLI, *evaluate, "--plots", str(tmp_path / "plots")],
         env=env,
         check=True,
         capture_output=True,

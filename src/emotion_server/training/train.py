@@ -530,14 +530,14 @@ def train(
 
 def _train(
     recipe: Recipe | None,
-    run: str | os.PathLike,
-    data_path: str | None = None,
-    resume: bool = False,
-    progress: Callable[[str], None] = print,
-    epochs: int | None = None,
-    time_budget_s: float | None = None,
+    folder: Path,
+    data_path: str | None,
+    resume: bool,
+    progress: Callable[[str], None],
+    epochs: int | None,
+    time_budget_s: float | None,
 ) -> dict:
-    """Train `recipe` into the run folder `run`, or (resume=True) continue the run there,
+    """Train `recipe` into the run folder `folder`, or (resume=True) continue the run there,
     `epochs` long if given: the cosine schedule follows the new length from where it is.
 
     With `time_budget_s`, the run ends within that many seconds from now, its schedule
@@ -545,7 +545,6 @@ def _train(
     time left, as this process measures them (`Budget`), and the cosine decay follows it.
     Returns the run's summary (best PublicTest accuracy and epoch, log)."""
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
-    folder = resolve_run(run)
     checkpoint_path = folder / CHECKPOINT
     state = None
     if resume:
