@@ -650,6 +650,29 @@ def test_a_warm_restart_starts_from_the_other_runs_best_weights(fer, tmp_path):
         assert f"{option[0]} cannot change a resumed run" in changed.stderr
 
 
+def test_training_commands_say_what_is_wrong_without_a_traceback(tmp_path):
+    """A recipe that is missing or not TOML, and the training extra not installed (as after
+    the README's serving install): a message and exit status 2, no traceback."""
+    broken = tmp_path / "broken.toml"
+    broken.write_text("epochs = [\n")
+    for config, fragment in (
+        (tmp_path / "absent.toml", "No such file or directory"),
+        (broken, "broken.toml is not valid TOML"),
+    ):
+        done = _cli("train", "--config", str(config))
+        assert done.returncode == 2 and fragment in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    without_torch = (
+        "import sys; sys.modules['torch'] = None; from emotion_server.cli import main; "
+        "sys.exit(main(['train', '--config', 'configs/smoke.toml']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", without_torch], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and "needs the training extra (torch is missing)" in done.stderr
+    assert 'pip install -e ".[train]"' in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_run_being_trained_is_not_started_twice(fer):
     """Two processes training one run folder would write over each other's checkpoints:
     while one holds the run's lock, a second start is refused before any epoch; the lock goes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tomllib
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -95,13 +96,18 @@ def _train(args: argparse.Namespace) -> int:
             return 2
         run, recipe = args.resume, None
     else:
-        recipe = load_recipe(
-            args.config or DEFAULT_RECIPE,
-            epochs=args.epochs,
-            seed=args.seed,
-            teachers=args.teachers,
-            init_from=args.init,
-        )
+        config = args.config or DEFAULT_RECIPE
+        try:
+            recipe = load_recipe(
+                config,
+                epochs=args.epochs,
+                seed=args.seed,
+                teachers=args.teachers,
+                init_from=args.init,
+            )
+        except tomllib.TOMLDecodeError as exc:
+            print(f"emotion-server: {config} is not valid TOML: {exc}", file=sys.stderr)
+            return 2
         run = args.name or recipe.name
     try:
         summary = train(
@@ -557,9 +563,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Imported only by the training commands: missing, the `train` extra is not installed.
+TRAINING_MODULES = frozenset({"torch", "keras", "h5py", "onnx", "sklearn", "matplotlib"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 2 with a message, not a traceback, for what a user can put right: a
+    missing training extra, a file that cannot be read or written, a recipe that is wrong."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAINING_MODULES:
+            raise
+        print(
+            f"emotion-server: this command needs the training extra ({exc.name} is missing): "
+            'pip install -e ".[train]"',
+            file=sys.stderr,
+        )
+        return 2
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
