@@ -1,13 +1,15 @@
 """The original client: `python test_client.py URL` prints the model summary;
 `python test_client.py URL IMAGE` prints the prediction for IMAGE (and the faces found);
 `python test_client.py URL --batch IMAGE IMAGE...` sends several images in one request to
-/inference/batch and prints each one's prediction (or its error).
+/inference/batch and prints each one's prediction (or its error); the exit status is 1 where
+any image failed.
 
 Only the standard library is used, so it runs anywhere Python does.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -28,6 +30,13 @@ def _json(data: bytes, what: str) -> dict:
     return body
 
 
+def _request(url: str, **kwargs) -> urllib.request.Request:
+    try:
+        return urllib.request.Request(url, **kwargs)
+    except ValueError as error:  # "://x": no host
+        raise SystemExit(f"not a URL the client can use: {url} ({error})") from None
+
+
 def _call(request: urllib.request.Request) -> dict:
     url = request.full_url
     try:
@@ -40,6 +49,8 @@ def _call(request: urllib.request.Request) -> dict:
         raise SystemExit(f"cannot reach {url}: {error.reason}") from None
     except OSError as error:  # a timeout, a connection reset
         raise SystemExit(f"cannot reach {url}: {error}") from None
+    except (http.client.InvalidURL, ValueError, OverflowError) as error:  # a port not a number
+        raise SystemExit(f"not a URL the client can use: {url} ({error})") from None
 
 
 def _read(path: str) -> bytes:
@@ -51,12 +62,12 @@ def _read(path: str) -> bytes:
 
 
 def summary(url: str) -> dict:
-    return _call(urllib.request.Request(url.rstrip("/") + "/summary"))
+    return _call(_request(url.rstrip("/") + "/summary"))
 
 
 def infer(url: str, image_path: str) -> dict:
     data = _read(image_path)
-    request = urllib.request.Request(
+    request = _request(
         url.rstrip("/") + "/inference",
         data=data,
         headers={"Content-Type": "application/octet-stream"},
@@ -80,7 +91,7 @@ def infer_batch(url: str, image_paths: list[str]) -> dict:
             + b"\r\n"
         )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
+    request = _request(
         url.rstrip("/") + "/inference/batch",
         data=body,
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
@@ -126,7 +137,7 @@ def main(argv: list[str]) -> int:
                 print(f"{path}: error {result['error']}: {result['message']}")
             else:
                 print_result(result, prefix=f"{path}: ")
-        return 0
+        return 1 if any("error" in result for result in results) else 0
     if len(argv) == 2:
         print(json.dumps(summary(url), indent=2))
         return 0

@@ -81,6 +81,8 @@ def test_service_and_hpa_point_at_the_deployment(manifests):
     (metric,) = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu"
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    # The autoscaler alone sets the count: a Deployment's own would reset it at each apply.
+    assert "replicas" not in deployment["spec"]
 
 
 def test_pod_runs_as_the_images_non_root_user(manifests):

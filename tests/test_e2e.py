@@ -231,6 +231,15 @@ def test_original_client_says_what_went_wrong(server, tmp_path):
     assert no_scheme.returncode == 2 and f"for example {server.url}" in no_scheme.stderr
     missing = run(server.url, str(tmp_path / "absent.jpg"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+    letter_o = run("http://localhost:50OO")  # a port with letters in it
+    assert letter_o.returncode == 1 and "not a URL the client can use" in letter_o.stderr
+    for unusable in ("http://localhost:99999", "http://"):
+        assert run(unusable).returncode == 1  # said, without a traceback (run checks)
+    # A batch with an image the server refused: its error printed, and exit status 1.
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    mixed = run(server.url, "--batch", str(text), str(text))
+    assert mixed.returncode == 1 and "error invalid_image" in mixed.stdout
 
     class Proxy(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

@@ -65,6 +65,28 @@ def test_page_and_assets_are_served_with_security_headers(client):
         assert asset.headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_the_scripts_are_javascript_on_a_host_without_a_mime_table():
+    """Python takes file types from the system's MIME table; a slim image may have none (and
+    Python 3.11's own table says application/javascript). The page's scripts are still served
+    as text/javascript, which browsers run under nosniff."""
+    import subprocess
+    import sys
+
+    from conftest import BUNDLED_MODEL, ROOT
+
+    script = (
+        "import mimetypes; mimetypes.knownfiles[:] = []; mimetypes.init(files=[]); "
+        "from emotion_server.api import create_app; "
+        f"app = create_app({{'model_path': {str(BUNDLED_MODEL)!r}}}); "
+        "print(app.test_client().get('/static/app.js').mimetype)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "text/javascript"
+
+
 def test_api_responses_carry_the_headers_too(client):
     response = client.get("/healthz")
     assert response.headers["X-Content-Type-Options"] == "nosniff"

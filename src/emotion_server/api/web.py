@@ -6,6 +6,7 @@ works offline and under a Content-Security-Policy of 'self'.
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
 from flask import send_from_directory
@@ -14,6 +15,10 @@ from flask_openapi3 import APIBlueprint, Tag
 from emotion_server.api.schemas import COMMON_RESPONSES, HTML_PAGE
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+# The page's scripts as JavaScript whatever the host's MIME table says: Python reads it from the
+# system (a slim image may have none, and Windows' registry can say text/plain for .js, which
+# the browser refuses to run under X-Content-Type-Options: nosniff).
+mimetypes.add_type("text/javascript", ".js")
 
 bp = APIBlueprint(
     "web",
