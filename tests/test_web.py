@@ -646,6 +646,25 @@ def test_video_boxes_follow_faces_and_timeline_is_drawn(watched, server, crossin
 
 
 @pytest.mark.e2e
+def test_a_photo_answer_of_an_unknown_shape_is_said(watched, server, astronaut_file):
+    """A 200 JSON answer that is not the server's (a proxy's, say): the page says it could
+    not show it, instead of an exception with "Analysing..." left on the screen."""
+    tab = watched()
+    page = tab.page
+    page.route(
+        "**/inference",
+        lambda route: route.fulfill(status=200, content_type="application/json", body="{}"),
+    )
+    page.goto(server.url + "/")
+    page.get_by_label("Choose a photo").set_input_files(str(astronaut_file))
+    alert = page.locator("#error")
+    alert.wait_for()
+    assert "could not be shown" in alert.inner_text()
+    assert page.locator("#status").inner_text() == ""
+    tab.assert_clean()
+
+
+@pytest.mark.e2e
 def test_video_error_is_shown_in_words(watched, server, tmp_path):
     not_a_video = tmp_path / "notes.mp4"
     not_a_video.write_text("this is not a video\n")
@@ -657,6 +676,9 @@ def test_video_error_is_shown_in_words(watched, server, tmp_path):
     alert.wait_for()
     text = alert.inner_text()
     assert "not a video we can read" in text and "invalid_video" in text and "400" in text
+    # The player cannot play it either, but no note says its analysis is below: there is none.
+    page.wait_for_function("document.getElementById('player').error !== null")
+    assert page.locator("#video-note").is_hidden()
     tab.assert_clean(allowed="status of 400")
 
 
@@ -750,7 +772,8 @@ def test_video_answer_that_breaks_off_is_said(watched, server, crossing_webm):
     alert = page.locator("#video-error")
     alert.wait_for()
     assert "ended before its summary" in alert.inner_text()
-    assert "1 frames so far" in page.locator("#video-status").inner_text()
+    # Not "Analysing..." for ever: the page says it stopped, and where.
+    assert page.locator("#video-status").inner_text() == "Stopped after 1 analysed frame."
     tab.assert_clean()
 
 

@@ -65,13 +65,16 @@
   const KEY_ITEM = "emotion-server-api-key";
   // A header value must be printable ASCII here (fetch refuses other characters outright).
   const KEY_FORM = /^[\x21-\x7e]+$/;
-  let keptKey = null; // where the browser blocks sessionStorage: this page's life only
+  let keptKey = null; // the key given on this page (sessionStorage may block or refuse it)
 
   function storedKey() {
+    // The key given on this page first: storage may have refused it (full) and still hold an
+    // older one. A reload finds it in storage.
+    if (keptKey) return keptKey;
     try {
       return sessionStorage.getItem(KEY_ITEM);
     } catch {
-      return keptKey;
+      return null;
     }
   }
 
@@ -285,16 +288,33 @@
     } catch {
       bitmap = null; // e.g. TIFF: the server reads it, this browser cannot show it
     }
-    const body = await classify(file, number);
-    if (!body || number !== latest) return;
-    drawSource(bitmap, body.image.width, body.image.height);
-    render(body);
-    if (!bitmap) {
-      setStatus(`${statusLine.textContent} (This browser cannot display the picture itself.)`);
+    try {
+      const body = await classify(file, number);
+      if (!body || number !== latest) return;
+      showAnswer(() => {
+        drawSource(bitmap, body.image.width, body.image.height);
+        render(body);
+      });
+      if (!bitmap) {
+        setStatus(`${statusLine.textContent} (This browser cannot display the picture itself.)`);
+      }
+      // On a narrow screen the result is below the controls: bring it into view.
+      if (stage.getBoundingClientRect().top > window.innerHeight) {
+        $("picture-title").scrollIntoView({ block: "start" });
+      }
+    } finally {
+      bitmap?.close(); // its pixels are on the canvas now, or not wanted (a newer photo won)
     }
-    // On a narrow screen the result is below the controls: bring it into view.
-    if (stage.getBoundingClientRect().top > window.innerHeight) {
-      $("picture-title").scrollIntoView({ block: "start" });
+  }
+
+  // An answer of a shape this page does not know (a proxy's own 200, say) is said, not left
+  // as an exception with "Analysing..." on the screen.
+  function showAnswer(draw) {
+    try {
+      draw();
+    } catch (error) {
+      setStatus("");
+      showError(`The server's answer could not be shown (${error.message}).`);
     }
   }
 
@@ -399,8 +419,10 @@
     if (!blob || number !== latest) return;
     const body = await classify(blob, number);
     if (!body || number !== latest) return;
-    drawSource(frame, frame.width, frame.height);
-    render(body);
+    showAnswer(() => {
+      drawSource(frame, frame.width, frame.height);
+      render(body);
+    });
   }
 
   async function liveLoop(run) {

@@ -45,6 +45,7 @@
   function showError(text) {
     errorLine.textContent = text;
     errorLine.hidden = !text;
+    if (text) note.hidden = true; // "the analysis is below" would not be true
   }
 
   // ---- Sending the video and reading the stream ----------------------------------------
@@ -128,14 +129,21 @@
       }
     } catch (error) {
       if (number !== latest) return;
+      stopped();
       showError(
         `The answer broke off (${error.name}: ${error.message}); the frames before it are shown.`,
       );
       return;
     }
     if (!finished) {
+      stopped();
       showError("The answer ended before its summary; the frames before it are shown.");
     }
+  }
+
+  function stopped() {
+    const count = frames.length;
+    statusLine.textContent = `Stopped after ${count} analysed frame${count === 1 ? "" : "s"}.`;
   }
 
   function handle(line) {
@@ -158,6 +166,7 @@
       finished = true;
     } else if (line.type === "error") {
       finished = true;
+      stopped();
       showError(`${line.message} (${line.error}; the frames before it are shown)`);
     }
   }
@@ -350,7 +359,7 @@
   // The server reads more formats than a browser plays (AVI, GIF, HEVC in some): the analysis
   // is still shown, without the boxes over the picture.
   player.addEventListener("error", () => {
-    if (player.src) note.hidden = false;
+    if (player.src && errorLine.hidden) note.hidden = false; // not when the server refused it
   });
 
   // A video dropped anywhere on the page (app.js takes the drop).
