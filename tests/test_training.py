@@ -391,7 +391,7 @@ def test_a_resumed_run_can_be_given_a_new_length(fer):
     assert refused.returncode == 2 and "has done 4 epochs already" in refused.stderr
 
 
-def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
+def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit(tmp_path, monkeypatch):
     from emotion_server.training.train import epochs_within, parse_duration
 
     # 1 epoch done, an hour left at 100 s an epoch: 36 more fit.
@@ -410,11 +410,13 @@ def test_a_time_budget_shortens_the_run_to_the_epochs_that_fit():
     for bad in ("soon", "0", "-5m", "", "inf", "1e400"):
         with pytest.raises(ValueError):
             parse_duration(bad)
-    from emotion_server.training.train import Recipe, resolve_run, train
+    from emotion_server.training.train import Recipe, train
 
+    # A runs folder that cannot be made (under a file): refused before any folder is tried.
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("EMOTION_RUNS_DIR", str(tmp_path / "a-file" / "runs"))
     with pytest.raises(ValueError, match="finite"):
         train(Recipe(), "never-started", time_budget_s=float("inf"))
-    assert not resolve_run("never-started").exists()  # refused before any folder is made
 
 
 def test_a_budget_follows_the_measured_epochs(monkeypatch):
@@ -655,9 +657,12 @@ def test_training_commands_say_what_is_wrong_without_a_traceback(tmp_path):
     the README's serving install): a message and exit status 2, no traceback."""
     broken = tmp_path / "broken.toml"
     broken.write_text("epochs = [\n")
+    misspelt = tmp_path / "misspelt.toml"
+    misspelt.write_text("epoch = 3\n")
     for config, fragment in (
         (tmp_path / "absent.toml", "No such file or directory"),
         (broken, "broken.toml is not valid TOML"),
+        (misspelt, "misspelt.toml: unknown recipe keys"),
     ):
         done = _cli("train", "--config", str(config))
         assert done.returncode == 2 and fragment in done.stderr, done.stderr

@@ -108,6 +108,9 @@ def _train(args: argparse.Namespace) -> int:
         except tomllib.TOMLDecodeError as exc:
             print(f"emotion-server: {config} is not valid TOML: {exc}", file=sys.stderr)
             return 2
+        except ValueError as exc:  # unknown keys, a file that is not UTF-8
+            print(f"emotion-server: {config}: {exc}", file=sys.stderr)
+            return 2
         run = args.name or recipe.name
     try:
         summary = train(
@@ -582,7 +585,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except BrokenPipeError:
+        # Standard output's reader has gone (`| head`): quietly, as a command killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
 

@@ -500,7 +500,11 @@ class ReadDeadline:
             status, code = refusal
             addr = addr or ("", -1)
             self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
-            message = f"The request could not be read: {exc}."
+            message = (
+                f"Nothing is served outside this server's mount point ({exc})."
+                if code == "not_found"
+                else f"The request could not be read: {exc}."
+            )
             started = client.first_byte_at if isinstance(client, DeadlineSocket) else None
             _count_answer(req or getattr(exc, "req", None), int(status.split()[0]), code, started)
             with contextlib.suppress(OSError):

@@ -291,10 +291,11 @@
     try {
       const body = await classify(file, number);
       if (!body || number !== latest) return;
-      showAnswer(() => {
+      const shown = showAnswer(body, () => {
         drawSource(bitmap, body.image.width, body.image.height);
         render(body);
       });
+      if (!shown) return;
       if (!bitmap) {
         setStatus(`${statusLine.textContent} (This browser cannot display the picture itself.)`);
       }
@@ -307,15 +308,24 @@
     }
   }
 
-  // An answer of a shape this page does not know (a proxy's own 200, say) is said, not left
-  // as an exception with "Analysing..." on the screen.
-  function showAnswer(draw) {
-    try {
-      draw();
-    } catch (error) {
-      setStatus("");
-      showError(`The server's answer could not be shown (${error.message}).`);
+  // An answer of a shape this page does not know (a proxy's own 200, say) is said, before
+  // anything is drawn, not left as an exception with "Analysing..." on the screen.
+  function showAnswer(body, draw) {
+    const image = body.image;
+    const known =
+      image && image.width > 0 && image.height > 0 && Array.isArray(body.faces) &&
+      typeof body.prediction === "string" && body.probabilities;
+    if (known) {
+      try {
+        draw();
+        return true;
+      } catch (error) {
+        console.error(error); // a fault of the page's own: for its tests to see
+      }
     }
+    setStatus("");
+    showError("The server's answer could not be shown: it is not the answer this page knows.");
+    return false;
   }
 
   // Space opens the file chooser natively; Enter does too, as on the buttons beside it.
@@ -419,10 +429,11 @@
     if (!blob || number !== latest) return;
     const body = await classify(blob, number);
     if (!body || number !== latest) return;
-    showAnswer(() => {
+    const shown = showAnswer(body, () => {
       drawSource(frame, frame.width, frame.height);
       render(body);
     });
+    if (!shown) stopLive();
   }
 
   async function liveLoop(run) {

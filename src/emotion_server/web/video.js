@@ -128,7 +128,7 @@
         if (done) break;
       }
     } catch (error) {
-      if (number !== latest) return;
+      if (number !== latest || finished) return; // the summary or the error line came first
       stopped();
       showError(
         `The answer broke off (${error.name}: ${error.message}); the frames before it are shown.`,
