@@ -24,8 +24,9 @@ KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
 # The card's fields that /summary and the pipeline read, with their JSON types (null allowed).
 _TEXT, _NUMBER, _OBJECT = (str,), (int, float), (dict,)
 CARD_FIELDS = {
-    **dict.fromkeys(("name", "version", "dataset", "framework", "precision", "created_at"), _TEXT),
-    **dict.fromkeys(("tta",), _TEXT),
+    **dict.fromkeys(
+        ("name", "version", "dataset", "framework", "precision", "created_at", "tta"), _TEXT
+    ),
     **dict.fromkeys(("accuracy", "temperature"), _NUMBER),
     **dict.fromkeys(("metrics", "training"), _OBJECT),
 }

@@ -79,7 +79,7 @@ class DeadlineSocket:
         self.min_rate = min_rate
         self.idle = idle
         self.timed_out = False
-        self.stalled = False  # the client stopped taking the answer (`_stalled`)
+        self.stalled = False  # the client stopped taking the answer (`_writing`)
         # Bytes of the last request's body its answer left unread (gunicorn reads them off
         # before the next request): a timeout among them is not a new request's.
         self.unread_body: float = 0
@@ -195,38 +195,35 @@ class DeadlineSocket:
         return self.read_timeout + (size / self.min_rate if self.min_rate > 0 else 0.0)
 
     def _send_all(self, data, *flags: int) -> None:
-        self._sock.settimeout(self.write_limit(len(data)))
-        try:
+        with self._writing(len(data)):
             self._sock.sendall(data, *flags)
-        except TimeoutError:
-            self._stalled()
-        finally:
-            self._sock.settimeout(None)
 
     def sendfile(self, *args, **kwargs):
         self.flush()
-        # Sent a piece at a time: each must be taken within the timeout.
-        self._sock.settimeout(self.write_limit(0))
-        try:
+        with self._writing(0):  # sent a piece at a time: each within the timeout
             return self._sock.sendfile(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _writing(self, size: int):
+        """A write of `size` bytes bounded by `write_limit`. A client that stopped reading the
+        answer is treated as one that went away: the connection closes (gunicorn ignores a
+        broken pipe) and the response is abandoned."""
+        self._sock.settimeout(self.write_limit(size))
+        try:
+            yield
         except TimeoutError:
-            self._stalled()
+            self.stalled = True
+            with contextlib.suppress(OSError):
+                logging.getLogger("gunicorn.error").info(
+                    "write timeout: %s did not take the answer in time (%g s, plus 1 s per %g "
+                    "bytes); closed",
+                    self._sock.getpeername(),
+                    self.read_timeout,
+                    self.min_rate,
+                )
+            raise BrokenPipeError(errno.EPIPE, "the client stopped reading the answer") from None
         finally:
             self._sock.settimeout(None)
-
-    def _stalled(self):
-        """A client that stopped reading the answer is treated as one that went away: the
-        connection closes (gunicorn ignores a broken pipe) and the response is abandoned."""
-        self.stalled = True
-        with contextlib.suppress(OSError):
-            logging.getLogger("gunicorn.error").info(
-                "write timeout: %s did not take the answer in time (%g s, plus 1 s per %g "
-                "bytes); closed",
-                self._sock.getpeername(),
-                self.read_timeout,
-                self.min_rate,
-            )
-        raise BrokenPipeError(errno.EPIPE, "the client stopped reading the answer")
 
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
@@ -288,6 +285,10 @@ PARSE_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str, 
         "bad_request",
     ),
 )
+
+
+# A refusal's message where "The request could not be read: ..." would be wrong.
+REFUSAL_MESSAGES = {"not_found": "Nothing is served outside this server's mount point ({})."}
 
 
 # Body framing errors gunicorn meets only while draining a body the app left unread.
@@ -499,19 +500,16 @@ class ReadDeadline:
         if refusal is not None:
             status, code = refusal
             addr = addr or ("", -1)
+            req = req or getattr(exc, "req", None)
             self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
-            message = (
-                f"Nothing is served outside this server's mount point ({exc})."
-                if code == "not_found"
-                else f"The request could not be read: {exc}."
-            )
+            message = REFUSAL_MESSAGES.get(code, "The request could not be read: {}.").format(exc)
             started = client.first_byte_at if isinstance(client, DeadlineSocket) else None
-            _count_answer(req or getattr(exc, "req", None), int(status.split()[0]), code, started)
+            _count_answer(req, int(status.split()[0]), code, started)
             with contextlib.suppress(OSError):
                 write_json_error(client, status, code, message)
                 if isinstance(client, DeadlineSocket):
                     client.linger()  # what the client still sends must not reset the answer
-            self._log_refusal(req or getattr(exc, "req", None), client, addr, status, message)
+            self._log_refusal(req, client, addr, status, message)
             util.close(client)
             return
         super().handle_error(req, client, addr, exc)
@@ -625,10 +623,9 @@ def _count_answer(req, status: int, code: str, started: float | None) -> None:
     # Imported here, in a worker: gunicorn's master imports this module and must not import
     # prometheus_client (metrics.py says why).
     from emotion_server import metrics
-    from emotion_server.api.metrics import KNOWN_METHODS, UNMATCHED
+    from emotion_server.api.metrics import UNMATCHED, method_label
 
-    method = getattr(req, "method", None)
-    method = method if method in KNOWN_METHODS else "other"
+    method = method_label(getattr(req, "method", None))
     elapsed = time.monotonic() - started if started is not None else 0.0
     with contextlib.suppress(Exception):  # the count must never cost the answer
         metrics.observe_request(UNMATCHED, method, status, elapsed)

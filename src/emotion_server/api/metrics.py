@@ -62,6 +62,12 @@ def observe_stream_error(code: str) -> None:
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
 
 
+def method_label(method: str | None) -> str:
+    """The method is the client's word (gunicorn takes any token): one label value for those
+    no route has, or each would make new series."""
+    return method if method in KNOWN_METHODS else "other"
+
+
 def register(app: Flask) -> None:
     """Time and count every request; registered first, so refused requests are counted too."""
 
@@ -76,9 +82,7 @@ def register(app: Flask) -> None:
         endpoint = _endpoint()
         started = g.get("metrics_started")
         if started is not None:
-            # The method is the client's word (gunicorn takes any token): one label value
-            # for those no route has, or each would make new series.
-            method = request.method if request.method in KNOWN_METHODS else "other"
+            method = method_label(request.method)
             status = response.status_code
 
             def observe():

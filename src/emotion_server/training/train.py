@@ -301,6 +301,11 @@ def _write_log(log: list[dict], path: Path) -> None:
     _atomic_write_text(buffer.getvalue(), path)
 
 
+def _save_recipe(recipe: Recipe, folder: Path) -> None:
+    """The run's recipe as `recipe.toml`, whole or not at all."""
+    _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
+
+
 def _atomic_write_text(text: str, path: Path) -> None:
     """Write then rename, as _atomic_save does."""
     tmp = path.with_name(path.name + ".tmp")
@@ -547,9 +552,7 @@ def _train(
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
     checkpoint_path = folder / CHECKPOINT
     state = None
-    if resume:
-        if not checkpoint_path.exists():
-            raise FileNotFoundError(f"no checkpoint to resume in {folder}")
+    if resume:  # train() found its checkpoint
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if state.get("recovered_from"):
             raise ValueError(
@@ -563,12 +566,11 @@ def _train(
                     f"{folder} has done {state['epoch']} epochs already: give it more than that"
                 )
             recipe = replace(recipe, epochs=epochs)
-            _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
+            _save_recipe(recipe, folder)
     elif checkpoint_path.exists():
         raise FileExistsError(f"{folder} already holds a run: resume it or choose another name")
     if recipe is None:
         raise ValueError("a recipe is needed to start a run")
-    folder.mkdir(parents=True, exist_ok=True)
 
     # The CPUs this process may use (as the server counts them): a run pinned to some
     # (taskset, a cpuset) uses those, so runs side by side do not oversubscribe the cores.
@@ -638,7 +640,7 @@ def _train(
     else:
         if recipe.init_from:
             progress(f"weights from {_warm_start(model, ema, recipe, spec)}")
-        _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
+        _save_recipe(recipe, folder)
         progress(
             f"run {folder}: {spec.name}, {parameter_count(model) / 1e6:.2f} M parameters, "
             f"{recipe.epochs} epochs of {steps_per_epoch} steps, {threads} threads, "
@@ -712,7 +714,7 @@ def _train(
                     recipe = fit.recipe = fitted
                     schedule = _schedule(recipe, steps_per_epoch)
                     scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
-                    _atomic_write_text(_to_toml(asdict(recipe)), folder / "recipe.toml")
+                    _save_recipe(recipe, folder)
             if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
                 state = fit.checkpoint(spec, done, best, log)
                 if budget is not None:  # what was asked, beside what fitted
