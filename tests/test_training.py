@@ -283,7 +283,7 @@ def _wait_for(predicate, timeout: float) -> bool:
 def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
     """SIGTERM a real training process mid-run, resume it, and end where an uninterrupted
     run ends: same weights, same EMA weights, same per-epoch log."""
-    from emotion_server.training.train import CHECKPOINT, runs_dir
+    from emotion_server.training.train import BEST_CENTRE, CHECKPOINT, runs_dir
 
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
@@ -334,6 +334,15 @@ def test_a_stopped_run_resumes_to_the_same_weights(fer, tmp_path):
     with (runs_dir() / "whole" / "log.csv").open() as handle:
         empty = [r["public_flip"] == "" for r in csv.DictReader(handle)][:5]
     assert empty == [False, True, True, True, False]
+    # Beside best.pt (chosen with the mirror image), best-centre.pt keeps the first epoch with
+    # the best centre-view score, for a model that ships without the mirror image; the resumed
+    # run kept the same one.
+    scores = [(row["public_centre"], -row["epoch"]) for row in whole["log"]]
+    score, epoch = max(entry for entry in scores if entry[0] is not None)
+    for run in ("whole", "stopped"):
+        kept = torch.load(runs_dir() / run / BEST_CENTRE, weights_only=False)
+        assert (kept["public_test_centre"], kept["epoch"]) == (score, -epoch), run
+    assert resumed["best_centre"] == whole["best_centre"] == {"accuracy": score, "epoch": -epoch}
     # A second start under the same name is refused rather than overwriting the run.
     again = subprocess.run(
         [*base, "--name", "whole"], env=env, capture_output=True, text=True, timeout=300
@@ -767,6 +776,68 @@ def test_train_export_evaluate_end_to_end(fer, tmp_path):
     lowered = calibration["public_test_ece_after"] < calibration["public_test_ece_before"]
     assert calibration["kept"] == lowered
     assert card["temperature"] == (calibration["fitted_temperature"] if lowered else 1.0)
+
+
+def test_a_centre_only_export_ships_the_best_centre_epoch(fer, tmp_path):
+    """`export --views centre` ships best-centre.pt where its centre view scored better than
+    best.pt's epoch (the flip score breaking a tie); other views, or a best-centre.pt that
+    scored worse (one kept only since a resume), ship best.pt. The exported files answer as
+    the chosen weights do."""
+    from emotion_server.training.train import (
+        BEST,
+        BEST_CENTRE,
+        best_file,
+        load_run_model,
+        runs_dir,
+    )
+
+    smoke = str(ROOT / "configs" / "smoke.toml")
+    subprocess.run(
+        [*CLI, "train", "--config", smoke, "--data", str(fer), "--name", "views"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    folder = runs_dir() / "views"
+    flip = torch.load(folder / BEST, weights_only=False)
+    # Another epoch's weights, better on the centre view than best.pt's epoch.
+    other = load_run_model("views")
+    _randomise(other, seed=3)
+    centre = {**flip, "epoch": 7, "weights": other.state_dict()}
+    centre["public_test_centre"] = flip["public_test_centre"] + 0.01
+    torch.save(centre, folder / BEST_CENTRE)
+    assert best_file("views", "flip") == best_file("views", "ten-crop") == folder / BEST
+    assert best_file("views", "centre") == folder / BEST_CENTRE
+
+    h5 = tmp_path / "out" / "centre.h5"
+    _cli("export", "--run", "views", "--views", "centre", "--output", str(h5)).check_returncode()
+    info = json.loads(h5.with_suffix(".train.json").read_text())
+    assert info["weights"] == BEST_CENTRE and info["best_epoch"] == 7
+    assert info["best"]["epoch"] == 7 and info["best"]["centre"] == centre["public_test_centre"]
+    assert info["run_best_flip"]["epoch"] == flip["epoch"]
+    faces = np.round(sample_inputs()[..., 0] * 255).astype(np.uint8)
+    from emotion_server.model import EmotionModel
+
+    served = EmotionModel(h5.with_suffix(".onnx")).predict(faces[..., None] / np.float32(255))
+    assert np.abs(served - predict_proba(other, faces, "centre")).max() <= 1e-4
+
+    # Worse on the centre view than best.pt's epoch: best.pt ships.
+    torch.save(
+        {**centre, "public_test_centre": flip["public_test_centre"] - 0.01}, folder / BEST_CENTRE
+    )
+    assert best_file("views", "centre") == folder / BEST
+    # A best.pt from before it recorded its centre score: its epoch's row in log.csv gives it.
+    torch.save({k: v for k, v in flip.items() if k != "public_test_centre"}, folder / BEST)
+    with (folder / "log.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if int(r["epoch"]) == flip["epoch"])
+    assert float(row["public_centre"]) == flip["public_test_centre"]
+    assert best_file("views", "centre") == folder / BEST
+    # A tie on the centre view: the better flip score ships.
+    tie = {**centre, "public_test_centre": flip["public_test_centre"]}
+    torch.save({**tie, "public_test_flip": flip["public_test_flip"]}, folder / BEST_CENTRE)
+    assert best_file("views", "centre") == folder / BEST
+    torch.save({**tie, "public_test_flip": flip["public_test_flip"] + 0.01}, folder / BEST_CENTRE)
+    assert best_file("views", "centre") == folder / BEST_CENTRE
 
 
 def _served_accuracy(onnx_path, split) -> float:

@@ -154,7 +154,7 @@ def export_run(
 
     from emotion_server.training import keras_nets
     from emotion_server.training.train import (
-        BEST,
+        best_file,
         load_run_model,
         predict_views,
         resolve_run,
@@ -162,7 +162,8 @@ def export_run(
     )
 
     folder = resolve_run(run)
-    net = load_run_model(folder)
+    weights = best_file(folder, views)
+    net = load_run_model(folder, weights.name)
     balanced = None
     if balance == "auto":
         from emotion_server.training.balance import class_prior, fit_balance
@@ -194,7 +195,7 @@ def export_run(
     output = Path(output)
     onnx_path = output.with_suffix(".onnx")
     info_path = output.with_suffix(".train.json")
-    best = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+    best = torch.load(weights, map_location="cpu", weights_only=False)
     with staged(output) as (h5_staged, onnx_staged):
         model.save(h5_staged)
         export_torch_onnx([net], views, onnx_staged)
@@ -211,9 +212,20 @@ def export_run(
             "torch_vs_keras": check_parity("PyTorch and the .h5", expected, shipped),
             "torch_vs_onnx": check_parity("PyTorch and the ONNX file", expected, served),
         }
+        summary = runs_summary(folder)
         info = {
-            **runs_summary(folder),
+            **summary,
+            # The exported weights' epoch and its bf16 PublicTest scores during training, flip
+            # as `accuracy` (what `recover` brings back as the run's best.pt), beside the run's
+            # best flip epoch.
+            "best": {
+                "accuracy": best["public_test_flip"],
+                "centre": best.get("public_test_centre"),
+                "epoch": best["epoch"],
+            },
+            "run_best_flip": summary["best"],
             "best_epoch": best["epoch"],
+            "weights": weights.name,  # best.pt, or best-centre.pt for the centre view alone
             # PublicTest accuracy of the exported model as it answers (its views and bias).
             "public_test_accuracy": round(float(shipped_accuracy), 4),
             "views": views,

@@ -42,7 +42,10 @@ from emotion_server.training.torch_nets import build_torch, parameter_count
 
 RUNS_ENV = "EMOTION_RUNS_DIR"
 CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
+BEST = "best.pt"  # the best PublicTest epoch with the mirror image (flip): what most ship
+# The best epoch with the centre view alone, for a model that serves no mirror image (a VGG-64
+# default, whose mirror image would cost more than the budget per face).
+BEST_CENTRE = "best-centre.pt"
 LOCK = "lock"  # held by the process training the run (flock), so no second one starts
 
 
@@ -327,6 +330,28 @@ def load_run_model(run: str | os.PathLike, which: str = BEST) -> nn.Module:
     model = build_torch(Architecture.from_dict(state["arch"]))
     model.load_state_dict(state["weights"])
     return model.eval()
+
+
+def best_file(run: str | os.PathLike, views: str) -> Path:
+    """The weights that ship a run answering with `views`: `best.pt`, chosen on PublicTest with
+    the mirror image; for the centre view alone, `best-centre.pt` where the run kept one and its
+    centre view scored better than best.pt's epoch did (a run resumed from a checkpoint older
+    than best-centre.pt kept one only from then on), the flip score breaking a tie."""
+    folder = resolve_run(run)
+    if views != "centre" or not (folder / BEST_CENTRE).exists():
+        return folder / BEST
+    centre = torch.load(folder / BEST_CENTRE, map_location="cpu", weights_only=False)
+    flip = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+    flip_centre = flip.get("public_test_centre")
+    if flip_centre is None:  # a best.pt from before it recorded its centre score: the log has it
+        with (folder / "log.csv").open() as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) == flip["epoch"]]
+        flip_centre = float(rows[0]["public_centre"]) if rows and rows[0]["public_centre"] else -1
+    better = (centre["public_test_centre"], centre["public_test_flip"]) > (
+        flip_centre,
+        flip["public_test_flip"],
+    )
+    return folder / (BEST_CENTRE if better else BEST)
 
 
 def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Architecture) -> Path:
@@ -622,6 +647,7 @@ def _train(
         bf16=use_bf16,
     )
     start_epoch, best, log = 0, {"accuracy": -1.0, "epoch": 0}, []
+    best_centre = {"accuracy": -1.0, "epoch": 0}
     if state is not None:
         model.load_state_dict(state["model"])
         if ema is not None:
@@ -636,6 +662,8 @@ def _train(
             # Dropout and augmentation on the GPU draw from its own generators.
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_epoch, best, log = state["epoch"], state["best"], state["log"]
+        # Checkpoints from before best-centre.pt start its search at the epoch they resume.
+        best_centre = state.get("best_centre", best_centre)
         progress(f"resumed {folder} at epoch {start_epoch}/{recipe.epochs}")
     else:
         if recipe.init_from:
@@ -676,18 +704,21 @@ def _train(
                 "epoch_seconds": round(time.time() - started, 1),
             }
             log.append(row)
-            if accuracy is not None and accuracy > best["accuracy"]:
-                best = {"accuracy": accuracy, "epoch": epoch + 1}
-                _atomic_save(
-                    {
-                        "arch": spec.to_dict(),
-                        "recipe": asdict(recipe),
-                        "epoch": epoch + 1,
-                        "public_test_flip": accuracy,
-                        "weights": judged.state_dict(),
-                    },
-                    folder / BEST,
-                )
+            if accuracy is not None:
+                saved = {
+                    "arch": spec.to_dict(),
+                    "recipe": asdict(recipe),
+                    "epoch": epoch + 1,
+                    "public_test_flip": accuracy,
+                    "public_test_centre": centre_accuracy,
+                    "weights": judged.state_dict(),
+                }
+                if accuracy > best["accuracy"]:
+                    best = {"accuracy": accuracy, "epoch": epoch + 1}
+                    _atomic_save(saved, folder / BEST)
+                if centre_accuracy > best_centre["accuracy"]:
+                    best_centre = {"accuracy": centre_accuracy, "epoch": epoch + 1}
+                    _atomic_save(saved, folder / BEST_CENTRE)
             scored = (
                 f"PublicTest {row['public_centre']:.4f} centre / {accuracy:.4f} flip "
                 if accuracy is not None
@@ -716,7 +747,7 @@ def _train(
                     scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
                     _save_recipe(recipe, folder)
             if done % recipe.checkpoint_every == 0 or done == recipe.epochs:
-                state = fit.checkpoint(spec, done, best, log)
+                state = fit.checkpoint(spec, done, best, log, best_centre)
                 if budget is not None:  # what was asked, beside what fitted
                     state["time_budget"] = {
                         "seconds": time_budget_s,
@@ -791,7 +822,14 @@ class Fit:
             total += loss.item()
         return total / max(1, steps)
 
-    def checkpoint(self, spec: Architecture, epoch: int, best: dict, log: list[dict]) -> dict:
+    def checkpoint(
+        self,
+        spec: Architecture,
+        epoch: int,
+        best: dict,
+        log: list[dict],
+        best_centre: dict,
+    ) -> dict:
         return {
             "format": 1,
             "recipe": asdict(self.recipe),
@@ -809,6 +847,7 @@ class Fit:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             },
             "best": best,
+            "best_centre": best_centre,
             "log": log,
         }
 
