@@ -193,6 +193,8 @@ def test_only_shipped_models_are_tracked_each_under_40_mb():
             assert parts <= set(files), f"{name} lists parts not in git: {parts - set(files)}"
             if parts:
                 assert f"models/{stem}.h5" not in files, f"{stem}.h5 beside its parts"
+            # A served model ships its Keras form too, whole or in parts (`recover` reads it).
+            assert f"models/{stem}.h5" in files or parts, f"{name}: no .h5 and no parts"
             shipped |= parts
     assert not {name for name in files if name.startswith("models/")} - shipped
     sizes = {name: (ROOT / name).stat().st_size for name in files}
