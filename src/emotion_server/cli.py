@@ -532,7 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run name (or folder) to write for one network (default: the name its card "
         "records); an ensemble's members take the names its card records",
     )
-    recover.add_argument("--card", help="its model card (default: the .json beside the .h5)")
+    recover.add_argument(
+        "--card",
+        help="its model card (default: the .json, .int8.json or .train.json beside the .h5)",
+    )
     recover.set_defaults(func=_recover)
 
     evaluate = commands.add_parser(
