@@ -718,7 +718,9 @@ def test_video_boxes_keep_focus_and_take_clicks_while_playing(watched, server, a
 
 
 @pytest.mark.e2e
-def test_files_dropped_anywhere_on_the_page(watched, server, astronaut_file, crossing_webm):
+def test_files_dropped_anywhere_on_the_page(
+    watched, server, astronaut_file, crossing_webm, tmp_path
+):
     tab = watched(viewport={"width": 1280, "height": 1000})
     page = tab.page
     page.goto(server.url + "/")
@@ -741,6 +743,23 @@ def test_files_dropped_anywhere_on_the_page(watched, server, astronaut_file, cro
     page.locator("#boxes .box").wait_for()
     # A video the system gave no type (as some do for .mkv): its name says it is one.
     assert drop(crossing_webm, "", "#chart-title")
+    page.wait_for_function(
+        "() => document.getElementById('video-status').textContent.includes('followed')"
+    )
+    # A GIF of several frames is followed as a video; a GIF of one frame is a photo.
+    picture = Image.open(astronaut_file).convert("RGB")
+    still, moving = tmp_path / "still.gif", tmp_path / "moving.gif"
+    picture.save(still)
+    frames = [picture.rotate(angle) for angle in (0, 4, 8, 4)]
+    frames[0].save(moving, save_all=True, append_images=frames[1:], duration=250, loop=0)
+    page.evaluate("""() => {
+        document.getElementById('boxes').replaceChildren();
+        document.getElementById('video-status').textContent = '';
+    }""")
+    assert drop(still, "image/gif", "main")
+    page.locator("#boxes .box").wait_for()
+    assert page.locator("#video-status").inner_text() == ""
+    assert drop(moving, "image/gif", "main")
     page.wait_for_function(
         "() => document.getElementById('video-status').textContent.includes('followed')"
     )

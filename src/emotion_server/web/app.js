@@ -348,13 +348,20 @@
   // A file dropped anywhere on the page is taken (the browser would otherwise open it in the
   // page's place): a photo here, a video by the video part (video.js).
   document.addEventListener("dragover", (event) => event.preventDefault());
-  document.addEventListener("drop", (event) => {
+  document.addEventListener("drop", async (event) => {
     event.preventDefault();
     drop.classList.remove("dragging");
     const files = [...event.dataTransfer.files];
-    // Some systems give no type to .mkv or .avi files: their name says it then.
+    // Some systems give no type to .mkv or .avi files: their name says it then. An animated
+    // GIF is a video here (each face followed over its frames); a still one a photo.
+    const animated = new Set();
+    for (const f of files) {
+      if ((f.type === "image/gif" || /\.gif$/i.test(f.name)) && (await isAnimatedGif(f))) {
+        animated.add(f);
+      }
+    }
     const isVideo = (f) =>
-      f.type ? f.type.startsWith("video/") : VIDEO_SUFFIX.test(f.name);
+      animated.has(f) || (f.type ? f.type.startsWith("video/") : VIDEO_SUFFIX.test(f.name));
     const photo = files.find((f) => !isVideo(f) && (!f.type || f.type.startsWith("image/")));
     const clip = files.find(isVideo);
     if (photo) {
@@ -365,6 +372,38 @@
       showError("Drop a photo (JPEG, PNG, WebP, BMP, GIF or TIFF) or a video.");
     }
   });
+
+  // Whether a GIF holds more than one frame: its blocks walked from the header (extensions
+  // and frames, each a run of length-prefixed sub-blocks) until a second frame or the end. A
+  // file that cannot be read or walked counts as still; the photo path says what is wrong.
+  async function isAnimatedGif(file) {
+    let bytes;
+    try {
+      bytes = new Uint8Array(await file.arrayBuffer());
+    } catch {
+      return false;
+    }
+    const colourTable = (flags) => (flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0);
+    const skipSubBlocks = (at) => {
+      while (at < bytes.length && bytes[at] !== 0) at += bytes[at] + 1;
+      return at + 1;
+    };
+    if (bytes.length < 13 || String.fromCharCode(...bytes.subarray(0, 3)) !== "GIF") return false;
+    let at = 13 + colourTable(bytes[10]);
+    let frames = 0;
+    while (at < bytes.length) {
+      if (bytes[at] === 0x21) {
+        at = skipSubBlocks(at + 2); // extension: introducer, label, then its sub-blocks
+      } else if (bytes[at] === 0x2c) {
+        if (++frames > 1) return true;
+        at += 10 + colourTable(bytes[at + 9]); // image descriptor and its colour table
+        at = skipSubBlocks(at + 1); // the LZW code size, then the image data
+      } else {
+        return false; // the trailer (3B), or something that is not a GIF block
+      }
+    }
+    return false;
+  }
 
   // ---- The camera --------------------------------------------------------------------------
 
