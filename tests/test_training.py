@@ -1196,6 +1196,16 @@ def test_a_served_model_file_is_a_teacher_of_fixed_targets(fer):
         train(replace(recipe, distill_targets="online"), "online-student", **quiet)
 
 
+def test_a_time_per_face_measured_on_a_busy_machine_is_flagged():
+    """The card's ms per face is wall time; where it is well over the model thread's CPU time,
+    other processes had the CPU and `evaluate` says so rather than ship the figure quietly."""
+    from emotion_server.training.evaluate import BUSY_RATIO, busy_note
+
+    assert busy_note(2.0, 1.9) is None and busy_note(BUSY_RATIO * 2.0, 2.0) is None
+    note = busy_note(13.87, 2.7)
+    assert note.startswith("warning: 13.87 ms per face") and "2.70 ms of the model's" in note
+
+
 def test_logit_adjustment_lifts_the_rare_class_and_is_what_the_bias_shift_computes():
     from emotion_server.training.balance import adjust, class_prior, fit_balance
 
