@@ -105,6 +105,6 @@ def test_shutdown_fits_in_the_grace_period(manifests):
 def test_every_server_variable_in_the_manifest_is_a_setting(manifests):
     known = {f"EMOTION_{name.upper()}" for name in Settings.__dataclass_fields__}
     known |= {name for names in ENV_NAMES.values() for name in names}
-    known |= {"PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR", "TMPDIR"}
+    known |= {"PROMETHEUS_MULTIPROC_DIR", "TMPDIR"}
     for item in _container(manifests)["env"]:
         assert item["name"] in known, item["name"]

@@ -832,6 +832,8 @@ def test_a_centre_only_export_ships_the_best_centre_epoch(fer, tmp_path):
         row = next(r for r in csv.DictReader(handle) if int(r["epoch"]) == flip["epoch"])
     assert float(row["public_centre"]) == flip["public_test_centre"]
     assert best_file("views", "centre") == folder / BEST
+    torch.save(centre, folder / BEST_CENTRE)  # above the log's figure for best.pt's epoch
+    assert best_file("views", "centre") == folder / BEST_CENTRE
     # A tie on the centre view: the better flip score ships.
     tie = {**centre, "public_test_centre": flip["public_test_centre"]}
     torch.save({**tie, "public_test_flip": flip["public_test_flip"]}, folder / BEST_CENTRE)

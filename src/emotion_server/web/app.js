@@ -348,10 +348,12 @@
   // A file dropped anywhere on the page is taken (the browser would otherwise open it in the
   // page's place): a photo here, a video by the video part (video.js).
   document.addEventListener("dragover", (event) => event.preventDefault());
+  let drops = 0; // a drop still reading its GIFs gives way to a later one
   document.addEventListener("drop", async (event) => {
     event.preventDefault();
     drop.classList.remove("dragging");
     const files = [...event.dataTransfer.files];
+    const dropped = ++drops;
     // Some systems give no type to .mkv or .avi files: their name says it then. An animated
     // GIF is a video here (each face followed over its frames); a still one a photo.
     const animated = new Set();
@@ -360,6 +362,7 @@
         animated.add(f);
       }
     }
+    if (dropped !== drops) return;
     const isVideo = (f) =>
       animated.has(f) || (f.type ? f.type.startsWith("video/") : VIDEO_SUFFIX.test(f.name));
     const photo = files.find((f) => !isVideo(f) && (!f.type || f.type.startsWith("image/")));
