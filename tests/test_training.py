@@ -42,6 +42,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
+def _train_smoke(fer, name: str) -> None:
+    """A finished two-epoch run of configs/smoke.toml on the synthetic FER2013, as `name`."""
+    smoke = str(ROOT / "configs" / "smoke.toml")
+    _cli("train", "--config", smoke, "--data", str(fer), "--name", name).check_returncode()
+
+
 def _image(label: int, index: int) -> np.ndarray:
     """A 48x48 image whose mean brightness encodes its label, so a model can learn it."""
     rng = np.random.default_rng(label * 1000 + index)
@@ -574,13 +580,7 @@ def test_a_packed_run_comes_home_as_a_finished_run_with_its_best_weights(fer, tm
     which is finished: resuming it is refused, as is unpacking over an existing run."""
     from emotion_server.training.train import BEST, load_run_model, runs_dir
 
-    smoke = str(ROOT / "configs" / "smoke.toml")
-    subprocess.run(
-        [*CLI, "train", "--config", smoke, "--data", str(fer), "--name", "far"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _train_smoke(fer, "far")
     transfer = [sys.executable, "-m", "emotion_server.training.transfer"]
     packed = tmp_path / "out" / "far.run.pt"
     subprocess.run(
@@ -791,13 +791,7 @@ def test_a_centre_only_export_ships_the_best_centre_epoch(fer, tmp_path):
         runs_dir,
     )
 
-    smoke = str(ROOT / "configs" / "smoke.toml")
-    subprocess.run(
-        [*CLI, "train", "--config", smoke, "--data", str(fer), "--name", "views"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _train_smoke(fer, "views")
     folder = runs_dir() / "views"
     flip = torch.load(folder / BEST, weights_only=False)
     # Another epoch's weights, better on the centre view than best.pt's epoch.
