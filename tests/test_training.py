@@ -815,6 +815,15 @@ def test_a_centre_only_export_ships_the_best_centre_epoch(fer, tmp_path):
     served = EmotionModel(h5.with_suffix(".onnx")).predict(faces[..., None] / np.float32(255))
     assert np.abs(served - predict_proba(other, faces, "centre")).max() <= 1e-4
 
+    # So does an ensemble with the centre view alone, naming each member's weights.
+    ens = tmp_path / "out" / "ens.h5"
+    made = _cli("ensemble", "views", "--views", "centre", "--balance", "none", "--output", str(ens))
+    assert made.returncode == 0, made.stderr
+    (member,) = json.loads(ens.with_suffix(".train.json").read_text())["members"]
+    assert member["weights"] == BEST_CENTRE and member["best"]["epoch"] == 7
+    served = EmotionModel(ens.with_suffix(".onnx")).predict(faces[..., None] / np.float32(255))
+    assert np.abs(served - predict_proba(other, faces, "centre")).max() <= 1e-4
+
     # Worse on the centre view than best.pt's epoch: best.pt ships.
     torch.save(
         {**centre, "public_test_centre": flip["public_test_centre"] - 0.01}, folder / BEST_CENTRE

@@ -86,11 +86,15 @@ def build_ensemble(
         sample_inputs,
         staged,
     )
-    from emotion_server.training.train import load_run_model, predict_proba, runs_summary
+    from emotion_server.training.train import predict_proba, runs_summary, shipped_weights
 
     data = load_cached(data_path)
     public = data["PublicTest"]
-    nets = [load_run_model(run) for run in runs]
+    # Each member's best epoch for the views asked (`auto` chooses among views that include
+    # the mirror image, so best.pt's).
+    chosen_weights = [shipped_weights(run, "flip" if views == "auto" else views) for run in runs]
+    nets = [net for net, _ in chosen_weights]
+    described = [about for _, about in chosen_weights]
     candidates = ("flip", "tencrop") if views == "auto" else (views,)
     scores: dict[str, dict] = {}
     for option in candidates:
@@ -165,6 +169,7 @@ def build_ensemble(
             "members": [
                 {
                     **runs_summary(run),
+                    **described[i],
                     "public_test_accuracy": round(scores[chosen]["members"][i], 4),
                     "weight": weights[i],
                 }

@@ -154,16 +154,14 @@ def export_run(
 
     from emotion_server.training import keras_nets
     from emotion_server.training.train import (
-        best_file,
-        load_run_model,
         predict_views,
         resolve_run,
         runs_summary,
+        shipped_weights,
     )
 
     folder = resolve_run(run)
-    weights = best_file(folder, views)
-    net = load_run_model(folder, weights.name)
+    net, weights = shipped_weights(folder, views)
     balanced = None
     if balance == "auto":
         from emotion_server.training.balance import class_prior, fit_balance
@@ -195,7 +193,6 @@ def export_run(
     output = Path(output)
     onnx_path = output.with_suffix(".onnx")
     info_path = output.with_suffix(".train.json")
-    best = torch.load(weights, map_location="cpu", weights_only=False)
     with staged(output) as (h5_staged, onnx_staged):
         model.save(h5_staged)
         export_torch_onnx([net], views, onnx_staged)
@@ -215,17 +212,11 @@ def export_run(
         summary = runs_summary(folder)
         info = {
             **summary,
-            # The exported weights' epoch and its bf16 PublicTest scores during training, flip
-            # as `accuracy` (what `recover` brings back as the run's best.pt), beside the run's
-            # best flip epoch.
-            "best": {
-                "accuracy": best["public_test_flip"],
-                "centre": best.get("public_test_centre"),
-                "epoch": best["epoch"],
-            },
+            # The exported weights' file, epoch and bf16 PublicTest scores during training,
+            # beside the run's best flip epoch.
+            **weights,
             "run_best_flip": summary["best"],
-            "best_epoch": best["epoch"],
-            "weights": weights.name,  # best.pt, or best-centre.pt for the centre view alone
+            "best_epoch": weights["best"]["epoch"],
             # PublicTest accuracy of the exported model as it answers (its views and bias).
             "public_test_accuracy": round(float(shipped_accuracy), 4),
             "views": views,

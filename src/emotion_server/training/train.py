@@ -354,6 +354,25 @@ def best_file(run: str | os.PathLike, views: str) -> Path:
     return folder / (BEST_CENTRE if better else BEST)
 
 
+def shipped_weights(run: str | os.PathLike, views: str) -> tuple[nn.Module, dict]:
+    """The network that ships `run` answering with `views` (`best_file`'s weights), and what
+    its card says of them: the file and its epoch's PublicTest scores during training (flip as
+    `accuracy`, which `recover` reads)."""
+    path = best_file(run, views)
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_torch(Architecture.from_dict(saved["arch"]))
+    net.load_state_dict(saved["weights"])
+    described = {
+        "weights": path.name,  # best.pt, or best-centre.pt for the centre view alone
+        "best": {
+            "accuracy": saved["public_test_flip"],
+            "centre": saved.get("public_test_centre"),
+            "epoch": saved["epoch"],
+        },
+    }
+    return net.eval(), described
+
+
 def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Architecture) -> Path:
     """Load `recipe.init_from`'s best weights into the network and its moving average (the
     two runs must describe the same network); returns the file they came from."""
