@@ -326,9 +326,13 @@ def resolve_run(name_or_path: str | os.PathLike) -> Path:
 
 def load_run_model(run: str | os.PathLike, which: str = BEST) -> nn.Module:
     """The network of a run's `best.pt` (EMA weights of its best PublicTest epoch)."""
-    state = torch.load(resolve_run(run) / which, map_location="cpu", weights_only=False)
-    model = build_torch(Architecture.from_dict(state["arch"]))
-    model.load_state_dict(state["weights"])
+    return _network(torch.load(resolve_run(run) / which, map_location="cpu", weights_only=False))
+
+
+def _network(saved: dict) -> nn.Module:
+    """The network a best.pt-style file holds (its architecture and weights), for inference."""
+    model = build_torch(Architecture.from_dict(saved["arch"]))
+    model.load_state_dict(saved["weights"])
     return model.eval()
 
 
@@ -337,11 +341,20 @@ def best_file(run: str | os.PathLike, views: str) -> Path:
     the mirror image; for the centre view alone, `best-centre.pt` where the run kept one and its
     centre view scored better than best.pt's epoch did (a run resumed from a checkpoint older
     than best-centre.pt kept one only from then on), the flip score breaking a tie."""
+    return _shipped(run, views)[0]
+
+
+def _shipped(run: str | os.PathLike, views: str) -> tuple[Path, dict]:
+    """`best_file`'s choice, and that file's contents (loaded once)."""
     folder = resolve_run(run)
+
+    def load(name: str) -> dict:
+        return torch.load(folder / name, map_location="cpu", weights_only=False)
+
+    flip = load(BEST)
     if views != "centre" or not (folder / BEST_CENTRE).exists():
-        return folder / BEST
-    centre = torch.load(folder / BEST_CENTRE, map_location="cpu", weights_only=False)
-    flip = torch.load(folder / BEST, map_location="cpu", weights_only=False)
+        return folder / BEST, flip
+    centre = load(BEST_CENTRE)
     flip_centre = flip.get("public_test_centre")
     if flip_centre is None:  # a best.pt from before it recorded its centre score: the log has it
         with (folder / "log.csv").open() as handle:
@@ -351,17 +364,14 @@ def best_file(run: str | os.PathLike, views: str) -> Path:
         flip_centre,
         flip["public_test_flip"],
     )
-    return folder / (BEST_CENTRE if better else BEST)
+    return (folder / BEST_CENTRE, centre) if better else (folder / BEST, flip)
 
 
 def shipped_weights(run: str | os.PathLike, views: str) -> tuple[nn.Module, dict]:
     """The network that ships `run` answering with `views` (`best_file`'s weights), and what
     its card says of them: the file and its epoch's PublicTest scores during training (flip as
     `accuracy`, which `recover` reads)."""
-    path = best_file(run, views)
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_torch(Architecture.from_dict(saved["arch"]))
-    net.load_state_dict(saved["weights"])
+    path, saved = _shipped(run, views)
     described = {
         "weights": path.name,  # best.pt, or best-centre.pt for the centre view alone
         "best": {
@@ -370,7 +380,7 @@ def shipped_weights(run: str | os.PathLike, views: str) -> tuple[nn.Module, dict
             "epoch": saved["epoch"],
         },
     }
-    return net.eval(), described
+    return _network(saved), described
 
 
 def _warm_start(model: nn.Module, ema: EMA | None, recipe: Recipe, spec: Architecture) -> Path:
