@@ -1346,3 +1346,24 @@ def test_a_lost_run_is_recovered_from_its_exported_h5(fer, tmp_path):
         [*CLI, "recover", str(h5), "--name", "found"], capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+    # --skip-existing keeps a run that holds these very weights as it is, and still refuses
+    # one whose weights differ (here one bias nudged by 1e-3).
+    def skipping() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CLI, "recover", str(h5), "--name", "found", "--skip-existing"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    best = runs_dir() / "found" / "best.pt"
+    written = best.stat().st_mtime_ns, (runs_dir() / "found" / "checkpoint.pt").stat().st_mtime_ns
+    kept = skipping()
+    assert kept.returncode == 0 and "kept" in kept.stdout and "wrote" not in kept.stdout
+    assert (best.stat().st_mtime_ns, (best.parent / "checkpoint.pt").stat().st_mtime_ns) == written
+    saved = torch.load(best, weights_only=False)
+    saved["weights"]["layers.probabilities.bias"] += 1e-3
+    torch.save(saved, best)
+    other = skipping()
+    assert other.returncode == 2 and "other weights" in other.stderr

@@ -196,11 +196,16 @@ def _recover(args: argparse.Namespace) -> int:
     from emotion_server.training.recover import recover_run
 
     try:
-        reports = recover_run(args.model, args.name, card=args.card)
+        reports = recover_run(
+            args.model, args.name, card=args.card, skip_existing=args.skip_existing
+        )
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"emotion-server: {exc}", file=sys.stderr)
         return 2
     for report in reports:
+        if report.get("skipped"):
+            print(f"kept {report['run']}: it already holds these weights")
+            continue
         print(
             f"wrote {report['run']} ({report['views']} views match the .h5 within "
             f"{report['parity_max_abs_diff']:.1e})"
@@ -535,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument(
         "--card",
         help="its model card (default: the .json, .int8.json or .train.json beside the .h5)",
+    )
+    recover.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep a run folder that already holds the same weights (a member the default "
+        "and the accurate mode share) instead of refusing; other weights are still refused",
     )
     recover.set_defaults(func=_recover)
 

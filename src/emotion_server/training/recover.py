@@ -42,11 +42,19 @@ def recover_run(
     model: str | os.PathLike,
     run: str | os.PathLike | None = None,
     card: str | os.PathLike | None = None,
+    skip_existing: bool = False,
 ) -> list[dict]:
     """Write run folders from `model` (.h5) and its card (the `.json` or `.train.json` beside
     it unless given): one for a network `export --run` wrote (named `run`, or the name the
     card records), one per member for an ensemble (each under the name the card records).
-    Return, for each, the folder written, its views and the parity measured."""
+    Return, for each, the folder written, its views and the parity measured.
+
+    A name that already holds a run is refused before anything is written; with
+    `skip_existing`, a run there that holds these very weights (in its best.pt or
+    best-centre.pt) is left as it is and reported `skipped`, so that a default model and an
+    ensemble that share a member can be recovered in either order. A run there with other
+    weights (the default chosen on the centre view, the member on the mirror image) is still
+    refused, once every network before it is written."""
     import keras
 
     model = Path(model)
@@ -69,8 +77,11 @@ def recover_run(
     from emotion_server.training.train import CHECKPOINT, resolve_run
 
     for name in [run] if run else [m["run"] for m in members]:
-        if (resolve_run(name) / CHECKPOINT).exists():
-            raise FileExistsError(f"{resolve_run(name)} already holds a run: choose another name")
+        if (resolve_run(name) / CHECKPOINT).exists() and not skip_existing:
+            raise FileExistsError(
+                f"{resolve_run(name)} already holds a run: choose another name (or "
+                "--skip-existing, which keeps a run that holds the same weights)"
+            )
     # An ensemble too large for one file was written one member per file (ensemble.py).
     parts = training.get("h5_parts")
     shipped = None if parts else keras.saving.load_model(model, compile=False)
@@ -98,7 +109,9 @@ def recover_run(
         else:
             container = shipped
         reports.append(
-            _recover_one(container, member, views, balance, str(source), run or member["run"])
+            _recover_one(
+                container, member, views, balance, str(source), run or member["run"], skip_existing
+            )
         )
     return reports
 
@@ -141,7 +154,32 @@ def write_finished_run(
         _atomic_save(state, folder / CHECKPOINT)
 
 
-def _recover_one(container, member: dict, views: str, balance, source: str, run) -> dict:
+def _same_weights(folder: Path, weights: dict) -> bool:
+    """Whether the run in `folder` holds `weights` in its best.pt or best-centre.pt (to the
+    rounding a float32 .h5 and the taken-out adjustment leave)."""
+    import torch
+
+    from emotion_server.training.train import BEST, BEST_CENTRE
+
+    for name in (BEST, BEST_CENTRE):
+        if not (folder / name).exists():
+            continue
+        held = torch.load(folder / name, map_location="cpu", weights_only=False)["weights"]
+        if held.keys() == weights.keys() and all(
+            key.endswith("num_batches_tracked")
+            or (
+                held[key].shape == value.shape
+                and torch.allclose(held[key].float(), value.float(), atol=1e-5)
+            )
+            for key, value in weights.items()
+        ):
+            return True
+    return False
+
+
+def _recover_one(
+    container, member: dict, views: str, balance, source: str, run, skip_existing: bool = False
+) -> dict:
     import torch
 
     from emotion_server.training.architectures import Architecture
@@ -151,7 +189,7 @@ def _recover_one(container, member: dict, views: str, balance, source: str, run)
     from emotion_server.training.train import CHECKPOINT, predict_proba, resolve_run
 
     folder = resolve_run(run)
-    if (folder / CHECKPOINT).exists():
+    if (folder / CHECKPOINT).exists() and not skip_existing:
         raise FileExistsError(f"{folder} already holds a run: choose another name")
     arch = Architecture.from_dict(member["architecture"])
     net = build_torch(arch).eval()
@@ -173,6 +211,18 @@ def _recover_one(container, member: dict, views: str, balance, source: str, run)
         with torch.no_grad():
             net.layers["probabilities"].bias -= torch.tensor(balance, dtype=torch.float32)
 
+    if (folder / CHECKPOINT).exists():
+        if _same_weights(folder, net.state_dict()):
+            return {
+                "run": str(folder),
+                "views": views,
+                "parity_max_abs_diff": parity,
+                "skipped": True,
+            }
+        raise FileExistsError(
+            f"{folder} already holds a run with other weights than {source}'s: recover it "
+            "under another --name"
+        )
     best = member.get("best") or {
         "accuracy": member.get("public_test_accuracy"),
         "epoch": member.get("best_epoch"),
