@@ -906,6 +906,18 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
     ) / sum(weights)
     served = EmotionModel(tmp_path / "ens.onnx").predict(faces[..., None] / np.float32(255))
     assert np.abs(served - expected).max() <= 1e-4
+    # Each option is scored on the answers of its own views (ten-crop's answers are computed
+    # once and flip's taken from them): as scoring each from scratch does.
+    from emotion_server.training.ensemble import greedy_weights
+
+    public = load_fer2013(str(fer))["PublicTest"]
+    for option in ("flip", "tencrop"):
+        alone = [predict_proba(net, public.images, option) for net in nets]
+        accuracy = greedy_weights(alone, public.labels)[1]
+        assert report["views_public_test_accuracy"][option] == round(accuracy, 4), option
+        if option == report["views"]:
+            members = [round(float((a.argmax(1) == public.labels).mean()), 4) for a in alone]
+            assert [m["public_test_accuracy"] for m in report["members"]] == members
 
     # An ensemble of large members ships in INT8 only (its float32 file would pass 40 MB):
     # the quantized ensemble keeps the contract, quantizes every member's convolutions and

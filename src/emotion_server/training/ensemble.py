@@ -79,6 +79,7 @@ def build_ensemble(
     import torch
 
     from emotion_server.training import keras_nets
+    from emotion_server.training.architectures import view_offsets
     from emotion_server.training.export import (
         check_parity,
         export_torch_onnx,
@@ -86,7 +87,12 @@ def build_ensemble(
         sample_inputs,
         staged,
     )
-    from emotion_server.training.train import predict_proba, runs_summary, shipped_weights
+    from emotion_server.training.train import (
+        predict_proba,
+        predict_views,
+        runs_summary,
+        shipped_weights,
+    )
 
     data = load_cached(data_path)
     public = data["PublicTest"]
@@ -96,9 +102,19 @@ def build_ensemble(
     nets = [net for net, _ in chosen_weights]
     described = [about for _, about in chosen_weights]
     candidates = ("flip", "tencrop") if views == "auto" else (views,)
+    # Each member's PublicTest answers once, for the widest views asked: a narrower option's
+    # views are the first of a wider one's (`view_offsets`), so flip's are ten-crop's first two.
+    widest = [predict_views(net, public.images, candidates[-1]) for net in nets]
+
+    def views_of(index: int, option: str) -> list[np.ndarray]:
+        crop = nets[index].arch.crop
+        count = len(view_offsets(crop, option))
+        assert view_offsets(crop, candidates[-1])[:count] == view_offsets(crop, option)
+        return widest[index][:count]
+
     scores: dict[str, dict] = {}
     for option in candidates:
-        probabilities = [predict_proba(net, public.images, option) for net in nets]
+        probabilities = [np.mean(views_of(i, option), axis=0) for i in range(len(nets))]
         weights, accuracy = greedy_weights(probabilities, public.labels)
         members = [float((p.argmax(1) == public.labels).mean()) for p in probabilities]
         scores[option] = {"weights": weights, "accuracy": accuracy, "members": members}
@@ -108,13 +124,12 @@ def build_ensemble(
     balanced = None
     if balance == "auto":
         from emotion_server.training.balance import class_prior, fit_balance
-        from emotion_server.training.train import predict_views
 
         # Each member's views, repeated by its weight: their plain mean is the ensemble's.
         weighted_views = [
             view
-            for net, weight in zip(nets, weights, strict=True)
-            for view in predict_views(net, public.images, chosen) * weight
+            for index, weight in enumerate(weights)
+            for view in views_of(index, chosen) * weight
         ]
         balanced = fit_balance(
             weighted_views,
