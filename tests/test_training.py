@@ -1021,10 +1021,24 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
             for key, value in original.items():
                 if not key.endswith("num_batches_tracked"):
                     assert torch.allclose(recovered[key], value, atol=1e-6), key
+    # --skip-existing: a member already there with these weights is kept and the rest written;
+    # one there with other weights stops it before anything is written.
+    shutil.rmtree(runs_dir() / kept[-1])
+    reports = recover_run(source, skip_existing=True)
+    assert [r["skipped"] for r in reports] == [True] * (len(kept) - 1) + [False]
+    best = runs_dir() / kept[0] / "best.pt"
+    saved = torch.load(best, weights_only=False)
+    saved["weights"]["layers.probabilities.bias"] += 1e-3
+    torch.save(saved, best)
+    if len(kept) > 1:
+        shutil.rmtree(runs_dir() / kept[-1])
+    with pytest.raises(FileExistsError, match="other weights"):
+        recover_run(source, skip_existing=True)
+    assert len(kept) == 1 or not (runs_dir() / kept[-1]).exists()
     # A member's file gone missing is named.
     (split / f"accurate.{parts[0]}.h5").unlink()
     for name in kept:
-        shutil.rmtree(runs_dir() / name)
+        shutil.rmtree(runs_dir() / name, ignore_errors=True)
     with pytest.raises(FileNotFoundError, match=f"accurate.{parts[0]}.h5"):
         recover_run(split / "accurate.h5")
     # Written whole again under that name, the members' files go.

@@ -54,7 +54,7 @@ def recover_run(
     best-centre.pt) is left as it is and reported `skipped`, so that a default model and an
     ensemble that share a member can be recovered in either order. A run there with other
     weights (the default chosen on the centre view, the member on the mirror image) is still
-    refused, once every network before it is written."""
+    refused, and then nothing is written: every network is rebuilt and checked first."""
     import keras
 
     model = Path(model)
@@ -87,7 +87,7 @@ def recover_run(
     shipped = None if parts else keras.saving.load_model(model, compile=False)
     views = training.get("views", "centre")
     balance = (training.get("balance") or {}).get("bias")
-    reports = []
+    rebuilt: list[dict] = []
     for index, member in enumerate(training.get("members", [None])):
         if member is not None and not member.get("weight", 1):
             continue  # a weight-0 member is not in the file
@@ -108,10 +108,28 @@ def recover_run(
             (container,) = [layer for layer in shipped.layers if layer.name.startswith(prefix)]
         else:
             container = shipped
-        reports.append(
-            _recover_one(
-                container, member, views, balance, str(source), run or member["run"], skip_existing
+        rebuilt.append(_rebuild(container, member, views, balance, str(source)))
+        rebuilt[-1]["run"] = resolve_run(run or member["run"])
+    # Every network is rebuilt and checked, and every name, before anything is written.
+    for network in rebuilt:
+        folder = network["run"]
+        network["skipped"] = (folder / CHECKPOINT).exists()
+        if network["skipped"] and not _same_weights(folder, network["net"].state_dict()):
+            raise FileExistsError(
+                f"{folder} already holds a run with other weights than {network['source']}'s: "
+                "recover it under another --name"
             )
+    reports = []
+    for network in rebuilt:
+        if not network["skipped"]:
+            _write(network)
+        reports.append(
+            {
+                "run": str(network["run"]),
+                "views": views,
+                "parity_max_abs_diff": network["parity"],
+                "skipped": network["skipped"],
+            }
         )
     return reports
 
@@ -177,20 +195,17 @@ def _same_weights(folder: Path, weights: dict) -> bool:
     return False
 
 
-def _recover_one(
-    container, member: dict, views: str, balance, source: str, run, skip_existing: bool = False
-) -> dict:
+def _rebuild(container, member: dict, views: str, balance, source: str) -> dict:
+    """The PyTorch network inside `container` (a Keras model or layer), checked against it on
+    sample faces, with the logit adjustment taken back out of its bias."""
     import torch
 
     from emotion_server.training.architectures import Architecture
     from emotion_server.training.export import check_parity, keras_predict, sample_inputs
     from emotion_server.training.keras_nets import copy_weights_to_torch
     from emotion_server.training.torch_nets import build_torch
-    from emotion_server.training.train import CHECKPOINT, predict_proba, resolve_run
+    from emotion_server.training.train import predict_proba
 
-    folder = resolve_run(run)
-    if (folder / CHECKPOINT).exists() and not skip_existing:
-        raise FileExistsError(f"{folder} already holds a run: choose another name")
     arch = Architecture.from_dict(member["architecture"])
     net = build_torch(arch).eval()
     try:
@@ -210,33 +225,24 @@ def _recover_one(
     if balance:
         with torch.no_grad():
             net.layers["probabilities"].bias -= torch.tensor(balance, dtype=torch.float32)
+    return {"net": net, "arch": arch, "member": member, "parity": parity, "source": source}
 
-    if (folder / CHECKPOINT).exists():
-        if _same_weights(folder, net.state_dict()):
-            return {
-                "run": str(folder),
-                "views": views,
-                "parity_max_abs_diff": parity,
-                "skipped": True,
-            }
-        raise FileExistsError(
-            f"{folder} already holds a run with other weights than {source}'s: recover it "
-            "under another --name"
-        )
+
+def _write(network: dict) -> None:
+    member = network["member"]
     best = member.get("best") or {
         "accuracy": member.get("public_test_accuracy"),
         "epoch": member.get("best_epoch"),
     }
     last = member.get("last_epoch")
     write_finished_run(
-        folder,
-        arch=arch.to_dict(),
+        network["run"],
+        arch=network["arch"].to_dict(),
         recipe=member["recipe"],
         best=best,
-        weights=net.state_dict(),
+        weights=network["net"].state_dict(),
         epochs_done=member.get("epochs_done", member["recipe"]["epochs"]),
         log=[last] if last else [],
-        source=source,
+        source=network["source"],
         train_wall_seconds=member.get("train_wall_seconds"),
     )
-    return {"run": str(folder), "views": views, "parity_max_abs_diff": parity}
