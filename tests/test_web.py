@@ -54,6 +54,7 @@ def test_page_and_assets_are_served_with_security_headers(client):
     assert local == references  # nothing from another host: the page works offline
     assert "<style" not in html and " style=" not in html and "<script>" not in html
     types = {
+        "palette.js": "text/javascript",
         "app.js": "text/javascript",
         "video.js": "text/javascript",
         "style.css": "text/css",
@@ -85,6 +86,25 @@ def test_the_scripts_are_javascript_on_a_host_without_a_mime_table():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "text/javascript"
+
+
+def test_one_palette_for_the_page_and_the_plots():
+    """palette.js lists the emotions in the model's output order with a colour each; the photo
+    and video parts take both from it (loaded before them), and the CLI's timeline plots use
+    the same colours."""
+    from emotion_server.contract import EMOTIONS
+    from emotion_server.timeline_plot import COLORS
+
+    palette = (WEB_DIR / "palette.js").read_text()
+    listed = re.search(r"EMOTIONS: Object\.freeze\(\[(.*?)\]\)", palette)[1]
+    assert re.findall(r'"(\w+)"', listed) == list(EMOTIONS)
+    assert dict(re.findall(r'(\w+): "(#[0-9a-f]{6})"', palette)) == COLORS
+    scripts = re.findall(r'<script src="static/([\w.]+)"', (WEB_DIR / "index.html").read_text())
+    assert scripts[0] == "palette.js" and {"app.js", "video.js"} <= set(scripts)
+    for name in ("app.js", "video.js"):
+        script = (WEB_DIR / name).read_text()
+        assert "window.EmotionPalette" in script, name
+        assert not [colour for colour in COLORS.values() if colour in script], name
 
 
 def test_api_responses_carry_the_headers_too(client):

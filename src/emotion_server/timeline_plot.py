@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from emotion_server.contract import EMOTIONS
 
-# The demo page's colours (web/app.js), one per emotion.
+# The demo page's colours (web/palette.js, which a test holds this to), one per emotion.
 COLORS = {
     "angry": "#c1121f",
     "disgust": "#4f772d",

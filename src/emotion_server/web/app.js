@@ -3,17 +3,7 @@
 "use strict";
 
 (() => {
-  const EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];
-  // Dark enough for white label text on each.
-  const COLORS = {
-    angry: "#c1121f",
-    disgust: "#4f772d",
-    fear: "#6a4c93",
-    happy: "#b35c00",
-    sad: "#1d5f8a",
-    surprise: "#b8336a",
-    neutral: "#495867",
-  };
+  const { EMOTIONS, COLORS } = window.EmotionPalette; // palette.js
   const LIVE_INTERVAL_MS = 333; // about 3 frames a second, never two requests at once
   const MAX_CANVAS_SIDE = 2048;
   // The video files `emotion-server classify` takes by name (classify_video.VIDEO_SUFFIXES).

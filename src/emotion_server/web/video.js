@@ -4,17 +4,7 @@
 "use strict";
 
 (() => {
-  const EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];
-  // The same colours as the photo part (app.js) and the CLI's plots.
-  const COLORS = {
-    angry: "#c1121f",
-    disgust: "#4f772d",
-    fear: "#6a4c93",
-    happy: "#b35c00",
-    sad: "#1d5f8a",
-    surprise: "#b8336a",
-    neutral: "#495867",
-  };
+  const { EMOTIONS, COLORS } = window.EmotionPalette; // palette.js
   const SAMPLE_FPS = 5; // frames analysed per second of video
 
   const $ = (id) => document.getElementById(id);
