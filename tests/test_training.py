@@ -918,6 +918,7 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
         if option == report["views"]:
             members = [round(float((a.argmax(1) == public.labels).mean()), 4) for a in alone]
             assert [m["public_test_accuracy"] for m in report["members"]] == members
+            assert weights == greedy_weights(alone, public.labels)[0]
 
     # An ensemble of large members ships in INT8 only (its float32 file would pass 40 MB):
     # the quantized ensemble keeps the contract, quantizes every member's convolutions and
@@ -940,7 +941,9 @@ def test_ensemble_of_runs_is_their_weighted_mean(fer, tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(fer, tmp_path):
+def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(
+    fer, tmp_path, monkeypatch
+):
     """`ensemble --views centre --balance auto`: one logit adjustment fitted on PublicTest and
     built into each member's bias; `recover` gets every member back, adjustment taken out."""
     import shutil
@@ -1021,20 +1024,6 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
             for key, value in original.items():
                 if not key.endswith("num_batches_tracked"):
                     assert torch.allclose(recovered[key], value, atol=1e-6), key
-    # --skip-existing: a member already there with these weights is kept and the rest written;
-    # one there with other weights stops it before anything is written.
-    shutil.rmtree(runs_dir() / kept[-1])
-    reports = recover_run(source, skip_existing=True)
-    assert [r["skipped"] for r in reports] == [True] * (len(kept) - 1) + [False]
-    best = runs_dir() / kept[0] / "best.pt"
-    saved = torch.load(best, weights_only=False)
-    saved["weights"]["layers.probabilities.bias"] += 1e-3
-    torch.save(saved, best)
-    if len(kept) > 1:
-        shutil.rmtree(runs_dir() / kept[-1])
-    with pytest.raises(FileExistsError, match="other weights"):
-        recover_run(source, skip_existing=True)
-    assert len(kept) == 1 or not (runs_dir() / kept[-1]).exists()
     # A member's file gone missing is named.
     (split / f"accurate.{parts[0]}.h5").unlink()
     for name in kept:
@@ -1050,6 +1039,36 @@ def test_a_balanced_ensemble_shifts_every_member_and_its_members_are_recovered(f
         train(recipe, f"m{seed}", data_path=str(fer), progress=lambda _: None)
     assert build(split / "ens.h5")["h5_parts"] is None
     assert sorted(f.name for f in split.glob("ens*.h5")) == ["ens.h5"]
+
+    # --skip-existing, on an ensemble that holds both runs (the weights set to 1 and 1: the
+    # search may keep one): a member already there with these weights is kept, the other
+    # written; a member there with other weights (or none to compare) stops it before
+    # anything is written, even the member before it.
+    from emotion_server.training import ensemble
+    from emotion_server.training.train import best_file
+
+    monkeypatch.setattr(ensemble, "greedy_weights", lambda p, labels: ([1] * len(p), 0.0))
+    both = tmp_path / "both"
+    both.mkdir()
+    assert [m["weight"] for m in build(both / "both.h5")["members"]] == [1, 1]
+    shutil.rmtree(runs_dir() / "m1")
+    reports = recover_run(both / "both.h5", skip_existing=True)
+    assert [r["kept"] for r in reports] == [None, best_file("m2", "centre").name]
+    assert (runs_dir() / "m1" / "checkpoint.pt").exists()
+    held = runs_dir() / "m2" / best_file("m2", "centre").name
+    saved = torch.load(held, weights_only=False)
+    saved["weights"]["layers.probabilities.bias"] += 1e-3
+    torch.save(saved, held)
+    for name in ("best.pt", "best-centre.pt"):  # neither holds the shipped weights now
+        (runs_dir() / "m2" / name).write_bytes(held.read_bytes())
+    for change in ("other weights", "no best weights"):
+        if change == "no best weights":
+            for name in ("best.pt", "best-centre.pt"):
+                (runs_dir() / "m2" / name).unlink(missing_ok=True)
+        shutil.rmtree(runs_dir() / "m1", ignore_errors=True)
+        with pytest.raises(FileExistsError, match="are not the weights in"):
+            recover_run(both / "both.h5", skip_existing=True)
+        assert not (runs_dir() / "m1").exists(), change
 
 
 @pytest.mark.e2e
@@ -1386,10 +1405,11 @@ def test_a_lost_run_is_recovered_from_its_exported_h5(fer, tmp_path):
     best = runs_dir() / "found" / "best.pt"
     written = best.stat().st_mtime_ns, (runs_dir() / "found" / "checkpoint.pt").stat().st_mtime_ns
     kept = skipping()
-    assert kept.returncode == 0 and "kept" in kept.stdout and "wrote" not in kept.stdout
+    assert kept.returncode == 0 and "its best.pt holds" in kept.stdout
+    assert "wrote" not in kept.stdout
     assert (best.stat().st_mtime_ns, (best.parent / "checkpoint.pt").stat().st_mtime_ns) == written
     saved = torch.load(best, weights_only=False)
     saved["weights"]["layers.probabilities.bias"] += 1e-3
     torch.save(saved, best)
     other = skipping()
-    assert other.returncode == 2 and "other weights" in other.stderr
+    assert other.returncode == 2 and "are not the weights in" in other.stderr

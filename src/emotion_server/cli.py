@@ -204,7 +204,7 @@ def _recover(args: argparse.Namespace) -> int:
         return 2
     for report in reports:
         if report.get("skipped"):
-            print(f"kept {report['run']}: it already holds these weights")
+            print(f"kept {report['run']}: its {report['kept']} holds these weights")
             continue
         print(
             f"wrote {report['run']} ({report['views']} views match the .h5 within "

@@ -109,7 +109,8 @@ def build_ensemble(
     def views_of(index: int, option: str) -> list[np.ndarray]:
         crop = nets[index].arch.crop
         count = len(view_offsets(crop, option))
-        assert view_offsets(crop, candidates[-1])[:count] == view_offsets(crop, option)
+        if view_offsets(crop, candidates[-1])[:count] != view_offsets(crop, option):
+            raise RuntimeError(f"{option}'s views are not the first of {candidates[-1]}'s")
         return widest[index][:count]
 
     scores: dict[str, dict] = {}

@@ -51,10 +51,10 @@ def recover_run(
 
     A name that already holds a run is refused before anything is written; with
     `skip_existing`, a run there that holds these very weights (in its best.pt or
-    best-centre.pt) is left as it is and reported `skipped`, so that a default model and an
-    ensemble that share a member can be recovered in either order. A run there with other
-    weights (the default chosen on the centre view, the member on the mirror image) is still
-    refused, and then nothing is written: every network is rebuilt and checked first."""
+    best-centre.pt: the report's `kept` names which) is left as it is and reported `skipped`,
+    so that a default model and an ensemble that share a member can be recovered in either
+    order. A run there with other weights, or one being trained, is still refused, and then
+    nothing is written: every network and every name is checked first."""
     import keras
 
     model = Path(model)
@@ -74,7 +74,7 @@ def recover_run(
                 f"{card_path} does not describe the trained networks in {model} (a model not "
                 "written by `export --run` or `ensemble`): there is no run to recover"
             )
-    from emotion_server.training.train import CHECKPOINT, resolve_run
+    from emotion_server.training.train import CHECKPOINT, resolve_run, run_lock
 
     for name in [run] if run else [m["run"] for m in members]:
         if (resolve_run(name) / CHECKPOINT).exists() and not skip_existing:
@@ -111,24 +111,41 @@ def recover_run(
         rebuilt.append(_rebuild(container, member, views, balance, str(source)))
         rebuilt[-1]["run"] = resolve_run(run or member["run"])
     # Every network is rebuilt and checked, and every name, before anything is written.
+    ensemble = "members" in training
+    seen: set[Path] = set()
     for network in rebuilt:
         folder = network["run"]
-        network["skipped"] = (folder / CHECKPOINT).exists()
-        if network["skipped"] and not _same_weights(folder, network["net"].state_dict()):
+        if folder in seen:
+            raise ValueError(f"{card_path} records the run {folder.name} twice: nothing written")
+        seen.add(folder)
+        if folder.is_dir():
+            with run_lock(folder):  # FileExistsError where it is being trained
+                pass
+        network["kept"] = None
+        if not (folder / CHECKPOINT).exists():
+            continue
+        network["kept"] = _holding(folder, network["net"].state_dict())
+        if network["kept"] is None:
+            aside = (
+                "move that folder aside (an ensemble's members take the names its card records)"
+                if ensemble
+                else "recover it under another --name"
+            )
             raise FileExistsError(
-                f"{folder} already holds a run with other weights than {network['source']}'s: "
-                "recover it under another --name"
+                f"{folder} already holds a run whose best.pt and best-centre.pt (where it has "
+                f"them) are not the weights in {network['source']}: {aside}; nothing written"
             )
     reports = []
     for network in rebuilt:
-        if not network["skipped"]:
+        if network["kept"] is None:
             _write(network)
         reports.append(
             {
                 "run": str(network["run"]),
                 "views": views,
                 "parity_max_abs_diff": network["parity"],
-                "skipped": network["skipped"],
+                "skipped": network["kept"] is not None,
+                "kept": network["kept"],  # the file there that holds these weights
             }
         )
     return reports
@@ -172,9 +189,9 @@ def write_finished_run(
         _atomic_save(state, folder / CHECKPOINT)
 
 
-def _same_weights(folder: Path, weights: dict) -> bool:
-    """Whether the run in `folder` holds `weights` in its best.pt or best-centre.pt (to the
-    rounding a float32 .h5 and the taken-out adjustment leave)."""
+def _holding(folder: Path, weights: dict) -> str | None:
+    """The file of the run in `folder` (best.pt, else best-centre.pt) that holds `weights`, to
+    the rounding a float32 .h5 and the taken-out adjustment leave; None where neither does."""
     import torch
 
     from emotion_server.training.train import BEST, BEST_CENTRE
@@ -191,8 +208,8 @@ def _same_weights(folder: Path, weights: dict) -> bool:
             )
             for key, value in weights.items()
         ):
-            return True
-    return False
+            return name
+    return None
 
 
 def _rebuild(container, member: dict, views: str, balance, source: str) -> dict:
