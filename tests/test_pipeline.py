@@ -263,13 +263,20 @@ def test_a_tilted_face_is_read_upright(pipeline, never_turning, turn):
         np.abs(crop - wanted.astype(int)).mean()
         < 0.5 * np.abs(unturned - wanted.astype(int)).mean()
     )
-    # So it gets the upright face's answer, which a face on its side left as it is does not.
+    # So it gets the upright face's answer, which a face on its side left as it is does not:
+    # its probabilities move several times further (the VGG-64 default still reads the face
+    # turned one way as happy, 0.76 against 0.87, and the other way as neutral).
     assert face.classification.prediction == upright.classification.prediction == "happy"
-    happy = upright.classification.probabilities["happy"]
+    wanted_answer = upright.classification.probabilities
+    happy = wanted_answer["happy"]
     assert face.classification.probabilities["happy"] == pytest.approx(happy, abs=0.08)
+
+    def moved(probabilities: dict) -> float:  # L1 distance from the upright face's answer
+        return sum(abs(probabilities[name] - wanted_answer[name]) for name in wanted_answer)
+
     if abs(turn) == 90:
         left = never_turning.analyze(_turned_photo(turn)).classification.probabilities
-        assert abs(left["happy"] - happy) > 0.3
+        assert moved(left) > max(0.15, 5 * moved(face.classification.probabilities))
 
 
 def test_a_face_tilted_less_than_the_setting_is_cut_as_before(pipeline, never_turning):
