@@ -18,7 +18,15 @@ cd "$(dirname "$0")/../.."
 BASE_IMAGE=${BASE_IMAGE:-localhost/emotion-base:bookworm}
 IMAGE=${IMAGE:-localhost/emotion-classifier:check}
 NAME=${NAME:-emotion-classifier-check}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this machine's apt already uses: Debian's own deb822 file (its first
+# stanza, the main archive), else the first line of sources.list.
+apt_mirror() {
+    local uri
+    uri=$(grep -s -m1 '^URIs:' /etc/apt/sources.list.d/debian.sources | awk '{print $2; exit}')
+    [ -n "$uri" ] || uri=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2; exit}')
+    printf '%s' "$uri"
+}
+MIRROR=${MIRROR:-$(apt_mirror)}
 ROOTFS=${ROOTFS:-/var/tmp/emotion-base-rootfs}
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
@@ -55,6 +63,7 @@ graphroot = "/var/lib/containers/storage"'
         log "$BASE_IMAGE exists"
         return
     fi
+    [ -n "$MIRROR" ] || { log "no Debian mirror in apt's sources: set MIRROR"; exit 1; }
     rm -rf "$ROOTFS"
     debootstrap --variant=minbase \
         --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
