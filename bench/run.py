@@ -11,6 +11,9 @@ Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same 
   same test-time augmentation the server uses.
 - http-floor: bench/floor_app.py, an empty Flask view on the same gunicorn layout: what a
   request costs before any of our work (no ceiling, no goals);
+- model-floor: bench/floor_app.py's `model_app`, the least a Flask view serving the bundled
+  model does for a face crop (Pillow's decoding, the model, a JSON answer), on the same layout:
+  the most any Flask app of this model reaches here; face crops only (it has no face search);
 - variants (--variant NAME:VAR=VALUE,...): our server again with other settings, for
   example the float32 model or another worker layout, each with its own ceiling;
 - ours@REV (--against REV): our server as of a git revision, from a temporary worktree (its
@@ -57,6 +60,9 @@ from emotion_server.launcher import Server
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
 FLOOR = "http-floor"
+MODEL_FLOOR = "model-floor"
+FLOORS = (FLOOR, MODEL_FLOOR)
+CROP = "face crop 48x48"
 
 
 def make_workloads(folder: Path) -> dict[str, Path]:
@@ -97,9 +103,16 @@ def cpu_seconds(pids: list[int]) -> float:
 
 class Contender:
     def __init__(
-        self, name: str, command: list[str], env: dict[str, str], body: bytes, cwd: Path = ROOT
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        body: bytes,
+        cwd: Path = ROOT,
+        workloads: tuple[str, ...] | None = None,  # the workloads it is loaded with; None: all
     ):
         self.name = name
+        self.workloads = workloads
 
         def first_inference(server: Server) -> bool:
             try:
@@ -372,6 +385,26 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
             round(max(entry["worker_rss_mb"]) / max(base["worker_rss_mb"]), 2),
             "<= 0.25",
         )
+    model_floor = result["contenders"].get(MODEL_FLOOR)
+    if model_floor is not None and "ours" in result["ceilings"]:
+        # The bounds for any Flask app serving the bundled model (ours' ceiling: the same file),
+        # and how much of that ours reaches, all at the best concurrency of each.
+        floor_best = max(row["throughput_rps"] for row in crop_rows(MODEL_FLOOR))
+        ours_best = max(row["throughput_rps"] for row in crop_rows("ours"))
+        found[f"{MODEL_FLOOR} / ceiling, face-crop throughput"] = (
+            round(floor_best / result["ceilings"]["ours"]["faces_per_s"], 2),
+            "(bound)",
+        )
+        if base is not None:
+            base_best = max(row["throughput_rps"] for row in crop_rows("baseline"))
+            found[f"{MODEL_FLOOR} / baseline, face-crop throughput"] = (
+                round(floor_best / base_best, 1),
+                "(bound)",
+            )
+        found[f"ours / {MODEL_FLOOR}, face-crop throughput"] = (
+            round(ours_best / floor_best, 2),
+            "(compare)",
+        )
     # Our server against each variant or revision: a change measured side by side.
     ours = result["contenders"]["ours"]["workloads"]
     for name in servers:
@@ -434,15 +467,19 @@ def main() -> None:
 
             tree = trees.enter_context(worktree(args.against))
             contenders[f"ours@{args.against}"] = (serve, {"PYTHONPATH": str(tree / "src")}, tree)
-        # The floor: an empty Flask view on the same gunicorn layout (2 sync workers).
-        contenders[FLOOR] = (
-            [
-                *(sys.executable, "-m", "gunicorn", "--workers", "2"),
-                *("--chdir", str(ROOT / "bench"), "--bind", "127.0.0.1:{port}", "floor_app:app"),
-            ],
-            {},
-            ROOT,
-        )
+        # The floors (bench/floor_app.py) on the same gunicorn layout: 2 of our gevent workers
+        # (gunicorn's own would leave every keep-alive connection to one of them).
+        worker = "emotion_server.workers.GeventWorker"
+        for name, wsgi in ((FLOOR, "floor_app:app"), (MODEL_FLOOR, "floor_app:model_app")):
+            contenders[name] = (
+                [
+                    *(sys.executable, "-m", "gunicorn", "--workers", "2"),
+                    *("--worker-class", worker, "--chdir", str(ROOT / "bench")),
+                    *("--bind", "127.0.0.1:{port}", wsgi),
+                ],
+                {},
+                ROOT,
+            )
         if not args.skip_baseline:
             contenders["baseline"] = (
                 [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "{port}"],
@@ -450,23 +487,29 @@ def main() -> None:
                 ROOT,
             )
         result = {**run_header("run.py", args), "contenders": {}}
-        servers = [name for name in contenders if name not in ("baseline", FLOOR)]
+        servers = [name for name in contenders if name not in ("baseline", *FLOORS)]
         # Started one after the other (each cold start timed on an otherwise idle machine),
         # then all kept running: an idle contender costs the loaded one next to nothing.
         for name, (command, env, cwd) in contenders.items():
-            started[name] = Contender(name, command, env, crop_body, cwd)
+            only = (CROP,) if name == MODEL_FLOOR else None
+            started[name] = Contender(name, command, env, crop_body, cwd, only)
             result["contenders"][name] = {"cold_start_s": round(started[name].cold_start_s, 2)}
         for contender in started.values():
-            for path in workloads.values():
-                run_wrk(contender.url, path, 8, 2)  # warm-up
+            for workload, path in workloads.items():
+                if contender.workloads is None or workload in contender.workloads:
+                    run_wrk(contender.url, path, 8, 2)  # warm-up
         rounds = []
         for index in range(args.rounds):
             order = list(started.values())
             order = order[index % len(order) :] + order[: index % len(order)]
-            measured = {c.name: {"workloads": {w: [] for w in workloads}} for c in order}
+            measured = {
+                c.name: {"workloads": {w: [] for w in c.workloads or workloads}} for c in order
+            }
             for workload, path in workloads.items():
                 for connections in CONCURRENCY:
                     for contender in order:
+                        if workload not in measured[contender.name]["workloads"]:
+                            continue
                         row = contender.load(path, connections, args.duration)
                         measured[contender.name]["workloads"][workload].append(row)
             ceilings = {

@@ -6,7 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, encode
 
 CROP, PHOTO = "face crop 48x48", "photo 640x480"
 
@@ -132,6 +132,65 @@ def test_a_revision_is_compared_with_ours_within_each_round(bench):
     assert not any(k.startswith("ours / ours,") for k in result["ratios"])  # not itself
     markdown = bench.to_markdown({**result, "date": "d", "machine": "m", "command": "c"})
     assert f"| {key} | 1.2 | (compare) | - | 1.25, 1.2, 0.9 |" in markdown
+
+
+def test_the_model_floor_bounds_any_flask_app_of_the_model(bench):
+    """model-floor (face crops only): its throughput against ours' ceiling and the original
+    design's, as bounds, and ours against it, each taken within a round."""
+    ours = [300.0, 400.0, 500.0]  # crop req/s at 8
+    floor = [600.0, 500.0, 550.0]
+    base = [20.0, 25.0, 10.0]
+    ceilings = [1000.0, 800.0, 1100.0]
+    rounds = [
+        {
+            "contenders": {
+                "ours": {"workloads": {CROP: _rows(o, 2.0), PHOTO: _rows(o, 9.0)}},
+                "model-floor": {"workloads": {CROP: _rows(f, 1.5)}},
+                "baseline": {"workloads": {CROP: _rows(b, 50.0), PHOTO: _rows(b, 60.0)}},
+            },
+            "ceilings": {"ours": {"faces_per_s": c, "model": "m", "tta": "none", "threads": 2}},
+        }
+        for o, f, b, c in zip(ours, floor, base, ceilings, strict=True)
+    ]
+    entry = {"cold_start_s": 1.0, "worker_rss_mb": [100.0], "worker_peak_rss_mb": [100.0]}
+    result = {"contenders": {n: dict(entry) for n in ("ours", "model-floor", "baseline")}}
+    bench.combine_rounds(result, rounds, ["ours"])
+
+    assert list(result["contenders"]["model-floor"]["workloads"]) == [CROP]
+    assert result["ratio_rounds"]["model-floor / ceiling, face-crop throughput"] == [0.6, 0.62, 0.5]
+    assert result["ratios"]["model-floor / ceiling, face-crop throughput"] == (0.6, "(bound)")
+    assert result["ratio_rounds"]["model-floor / baseline, face-crop throughput"] == [30, 20, 55]
+    assert result["ratios"]["ours / model-floor, face-crop throughput"] == (0.8, "(compare)")
+    assert result["ratio_rounds"]["ours / model-floor, face-crop throughput"] == [0.5, 0.8, 0.91]
+    markdown = bench.to_markdown({**result, "date": "d", "machine": "m", "command": "c"})
+    assert "| model-floor | face crop 48x48 | 8 | 550.0 |" in markdown
+    assert "| model-floor / ceiling, face-crop throughput | 0.6 | (bound) | - |" in markdown
+
+
+def test_the_model_floor_reads_a_face_as_the_server_does(astronaut):
+    """bench/floor_app.py's model_app runs the bundled model on the crop it is sent, as the
+    server does: the same top emotion, and the same probabilities once the card's temperature
+    (which the floor skips) is applied to its own (the server rounds them to 6 places)."""
+    import json
+
+    from PIL import Image
+
+    from emotion_server.api import create_app
+    from emotion_server.contract import EMOTIONS, apply_temperature
+
+    floor_app = _bench_script("floor_app")
+    face = Image.fromarray(astronaut).crop((170, 40, 290, 160)).convert("L").resize((48, 48))
+    body = encode(np.asarray(face), quality=95)
+    headers = {"Content-Type": "application/octet-stream"}
+    floor = floor_app.model_app.test_client().post("/inference", data=body, headers=headers)
+    ours = create_app().test_client().post("/inference", data=body, headers=headers)
+    assert floor.status_code == ours.status_code == 200
+    assert floor.json["prediction"] == ours.json["prediction"] == "happy"
+    card = json.loads((ROOT / "models" / "emotion_model.int8.json").read_text())
+    raw = np.array([[floor.json["probabilities"][e] for e in EMOTIONS]], np.float32)
+    served = np.array([ours.json["probabilities"][e] for e in EMOTIONS])
+    expected = apply_temperature(raw, float(card.get("temperature", 1.0)))[0]
+    assert np.abs(expected - served).max() < 1e-4
 
 
 @pytest.fixture(scope="module")
