@@ -13,7 +13,8 @@ Contenders, each on a loopback port, driven by wrk (bench/post.lua) in the same 
   request costs before any of our work (no ceiling, no goals);
 - model-floor: bench/floor_app.py's `model_app`, the least a Flask view serving the bundled
   model does for a face crop (Pillow's decoding, the model, a JSON answer), on the same layout:
-  the most any Flask app of this model reaches here; face crops only (it has no face search);
+  a reference for what a Flask app of this model reaches here; face crops only (no face
+  search);
 - variants (--variant NAME:VAR=VALUE,...): our server again with other settings, for
   example the float32 model or another worker layout, each with its own ceiling;
 - ours@REV (--against REV): our server as of a git revision, from a temporary worktree (its
@@ -72,8 +73,8 @@ def make_workloads(folder: Path) -> dict[str, Path]:
     crop = astronaut.crop((160, 40, 290, 190)).convert("L").resize((48, 48))
     photo = Image.new("RGB", (640, 480), (120, 120, 120))
     photo.paste(astronaut.resize((480, 480)), (80, 0))
-    paths = {"face crop 48x48": folder / "crop.jpg", "photo 640x480": folder / "photo.jpg"}
-    crop.save(paths["face crop 48x48"], quality=95)
+    paths = {CROP: folder / "crop.jpg", "photo 640x480": folder / "photo.jpg"}
+    crop.save(paths[CROP], quality=95)
     photo.save(paths["photo 640x480"], quality=90)
     return paths
 
@@ -347,7 +348,7 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
     """The issue's goals for each of our contenders, as (measured, goal)."""
 
     def crop_rows(name: str) -> list[dict]:
-        return result["contenders"][name]["workloads"]["face crop 48x48"]
+        return result["contenders"][name]["workloads"][CROP]
 
     base = result["contenders"].get("baseline")
     found = {}
@@ -365,9 +366,7 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
             # same run). A goal above this bound cannot be met by any app on this front end.
             ceiling = result["ceilings"][name]
             model_ms = 1000 * ceiling["threads"] / ceiling["faces_per_s"]
-            floor_ms = min(
-                row["server_cpu_ms_per_request"] for row in floor["workloads"]["face crop 48x48"]
-            )
+            floor_ms = min(row["server_cpu_ms_per_request"] for row in floor["workloads"][CROP])
             found[f"{name} / ceiling, bound set by the HTTP floor's CPU per request"] = (
                 round(model_ms / (model_ms + floor_ms), 2),
                 "(bound)",
@@ -387,19 +386,20 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
         )
     model_floor = result["contenders"].get(MODEL_FLOOR)
     if model_floor is not None and "ours" in result["ceilings"]:
-        # The bounds for any Flask app serving the bundled model (ours' ceiling: the same file),
-        # and how much of that ours reaches, all at the best concurrency of each.
+        # The least Flask app of the bundled model against ours' ceiling (the same file) and the
+        # original design, and ours against it: references within a round, at each one's best
+        # concurrency, for what the goals ask of any Flask app here.
         floor_best = max(row["throughput_rps"] for row in crop_rows(MODEL_FLOOR))
         ours_best = max(row["throughput_rps"] for row in crop_rows("ours"))
         found[f"{MODEL_FLOOR} / ceiling, face-crop throughput"] = (
             round(floor_best / result["ceilings"]["ours"]["faces_per_s"], 2),
-            "(bound)",
+            "(reference)",
         )
         if base is not None:
             base_best = max(row["throughput_rps"] for row in crop_rows("baseline"))
             found[f"{MODEL_FLOOR} / baseline, face-crop throughput"] = (
                 round(floor_best / base_best, 1),
-                "(bound)",
+                "(reference)",
             )
         found[f"ours / {MODEL_FLOOR}, face-crop throughput"] = (
             round(ours_best / floor_best, 2),
@@ -411,7 +411,7 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
         if name == "ours":
             continue
         other = result["contenders"][name]["workloads"]
-        for workload, label in (("photo 640x480", "photo"), ("face crop 48x48", "face-crop")):
+        for workload, label in (("photo 640x480", "photo"), (CROP, "face-crop")):
             one, eight = CONCURRENCY.index(1), CONCURRENCY.index(8)
             compared = {
                 f"{label} throughput at 8 connections": (eight, "throughput_rps"),
@@ -451,7 +451,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp())
     workloads = make_workloads(folder)
-    crop_body = workloads["face crop 48x48"].read_bytes()
+    crop_body = workloads[CROP].read_bytes()
     serve = [sys.executable, "-m", "emotion_server.cli", "serve"]
     # name -> (command, environment, working directory)
     contenders: dict[str, tuple[list[str], dict[str, str], Path]] = {"ours": (serve, {}, ROOT)}
@@ -474,7 +474,8 @@ def main() -> None:
             contenders[name] = (
                 [
                     *(sys.executable, "-m", "gunicorn", "--workers", "2"),
-                    *("--worker-class", worker, "--chdir", str(ROOT / "bench")),
+                    *("--worker-class", worker, "--no-control-socket"),
+                    *("--chdir", str(ROOT / "bench")),
                     *("--bind", "127.0.0.1:{port}", wsgi),
                 ],
                 {},

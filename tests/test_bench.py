@@ -134,23 +134,26 @@ def test_a_revision_is_compared_with_ours_within_each_round(bench):
     assert f"| {key} | 1.2 | (compare) | - | 1.25, 1.2, 0.9 |" in markdown
 
 
-def test_the_model_floor_bounds_any_flask_app_of_the_model(bench):
-    """model-floor (face crops only): its throughput against ours' ceiling and the original
-    design's, as bounds, and ours against it, each taken within a round."""
+def test_the_model_floor_is_measured_as_a_reference_for_any_flask_app(bench):
+    """model-floor (face crops only): its best throughput against ours' ceiling and the
+    original design's, and ours against it, each taken within a round, as references."""
     ours = [300.0, 400.0, 500.0]  # crop req/s at 8
     floor = [600.0, 500.0, 550.0]
     base = [20.0, 25.0, 10.0]
     ceilings = [1000.0, 800.0, 1100.0]
+    floor_rows = [_rows(f, 1.5) for f in floor]
+    # In the last round the floor peaks at 32 connections: its best row counts, not the 8's.
+    floor_rows[2][1]["throughput_rps"], floor_rows[2][2]["throughput_rps"] = 500.0, 550.0
     rounds = [
         {
             "contenders": {
                 "ours": {"workloads": {CROP: _rows(o, 2.0), PHOTO: _rows(o, 9.0)}},
-                "model-floor": {"workloads": {CROP: _rows(f, 1.5)}},
+                "model-floor": {"workloads": {CROP: f}},
                 "baseline": {"workloads": {CROP: _rows(b, 50.0), PHOTO: _rows(b, 60.0)}},
             },
             "ceilings": {"ours": {"faces_per_s": c, "model": "m", "tta": "none", "threads": 2}},
         }
-        for o, f, b, c in zip(ours, floor, base, ceilings, strict=True)
+        for o, f, b, c in zip(ours, floor_rows, base, ceilings, strict=True)
     ]
     entry = {"cold_start_s": 1.0, "worker_rss_mb": [100.0], "worker_peak_rss_mb": [100.0]}
     result = {"contenders": {n: dict(entry) for n in ("ours", "model-floor", "baseline")}}
@@ -158,13 +161,13 @@ def test_the_model_floor_bounds_any_flask_app_of_the_model(bench):
 
     assert list(result["contenders"]["model-floor"]["workloads"]) == [CROP]
     assert result["ratio_rounds"]["model-floor / ceiling, face-crop throughput"] == [0.6, 0.62, 0.5]
-    assert result["ratios"]["model-floor / ceiling, face-crop throughput"] == (0.6, "(bound)")
+    assert result["ratios"]["model-floor / ceiling, face-crop throughput"] == (0.6, "(reference)")
     assert result["ratio_rounds"]["model-floor / baseline, face-crop throughput"] == [30, 20, 55]
     assert result["ratios"]["ours / model-floor, face-crop throughput"] == (0.8, "(compare)")
     assert result["ratio_rounds"]["ours / model-floor, face-crop throughput"] == [0.5, 0.8, 0.91]
     markdown = bench.to_markdown({**result, "date": "d", "machine": "m", "command": "c"})
-    assert "| model-floor | face crop 48x48 | 8 | 550.0 |" in markdown
-    assert "| model-floor / ceiling, face-crop throughput | 0.6 | (bound) | - |" in markdown
+    assert "| model-floor | face crop 48x48 | 8 | 500.0 |" in markdown  # of 600, 500, 500
+    assert "| model-floor / ceiling, face-crop throughput | 0.6 | (reference) | - |" in markdown
 
 
 def test_the_model_floor_reads_a_face_as_the_server_does(astronaut):

@@ -18,22 +18,29 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/emotion-base:bookworm")
 
 def _set_up_on_ci() -> None:
     """On CI as root, `container.sh setup` once (podman from apt, the local Debian base: about
-    1.5 minutes on a new machine), so that a new machine runs the check rather than skipping it.
-    """
-    if not (os.environ.get("CI") and os.geteuid() == 0 and shutil.which("apt-get")):
+    1.5 minutes on a new machine), so that a new machine runs the check rather than skipping
+    it; a setup that fails there fails the test, with its output, instead of a quiet skip."""
+    on_ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+    if not (on_ci and os.geteuid() == 0 and shutil.which("apt-get")):
         return
     if shutil.which("podman") is not None:
         exists = subprocess.run(["podman", "image", "exists", BASE_IMAGE], timeout=60)
         if exists.returncode == 0:
             return
     print("setting up podman and the local base image for the container check")
-    subprocess.run(
+    setup = subprocess.run(
         ["bash", str(ROOT / "scripts" / "ops" / "container.sh"), "setup"],
-        check=False,
+        capture_output=True,
+        text=True,
         timeout=1200,
         cwd=ROOT,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
+    if setup.returncode != 0:
+        pytest.fail(
+            f"container.sh setup failed on CI (exit {setup.returncode}):\n"
+            + (setup.stdout[-1500:] + setup.stderr[-1500:])
+        )
 
 
 def _podman_ready() -> str | None:

@@ -18,12 +18,18 @@ cd "$(dirname "$0")/../.."
 BASE_IMAGE=${BASE_IMAGE:-localhost/emotion-base:bookworm}
 IMAGE=${IMAGE:-localhost/emotion-classifier:check}
 NAME=${NAME:-emotion-classifier-check}
-# The Debian mirror this machine's apt already uses: Debian's own deb822 file (its first
-# stanza, the main archive), else the first line of sources.list.
+# The Debian bookworm mirror this machine's apt already uses: the first http(s) URI of Debian's
+# own deb822 file (its first stanza is the main archive), else of a `deb` line of sources.list
+# for bookworm; empty where there is none (then `setup` asks for MIRROR).
 apt_mirror() {
     local uri
-    uri=$(grep -s -m1 '^URIs:' /etc/apt/sources.list.d/debian.sources | awk '{print $2; exit}')
-    [ -n "$uri" ] || uri=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2; exit}')
+    uri=$(grep -s '^URIs:' /etc/apt/sources.list.d/debian.sources |
+        awk '{for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\//) {print $i; exit}}' || true)
+    if [ -z "$uri" ]; then
+        uri=$(grep -s '^deb ' /etc/apt/sources.list |
+            awk '{for (i = 2; i < NF; i++) if ($i ~ /^https?:\/\// && $(i + 1) ~ /^bookworm$/) {print $i; exit}}' ||
+            true)
+    fi
     printf '%s' "$uri"
 }
 MIRROR=${MIRROR:-$(apt_mirror)}
@@ -63,7 +69,7 @@ graphroot = "/var/lib/containers/storage"'
         log "$BASE_IMAGE exists"
         return
     fi
-    [ -n "$MIRROR" ] || { log "no Debian mirror in apt's sources: set MIRROR"; exit 1; }
+    [ -n "$MIRROR" ] || { log "no Debian bookworm mirror in apt's sources: set MIRROR to one"; exit 1; }
     rm -rf "$ROOTFS"
     debootstrap --variant=minbase \
         --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
