@@ -16,6 +16,19 @@ pytestmark = pytest.mark.e2e
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/emotion-base:bookworm")
 
 
+def _container_sh(command: str, **env: str) -> subprocess.CompletedProcess:
+    """`scripts/ops/container.sh COMMAND`, its output captured, within 20 minutes."""
+    script = ROOT / "scripts" / "ops" / "container.sh"
+    return subprocess.run(
+        ["bash", str(script), command],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+
+
 def _set_up_on_ci() -> None:
     """On CI as root, `container.sh setup` once (podman from apt, the local Debian base: about
     1.5 minutes on a new machine), so that a new machine runs the check rather than skipping
@@ -28,14 +41,7 @@ def _set_up_on_ci() -> None:
         if exists.returncode == 0:
             return
     print("setting up podman and the local base image for the container check")
-    setup = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ops" / "container.sh"), "setup"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=ROOT,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
+    setup = _container_sh("setup", DEBIAN_FRONTEND="noninteractive")
     if setup.returncode != 0:
         pytest.fail(
             f"container.sh setup failed on CI (exit {setup.returncode}):\n"
@@ -67,13 +73,7 @@ def test_image_builds_runs_and_stops_cleanly():
     if reason:
         print(f"skipping: {reason}")
         pytest.skip(reason)
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ops" / "container.sh"), "check"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=ROOT,
-    )
+    result = _container_sh("check")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert all(report["checks"].values()), report
