@@ -110,7 +110,8 @@ class Contender:
         env: dict[str, str],
         body: bytes,
         cwd: Path = ROOT,
-        workloads: tuple[str, ...] | None = None,  # the workloads it is loaded with; None: all
+        *,
+        workloads: tuple[str, ...],  # the workloads it is loaded with
     ):
         self.name = name
         self.workloads = workloads
@@ -350,11 +351,14 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
     def crop_rows(name: str) -> list[dict]:
         return result["contenders"][name]["workloads"][CROP]
 
+    def best_crop_rps(name: str) -> float:  # at the concurrency that served most
+        return max(row["throughput_rps"] for row in crop_rows(name))
+
     base = result["contenders"].get("baseline")
     found = {}
     for name in servers:
         entry = result["contenders"][name]
-        best = max(row["throughput_rps"] for row in crop_rows(name))
+        best = best_crop_rps(name)
         found[f"{name} / ceiling, face-crop throughput"] = (
             round(best / result["ceilings"][name]["faces_per_s"], 2),
             ">= 0.85",
@@ -374,7 +378,7 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
         found[f"{name} cold start, s"] = (entry["cold_start_s"], "<= 1.5")
         if base is None:
             continue
-        base_best = max(row["throughput_rps"] for row in crop_rows("baseline"))
+        base_best = best_crop_rps("baseline")
         found[f"{name} / baseline, face-crop throughput"] = (round(best / base_best, 1), ">= 30")
         found[f"{name} / baseline, p50 latency at concurrency 1"] = (
             round(crop_rows(name)[0]["p50_ms"] / crop_rows("baseline")[0]["p50_ms"], 3),
@@ -389,20 +393,18 @@ def ratios(result: dict, servers: list[str]) -> dict[str, tuple[float, str]]:
         # The least Flask app of the bundled model against ours' ceiling (the same file) and the
         # original design, and ours against it: references within a round, at each one's best
         # concurrency, for what the goals ask of any Flask app here.
-        floor_best = max(row["throughput_rps"] for row in crop_rows(MODEL_FLOOR))
-        ours_best = max(row["throughput_rps"] for row in crop_rows("ours"))
+        floor_best = best_crop_rps(MODEL_FLOOR)
         found[f"{MODEL_FLOOR} / ceiling, face-crop throughput"] = (
             round(floor_best / result["ceilings"]["ours"]["faces_per_s"], 2),
             "(reference)",
         )
         if base is not None:
-            base_best = max(row["throughput_rps"] for row in crop_rows("baseline"))
             found[f"{MODEL_FLOOR} / baseline, face-crop throughput"] = (
-                round(floor_best / base_best, 1),
+                round(floor_best / best_crop_rps("baseline"), 1),
                 "(reference)",
             )
         found[f"ours / {MODEL_FLOOR}, face-crop throughput"] = (
-            round(ours_best / floor_best, 2),
+            round(best_crop_rps("ours") / floor_best, 2),
             "(compare)",
         )
     # Our server against each variant or revision: a change measured side by side.
@@ -492,24 +494,21 @@ def main() -> None:
         # Started one after the other (each cold start timed on an otherwise idle machine),
         # then all kept running: an idle contender costs the loaded one next to nothing.
         for name, (command, env, cwd) in contenders.items():
-            only = (CROP,) if name == MODEL_FLOOR else None
-            started[name] = Contender(name, command, env, crop_body, cwd, only)
+            loaded = (CROP,) if name == MODEL_FLOOR else tuple(workloads)
+            started[name] = Contender(name, command, env, crop_body, cwd, workloads=loaded)
             result["contenders"][name] = {"cold_start_s": round(started[name].cold_start_s, 2)}
         for contender in started.values():
-            for workload, path in workloads.items():
-                if contender.workloads is None or workload in contender.workloads:
-                    run_wrk(contender.url, path, 8, 2)  # warm-up
+            for workload in contender.workloads:
+                run_wrk(contender.url, workloads[workload], 8, 2)  # warm-up
         rounds = []
         for index in range(args.rounds):
             order = list(started.values())
             order = order[index % len(order) :] + order[: index % len(order)]
-            measured = {
-                c.name: {"workloads": {w: [] for w in c.workloads or workloads}} for c in order
-            }
+            measured = {c.name: {"workloads": {w: [] for w in c.workloads}} for c in order}
             for workload, path in workloads.items():
                 for connections in CONCURRENCY:
                     for contender in order:
-                        if workload not in measured[contender.name]["workloads"]:
+                        if workload not in contender.workloads:
                             continue
                         row = contender.load(path, connections, args.duration)
                         measured[contender.name]["workloads"][workload].append(row)
